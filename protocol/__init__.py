@@ -1,0 +1,98 @@
+"""pipevisor's wire protocol, sans I/O: bytes in, events out; messages in, bytes out.
+
+Nothing here reads a pipe, starts a process, looks at a clock or imports
+anyio; ``supervisor`` and ``plugin_kit`` move the bytes. The written
+specification for plugin authors is ``protocol/SPEC.md``.
+"""
+
+from __future__ import annotations
+
+from protocol.codec import Fault, FaultKind, decode_line, encode
+from protocol.errors import (
+    EncodeError,
+    ErrorCode,
+    ErrorObject,
+    HandshakeError,
+    LocalProtocolError,
+    ProtocolError,
+    VersionError,
+    is_local_code,
+    local_error,
+    standard_error,
+)
+from protocol.events import (
+    Event,
+    NotificationReceived,
+    ProtocolFault,
+    RequestReceived,
+    ResponseReceived,
+)
+from protocol.framing import DEFAULT_MAX_LINE_BYTES, LineSplitter, OversizedLine
+from protocol.handshake import (
+    CANCEL,
+    HANDSHAKE,
+    LOG,
+    PING,
+    PROGRESS,
+    PROTOCOL_NAME,
+    PROTOCOL_VERSIONS,
+    SHUTDOWN,
+    HandshakeParams,
+    HandshakeResult,
+    MethodInfo,
+    choose_version,
+    is_reserved,
+    unsupported_version,
+)
+from protocol.messages import ErrorResponse, Message, Notification, Request, RequestId, Response
+from protocol.peer import Peer
+from protocol.versions import Version, VersionRange, negotiate
+
+__all__ = [
+    "CANCEL",
+    "DEFAULT_MAX_LINE_BYTES",
+    "HANDSHAKE",
+    "LOG",
+    "PING",
+    "PROGRESS",
+    "PROTOCOL_NAME",
+    "PROTOCOL_VERSIONS",
+    "SHUTDOWN",
+    "EncodeError",
+    "ErrorCode",
+    "ErrorObject",
+    "ErrorResponse",
+    "Event",
+    "Fault",
+    "FaultKind",
+    "HandshakeError",
+    "HandshakeParams",
+    "HandshakeResult",
+    "LineSplitter",
+    "LocalProtocolError",
+    "Message",
+    "MethodInfo",
+    "Notification",
+    "NotificationReceived",
+    "OversizedLine",
+    "Peer",
+    "ProtocolError",
+    "ProtocolFault",
+    "Request",
+    "RequestId",
+    "RequestReceived",
+    "Response",
+    "ResponseReceived",
+    "Version",
+    "VersionError",
+    "VersionRange",
+    "choose_version",
+    "decode_line",
+    "encode",
+    "is_local_code",
+    "is_reserved",
+    "local_error",
+    "negotiate",
+    "standard_error",
+    "unsupported_version",
+]

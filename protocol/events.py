@@ -1,0 +1,43 @@
+"""What :class:`protocol.peer.Peer` reports after reading bytes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from protocol.codec import Fault
+from protocol.messages import ErrorResponse, Notification, Request, Response
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """The peer called us; answer with ``Peer.send_result``/``send_error``."""
+
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationReceived:
+    notification: Notification
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """The answer to a request we sent (``method`` is the method we called).
+
+    ``response`` is an :class:`ErrorResponse` also when the answer was
+    synthesised locally (``Peer.fail_all`` or a malformed reply).
+    """
+
+    response: Response | ErrorResponse
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolFault:
+    """The peer sent something invalid. Never fatal by itself; counted and logged."""
+
+    fault: Fault
+
+
+Event: TypeAlias = RequestReceived | NotificationReceived | ResponseReceived | ProtocolFault
