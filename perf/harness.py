@@ -149,9 +149,9 @@ def _reap(proc: subprocess.Popen[bytes], grace: float = 1.0) -> None:
     _LIVE.discard(proc)
 
 
-def reap_all() -> None:
+def reap_all(grace: float = 1.0) -> None:
     for proc in list(_LIVE):
-        _reap(proc)
+        _reap(proc, grace)
 
 
 atexit.register(reap_all)
@@ -363,6 +363,8 @@ def run_case(c: Case, settings: Settings) -> dict[str, Any]:
     except SkipCase as exc:
         row.update(status="skipped", reason=str(exc))
     except KeyboardInterrupt:
+        # Whoever pressed Ctrl-C wants the terminal back, not a polite EOF dance.
+        reap_all(grace=0.1)
         raise
     except Exception as exc:
         traceback.print_exc()
@@ -530,7 +532,7 @@ def format_table(rows: Iterable[dict[str, Any]]) -> str:
             ]
         )
     full = [ln for ln in lines if len(ln) == len(header)]
-    widths = [max(len(h), *(len(ln[i]) for ln in full)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(ln[i]) for ln in full)]) for i, h in enumerate(header)]
     numeric = {3, 4, 5, 6, 7, 8}
 
     def render(cells: list[str]) -> str:
@@ -564,6 +566,7 @@ def write_chart(rows: list[dict[str, Any]], png: Path) -> str:
     ax.set_xscale("log")  # spawn-per-call sits orders of magnitude away from the pipe floors
     ax.set_xlabel("cost vs baseline of the same run (log, >1 = worse)")
     ax.invert_yaxis()
+    ax.set_xlim(min(min(costs), 1.0) / 2, max(max(costs), 1.0) * 4)  # room for the labels
     for y, v in enumerate(costs):
         ax.annotate(f"{v:.2f}x", (v, y), xytext=(3, 0), textcoords="offset points", va="center")
     fig.tight_layout()
