@@ -1,0 +1,496 @@
+/*
+ * pvinit - containment shim exec'd by the pipevisor supervisor in place of a
+ * plugin:
+ *
+ *     pvinit [--ns|--no-ns] --parent PID -- /path/to/plugin args...
+ *     pvinit --probe-ns        (exit 0: pid ns, 4: user+pid ns, 2: none)
+ *
+ * Two tiny processes sit above the plugin:
+ *
+ *   outer  (the pid the supervisor sees)  dies with the supervisor
+ *          (PDEATHSIG=SIGKILL), forwards signals to `inner`, and finally
+ *          exits exactly like the plugin did so the supervisor sees the true
+ *          exit code / signal.
+ *   inner  pid 1 of a fresh pid namespace when one can be had: dies with
+ *          `outer` (PDEATHSIG) and its death makes the kernel SIGKILL every
+ *          process left in the namespace, however it daemonized.  Without a
+ *          namespace it is a child subreaper, so even setsid + double-fork
+ *          orphans stay its descendants; it kills them by walking /proc when
+ *          the plugin exits or when `outer` disappears.
+ *
+ * stdin/stdout/stderr belong to the plugin (protocol pipes, log pipe): this
+ * program never writes to stdout; diagnostics go to stderr as "pvinit: ...".
+ * Only libc; all waiting is done with sigwaitinfo() on blocked signals, so no
+ * code runs in signal handlers.
+ */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef PR_SET_CHILD_SUBREAPER
+#define PR_SET_CHILD_SUBREAPER 36
+#endif
+
+/* Exit code for misuse of pvinit itself (bad command line). */
+#define EXIT_USAGE 125
+/* Inner's parent-death signal without a namespace: it must be catchable so
+ * the inner can kill the tree before going; it is not in the forward list. */
+#define ORPHAN_SIG SIGALRM
+
+static const int forwarded[] = {SIGTERM, SIGINT,  SIGHUP,  SIGQUIT,
+                                SIGUSR1, SIGUSR2, SIGCONT, SIGWINCH};
+#define N_FORWARDED (sizeof forwarded / sizeof forwarded[0])
+
+static void diag(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void diag(const char *fmt, ...)
+{
+    char buf[512];
+    int n = snprintf(buf, sizeof buf, "pvinit: ");
+    va_list ap;
+    va_start(ap, fmt);
+    n += vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    if (n > (int)sizeof buf - 2)
+        n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    /* One write() so concurrent stderr writers do not interleave the line. */
+    ssize_t ignored = write(STDERR_FILENO, buf, (size_t)n);
+    (void)ignored;
+}
+
+static void noop_handler(int sig) { (void)sig; }
+
+/* Block `set` and give each member a no-op handler: blocked signals are queued
+ * even for a namespace init (which would otherwise drop SIG_DFL signals) and
+ * are then collected synchronously with sigwaitinfo(). */
+static void take_signals(const sigset_t *set)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = noop_handler;
+    sigfillset(&sa.sa_mask);
+    for (int s = 1; s < NSIG; s++)
+        if (sigismember(set, s) == 1)
+            sigaction(s, &sa, NULL);
+    sigprocmask(SIG_BLOCK, set, NULL);
+}
+
+static int write_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    size_t len = strlen(text);
+    ssize_t w = write(fd, text, len);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return w == (ssize_t)len ? 0 : -1;
+}
+
+/* Returns 1 (pid ns), 2 (user+pid ns) or 0 (none, reason on stderr). */
+static int enter_pidns(void)
+{
+    if (unshare(CLONE_NEWPID) == 0)
+        return 1;
+    int first = errno;
+    if (first == EPERM || first == EINVAL) {
+        uid_t uid = geteuid();
+        gid_t gid = getegid();
+        if (unshare(CLONE_NEWUSER | CLONE_NEWPID) == 0) {
+            char map[64];
+            int ok = write_file("/proc/self/setgroups", "deny") == 0 || errno == ENOENT;
+            snprintf(map, sizeof map, "%u %u 1\n", (unsigned)uid, (unsigned)uid);
+            ok = write_file("/proc/self/uid_map", map) == 0 && ok;
+            snprintf(map, sizeof map, "%u %u 1\n", (unsigned)gid, (unsigned)gid);
+            ok = write_file("/proc/self/gid_map", map) == 0 && ok;
+            if (!ok)
+                diag("user namespace id maps not written (%s); plugin sees overflow ids",
+                     strerror(errno));
+            return 2;
+        }
+        diag("no pid namespace (unshare: %s; with user namespace: %s); "
+             "using session+pdeathsig containment",
+             strerror(first), strerror(errno));
+    } else {
+        diag("no pid namespace (unshare: %s); using session+pdeathsig containment",
+             strerror(first));
+    }
+    return 0;
+}
+
+/* ---- /proc walking, used only without a namespace ---------------------- */
+
+struct proc_entry {
+    pid_t pid;
+    pid_t ppid;
+    char state;
+    char mark;
+};
+
+static size_t read_procs(struct proc_entry **out)
+{
+    size_t n = 0, cap = 0;
+    struct proc_entry *v = NULL;
+    DIR *d = opendir("/proc");
+    if (!d) {
+        *out = NULL;
+        return 0;
+    }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!isdigit((unsigned char)e->d_name[0]))
+            continue;
+        char path[64], buf[512];
+        long pid = strtol(e->d_name, NULL, 10);
+        snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t r = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (r <= 0)
+            continue;
+        buf[r] = '\0';
+        char *close_paren = strrchr(buf, ')');
+        char state;
+        int ppid;
+        if (!close_paren || sscanf(close_paren + 1, " %c %d", &state, &ppid) != 2)
+            continue;
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 256;
+            struct proc_entry *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv)
+                break;
+            v = nv;
+            cap = ncap;
+        }
+        v[n].pid = (pid_t)pid;
+        v[n].ppid = (pid_t)ppid;
+        v[n].state = state;
+        v[n].mark = 0;
+        n++;
+    }
+    closedir(d);
+    *out = v;
+    return n;
+}
+
+/* Send `sig` to every live descendant of this process; returns how many. */
+static int signal_descendants(int sig)
+{
+    struct proc_entry *v;
+    size_t n = read_procs(&v);
+    pid_t self = getpid();
+    int changed = 1, count = 0;
+    while (changed) {
+        changed = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (v[i].mark)
+                continue;
+            if (v[i].ppid == self) {
+                v[i].mark = 1;
+                changed = 1;
+                continue;
+            }
+            for (size_t j = 0; j < n; j++) {
+                if (v[j].mark && v[j].pid == v[i].ppid) {
+                    v[i].mark = 1;
+                    changed = 1;
+                    break;
+                }
+            }
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].mark && v[i].state != 'Z' && v[i].state != 'X') {
+            if (kill(v[i].pid, sig) == 0)
+                count++;
+        }
+    }
+    free(v);
+    return count;
+}
+
+static void reap_all_nohang(void)
+{
+    while (waitpid(-1, NULL, WNOHANG) > 0) {
+    }
+}
+
+/* Kill the whole subtree below this (subreaper) process and reap it.
+ * Repeated because a process may fork while we walk; orphans of killed
+ * processes are reparented to us, so the next pass sees them. */
+static void kill_all_descendants(void)
+{
+    struct timespec ms = {0, 1000000};
+    for (int pass = 0; pass < 5000; pass++) {
+        int live = signal_descendants(SIGKILL);
+        reap_all_nohang();
+        if (live == 0)
+            return;
+        nanosleep(&ms, NULL);
+    }
+    diag("gave up killing descendants");
+}
+
+/* ---- exit status passthrough -------------------------------------------- */
+
+static void exit_like(int status)
+{
+    if (WIFEXITED(status))
+        _exit(WEXITSTATUS(status));
+    if (WIFSIGNALED(status)) {
+        int sig = WTERMSIG(status);
+        sigset_t one;
+        /* The plugin may have dumped core; pvinit must not add its own. */
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+        signal(sig, SIG_DFL);
+        sigemptyset(&one);
+        sigaddset(&one, sig);
+        sigprocmask(SIG_UNBLOCK, &one, NULL);
+        kill(getpid(), sig);
+        _exit(128 + sig);
+    }
+    _exit(EXIT_USAGE);
+}
+
+/* ---- inner init -------------------------------------------------------- */
+
+static void run_plugin(char **argv, const sigset_t *orig_mask, const sigset_t *taken,
+                       int use_ns, pid_t inner_pid, pid_t outer_pid)
+{
+    if (use_ns) {
+        setsid();
+    } else {
+        /* Own group inside the outer's session: killpg() on the plugin never
+         * hits pvinit, and leftover cleanup can still find the session. */
+        setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if (getppid() != inner_pid)
+            _exit(1);
+    }
+    char tag[32];
+    snprintf(tag, sizeof tag, "%ld", (long)outer_pid);
+    setenv("PIPEVISOR_TREE", tag, 1);
+    for (int s = 1; s < NSIG; s++)
+        if (sigismember(taken, s) == 1)
+            signal(s, SIG_DFL);
+    sigprocmask(SIG_SETMASK, orig_mask, NULL);
+    execvp(argv[0], argv);
+    diag("cannot exec %s: %s", argv[0], strerror(errno));
+    _exit(127);
+}
+
+static void run_inner(int sock, char **argv, const sigset_t *orig_mask, int use_ns,
+                      pid_t outer_pid)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    for (size_t i = 0; i < N_FORWARDED; i++)
+        sigaddset(&set, forwarded[i]);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, ORPHAN_SIG);
+    take_signals(&set);
+
+    prctl(PR_SET_PDEATHSIG, use_ns ? SIGKILL : ORPHAN_SIG, 0, 0, 0);
+    /* If outer died before the prctl, its end of the socket is closed.  (In a
+     * namespace getppid() is 0 whatever happens, so it cannot tell us.) */
+    struct pollfd p = {sock, POLLIN, 0};
+    if (poll(&p, 1, 0) != 0 || (!use_ns && getppid() != outer_pid))
+        _exit(1);
+    if (!use_ns)
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+
+    pid_t self = getpid();
+    pid_t plugin = fork();
+    if (plugin < 0) {
+        diag("fork: %s", strerror(errno));
+        _exit(EXIT_USAGE);
+    }
+    if (plugin == 0) {
+        close(sock);
+        run_plugin(argv, orig_mask, &set, use_ns, self, outer_pid);
+    }
+
+    int plugin_status = 0;
+    for (;;) {
+        siginfo_t si;
+        int sig = sigwaitinfo(&set, &si);
+        if (sig < 0)
+            continue;
+        if (sig == SIGCHLD) {
+            int st, done = 0;
+            pid_t r;
+            /* Reap every zombie: orphans of the plugin land here. */
+            while ((r = waitpid(-1, &st, WNOHANG)) > 0) {
+                if (r == plugin) {
+                    plugin_status = st;
+                    done = 1;
+                }
+            }
+            if (done)
+                break;
+        } else if (sig == ORPHAN_SIG) {
+            if (!use_ns && getppid() != outer_pid) {
+                kill_all_descendants();
+                _exit(1);
+            }
+        } else if (use_ns) {
+            kill(-1, sig); /* everything in the namespace but us */
+        } else {
+            signal_descendants(sig);
+        }
+    }
+    ssize_t w = write(sock, &plugin_status, sizeof plugin_status);
+    (void)w;
+    if (!use_ns)
+        kill_all_descendants();
+    /* With a namespace, our exit makes the kernel kill what is left. */
+    _exit(0);
+}
+
+/* ---- outer ------------------------------------------------------------- */
+
+static int probe_ns(void)
+{
+    int kind = enter_pidns();
+    if (kind == 0)
+        return 2;
+    pid_t c = fork();
+    if (c < 0) {
+        diag("fork in new pid namespace: %s", strerror(errno));
+        return 2;
+    }
+    if (c == 0)
+        _exit(getpid() == 1 ? 0 : 3);
+    int st;
+    while (waitpid(c, &st, 0) < 0 && errno == EINTR) {
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        diag("pid namespace probe child misbehaved");
+        return 2;
+    }
+    return kind == 1 ? 0 : 4;
+}
+
+static void usage(void)
+{
+    diag("usage: pvinit [--ns|--no-ns] --parent PID -- PROGRAM [ARGS...]");
+    _exit(EXIT_USAGE);
+}
+
+int main(int argc, char **argv)
+{
+    int use_ns = 0, i;
+    long parent = -1;
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--ns") == 0) {
+            use_ns = 1;
+        } else if (strcmp(argv[i], "--no-ns") == 0) {
+            use_ns = 0;
+        } else if (strcmp(argv[i], "--probe-ns") == 0) {
+            return probe_ns();
+        } else if (strcmp(argv[i], "--parent") == 0 && i + 1 < argc) {
+            char *end;
+            parent = strtol(argv[++i], &end, 10);
+            if (*end != '\0' || parent <= 0)
+                usage();
+        } else if (strcmp(argv[i], "--") == 0) {
+            i++;
+            break;
+        } else {
+            usage();
+        }
+    }
+    if (i >= argc)
+        usage();
+    char **plugin_argv = argv + i;
+
+    sigset_t orig_mask, set;
+    sigprocmask(SIG_SETMASK, NULL, &orig_mask);
+    sigemptyset(&set);
+    for (size_t k = 0; k < N_FORWARDED; k++)
+        sigaddset(&set, forwarded[k]);
+    sigaddset(&set, SIGCHLD);
+    /* Blocked before fork: a signal arriving early is queued, not lost. */
+    take_signals(&set);
+
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (parent > 0 && getppid() != (pid_t)parent)
+        _exit(1); /* supervisor already gone */
+
+    if (use_ns)
+        use_ns = enter_pidns() != 0;
+    if (!use_ns) {
+        setsid(); /* EPERM if the supervisor already made us a leader */
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        diag("socketpair: %s", strerror(errno));
+        return EXIT_USAGE;
+    }
+    pid_t outer_pid = getpid();
+    pid_t inner = fork();
+    if (inner < 0) {
+        diag("fork: %s", strerror(errno));
+        return EXIT_USAGE;
+    }
+    if (inner == 0) {
+        close(sv[0]);
+        run_inner(sv[1], plugin_argv, &orig_mask, use_ns, outer_pid);
+    }
+    close(sv[1]);
+
+    int inner_status = 0;
+    for (;;) {
+        siginfo_t si;
+        int sig = sigwaitinfo(&set, &si);
+        if (sig < 0)
+            continue;
+        if (sig == SIGCHLD) {
+            int st, done = 0;
+            pid_t r;
+            while ((r = waitpid(-1, &st, WNOHANG)) > 0) {
+                if (r == inner) {
+                    inner_status = st;
+                    done = 1;
+                }
+            }
+            if (done)
+                break;
+        } else {
+            kill(inner, sig);
+        }
+    }
+
+    int plugin_status;
+    ssize_t got;
+    do {
+        got = read(sv[0], &plugin_status, sizeof plugin_status);
+    } while (got < 0 && errno == EINTR);
+    if (got != (ssize_t)sizeof plugin_status)
+        plugin_status = inner_status; /* inner was killed before reporting */
+    if (!use_ns)
+        kill_all_descendants(); /* adopted if inner died abruptly */
+    exit_like(plugin_status);
+    return EXIT_USAGE;
+}
