@@ -56,6 +56,9 @@ class LineSplitter:
         limit = self.max_line_bytes
         if self._discarding:
             nl = data.find(b"\n")
+            want = HEAD_BYTES - len(self._head)  # the head is the line's first bytes
+            if want > 0:
+                self._head += data[: want if nl < 0 else min(nl, want)]
             if nl < 0:
                 self._discarded += len(data)
                 return out
@@ -72,7 +75,8 @@ class LineSplitter:
             if buf:
                 size = len(buf) + nl - start
                 if size > limit:
-                    out.append(OversizedLine(size, bytes(buf[:HEAD_BYTES])))
+                    head = bytes(buf[:HEAD_BYTES]) + data[start : min(nl, start + HEAD_BYTES)]
+                    out.append(OversizedLine(size, head[:HEAD_BYTES]))
                     buf.clear()
                     start = nl + 1
                     continue
@@ -81,7 +85,7 @@ class LineSplitter:
                 buf.clear()
             else:
                 if nl - start > limit:
-                    out.append(OversizedLine(nl - start, data[start : start + HEAD_BYTES]))
+                    out.append(OversizedLine(nl - start, data[start : min(nl, start + HEAD_BYTES)]))
                     start = nl + 1
                     continue
                 line = data[start:nl]
