@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from protocol.errors import ErrorCode, ErrorObject, HandshakeError, VersionError, standard_error
+from protocol.errors import (
+    ErrorCode,
+    ErrorObject,
+    HandshakeError,
+    VersionError,
+    local_error,
+    standard_error,
+)
 from protocol.schema_store import first_error
 from protocol.versions import Version, VersionRange, negotiate
 
@@ -161,7 +168,7 @@ class HandshakeResult:
         problem = first_error("handshake.result", result)
         if problem is not None:
             raise HandshakeError(
-                standard_error(ErrorCode.INVALID_PARAMS, f"invalid handshake result: {problem}")
+                local_error(ErrorCode.INVALID_RESPONSE, f"invalid handshake result: {problem}")
             )
         chosen = Version.parse(result["protocolVersion"])
         if chosen not in offered:
@@ -176,8 +183,8 @@ class HandshakeResult:
         for name, info in result["methods"].items():
             if is_reserved(name):
                 raise HandshakeError(
-                    standard_error(ErrorCode.INVALID_PARAMS,
-                                   f"plugin declares the reserved method name {name!r}")
+                    local_error(ErrorCode.INVALID_RESPONSE,
+                                f"plugin declares the reserved method name {name!r}")
                 )
             version = info.get("version")
             methods[name] = MethodInfo(

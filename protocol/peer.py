@@ -193,7 +193,11 @@ class Peer:
         else:
             assert isinstance(msg, Fault)
             self._fault(msg, events)
-            if msg.kind is FaultKind.INVALID_MESSAGE and msg.is_request:
+            # A host reading a plugin's stdout answers an invalid request only when it
+            # carries an id someone waits on; a stray JSON value printed by a
+            # plugin (``42``, ``{"debug": 1}``) gets no reply.
+            owed = self._answer_garbage or msg.id is not None
+            if msg.kind is FaultKind.INVALID_MESSAGE and msg.is_request and owed:
                 error = standard_error(ErrorCode.INVALID_REQUEST, msg.detail)
                 if batch is not None:
                     self._batches[batch].replies.append(ErrorResponse(msg.id, error).to_json())

@@ -1,0 +1,120 @@
+"""What the supervisor runs and how: per-plugin specs with their policies.
+
+These are plain frozen dataclasses so embedding code builds them directly;
+the daemon's TOML loader produces the same objects. Defaults are production
+defaults, documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+from protocol import DEFAULT_MAX_LINE_BYTES
+from supervisor.errors import ConfigError
+from supervisor.policy import RestartPolicy
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+DEFAULT_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+"""The only variables a plugin inherits from the supervisor unless configured otherwise."""
+
+
+class ProtocolErrorAction(StrEnum):
+    LOG = "log"
+    """Log and count garbage on stdout, oversized lines, unexpected responses."""
+    RESTART = "restart"
+    """Treat the first such fault as a failure: the plugin is restarted."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopPolicy:
+    """Grace periods of the stop sequence: shutdown request -> close stdin -> SIGTERM -> SIGKILL."""
+
+    shutdown_grace: float = 2.0
+    eof_grace: float = 2.0
+    term_grace: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class CallPolicy:
+    timeout: float = 30.0
+    """Default per-call deadline in seconds (a call may pass its own)."""
+    max_in_flight: int = 256
+    """Requests sent to the plugin and not yet answered (lowered to the plugin's maxConcurrency)."""
+    max_queued: int = 4096
+    """Callers allowed to wait for an in-flight slot; beyond that a call fails with QueueFull."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    handshake_timeout: float = 10.0
+    ping_interval: float = 10.0
+    """Seconds between liveness pings to a ready plugin; 0 disables them."""
+    ping_timeout: float = 5.0
+    cancel_grace: float = 5.0
+    """After a cancel, how long the plugin may take to acknowledge before it is logged as slow."""
+
+
+def _frozen_env(env: Mapping[str, str] | None = None) -> MappingProxyType[str, str]:
+    return MappingProxyType(dict(env or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSpec:
+    name: str
+    command: tuple[str, ...]
+    cwd: str | None = None
+    env: Mapping[str, str] = field(default_factory=_frozen_env)
+    inherit_env: tuple[str, ...] = DEFAULT_INHERITED_ENV
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    stop: StopPolicy = field(default_factory=StopPolicy)
+    calls: CallPolicy = field(default_factory=CallPolicy)
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    on_protocol_error: ProtocolErrorAction = ProtocolErrorAction.LOG
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    stderr_lines: int = 1000
+    """Lines of the plugin's stderr kept in memory for status and crash reports."""
+    autostart: bool = True
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.fullmatch(self.name):
+            raise ConfigError(
+                f"plugin name {self.name!r} is invalid: use 1-64 letters, digits, '_', '.', '-',"
+                " starting with a letter or digit"
+            )
+        if isinstance(self.command, str) or not self.command:
+            raise ConfigError(
+                f"plugin {self.name!r}: command must be a non-empty list of strings "
+                "(no shell is used)"
+            )
+        object.__setattr__(self, "command", tuple(self.command))
+        object.__setattr__(self, "env", _frozen_env(self.env))
+        if self.max_line_bytes < 1024:
+            raise ConfigError(f"plugin {self.name!r}: max_line_bytes must be at least 1024")
+        if self.calls.max_in_flight < 1 or self.calls.max_queued < 0:
+            raise ConfigError(f"plugin {self.name!r}: max_in_flight must be >= 1, max_queued >= 0")
+        if self.calls.timeout <= 0:
+            raise ConfigError(f"plugin {self.name!r}: call timeout must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    plugins: Sequence[PluginSpec] = ()
+    host_name: str = "pipevisor"
+    host_version: str = "0.1.0"
+    containment: str = "auto"
+    """'auto' (best available), 'pidns' or 'session'; see docs/process-containment.md."""
+    state_dir: str | None = None
+    """Where leftover process records live; None disables leftover cleanup."""
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for spec in self.plugins:
+            if spec.name in seen:
+                raise ConfigError(f"plugin name {spec.name!r} is used twice")
+            seen.add(spec.name)
+        object.__setattr__(self, "plugins", tuple(self.plugins))

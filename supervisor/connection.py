@@ -1,0 +1,258 @@
+"""Drives a :class:`protocol.Peer` over a plugin's stdin/stdout.
+
+This is the one boundary where protocol events become supervisor actions:
+responses wake their callers, requests from the plugin run host handlers,
+notifications go to callbacks, faults are counted and reported. When the
+pipe closes, every call still in flight gets an error at once; nothing waits
+for a timeout to learn that the plugin is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import ByteReceiveStream, ByteSendStream, TaskGroup
+
+from protocol import (
+    CANCEL,
+    ErrorCode,
+    ErrorObject,
+    ErrorResponse,
+    Fault,
+    Notification,
+    NotificationReceived,
+    Peer,
+    ProtocolFault,
+    Request,
+    RequestId,
+    RequestReceived,
+    Response,
+    ResponseReceived,
+    local_error,
+    standard_error,
+)
+from protocol.errors import EncodeError
+from supervisor.errors import (
+    CallError,
+    PipevisorError,
+    error_from_object,
+    local,
+    sanitize_plugin_error,
+)
+
+log = logging.getLogger("pipevisor.connection")
+
+HostHandler = Callable[[str, Any], Awaitable[Any]]
+"""(method, params) -> result; raise CallError to answer with a specific error."""
+
+_READ_CHUNK = 256 * 1024
+
+
+class _Slot:
+    __slots__ = ("event", "response")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.response: Response | ErrorResponse | None = None
+
+
+@dataclass(slots=True)
+class ConnectionCallbacks:
+    on_notification: Callable[[Notification], None]
+    on_fault: Callable[[Fault], None]
+    host_handler: HostHandler | None = None
+
+
+class Connection:
+    def __init__(
+        self,
+        name: str,
+        stdin: ByteSendStream,
+        stdout: ByteReceiveStream,
+        callbacks: ConnectionCallbacks,
+        *,
+        max_line_bytes: int,
+        max_host_calls: int = 64,
+    ) -> None:
+        self.name = name
+        self._stdin = stdin
+        self._stdout = stdout
+        self._cb = callbacks
+        self.peer = Peer(max_line_bytes=max_line_bytes)
+        self._slots: dict[RequestId, _Slot] = {}
+        self._write_lock = anyio.Lock(fast_acquire=True)
+        self._host_calls = anyio.Semaphore(max_host_calls, fast_acquire=True)
+        self._host_scopes: dict[RequestId, anyio.CancelScope] = {}
+        self.closed_error: ErrorObject | None = None
+        self.eof = anyio.Event()
+
+    # ----------------------------------------------------------------- writing
+
+    async def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        async with self._write_lock:
+            await self._stdin.send(data)
+
+    async def _write_quietly(self, data: bytes) -> None:
+        """Write, ignoring a dead pipe: the reader will notice and settle everything."""
+        try:
+            await self._write(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+
+    async def close_stdin(self) -> None:
+        async with self._write_lock:
+            try:
+                await self._stdin.aclose()
+            except (anyio.BrokenResourceError, OSError):
+                pass
+
+    # ------------------------------------------------------------------- calls
+
+    async def call(self, method: str, params: Any = None, timeout: float | None = None) -> Any:
+        """Send one request and wait for its answer.
+
+        Raises:
+            CallError: the plugin's error answer, or a local one (timeout, crash).
+        """
+        if self.closed_error is not None:
+            raise error_from_object(self.closed_error)
+        try:
+            ident, data = self.peer.send_request(method, params)
+        except EncodeError as exc:
+            raise CallError(standard_error(ErrorCode.INVALID_PARAMS, str(exc))) from exc
+        slot = _Slot()
+        self._slots[ident] = slot
+        try:
+            try:
+                await self._write(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass  # the reader is about to fail every pending call with the real reason
+            if timeout is None:
+                await slot.event.wait()
+            else:
+                with anyio.move_on_after(timeout):
+                    await slot.event.wait()
+        except BaseException:
+            # The caller was cancelled: tell the plugin, then let cancellation propagate.
+            if slot.response is None:
+                self._slots.pop(ident, None)
+                cancel = self.peer.cancel(ident)
+                with anyio.CancelScope(shield=True):
+                    await self._write_quietly(cancel)
+            raise
+        response = slot.response
+        if response is None:
+            self._slots.pop(ident, None)
+            await self._write_quietly(self.peer.cancel(ident))
+            raise local(
+                ErrorCode.TIMEOUT,
+                f"plugin {self.name!r} did not answer {method!r} within {timeout:g} s",
+                plugin=self.name, method=method, timeout=timeout,
+            )
+        if type(response) is Response:
+            return response.result
+        assert isinstance(response, ErrorResponse)
+        error = response.error
+        if error.is_local and error.data is not None and error.data.get("origin") == "pipevisor":
+            raise error_from_object(error)  # settled locally (crash, malformed answer)
+        raise error_from_object(sanitize_plugin_error(error))
+
+    async def notify(self, method: str, params: Any = None) -> None:
+        await self._write(self.peer.send_notification(method, params))
+
+    # ----------------------------------------------------------------- reading
+
+    async def read_loop(self, tg: TaskGroup) -> None:
+        """Runs until stdout closes; then every pending call is failed."""
+        try:
+            while True:
+                try:
+                    data = await self._stdout.receive(_READ_CHUNK)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    break
+                self._handle(self.peer.receive_data(data), tg)
+                out = self.peer.take_output()
+                if out:
+                    await self._write_quietly(out)
+            self._handle(self.peer.receive_eof(), tg)
+        finally:
+            self.eof.set()
+
+    def _handle(self, events: list[Any], tg: TaskGroup) -> None:
+        for event in events:
+            t = type(event)
+            if t is ResponseReceived:
+                slot = self._slots.pop(event.response.id, None)
+                if slot is not None:
+                    slot.response = event.response
+                    slot.event.set()
+            elif t is RequestReceived:
+                tg.start_soon(self._serve, event.request)
+            elif t is NotificationReceived:
+                n = event.notification
+                if n.method == CANCEL and isinstance(n.params, dict):
+                    scope = self._host_scopes.get(n.params.get("id"))
+                    if scope is not None:
+                        scope.cancel()
+                else:
+                    self._cb.on_notification(n)
+            elif t is ProtocolFault:
+                self._cb.on_fault(event.fault)
+
+    def close(self, error: ErrorObject) -> None:
+        """The plugin is gone: settle every pending call with ``error``, once."""
+        if self.closed_error is None:
+            self.closed_error = error
+        for failed in self.peer.fail_all(error):
+            slot = self._slots.pop(failed.response.id, None)
+            if slot is not None:
+                slot.response = failed.response
+                slot.event.set()
+        for scope in self._host_scopes.values():
+            scope.cancel()
+
+    # --------------------------------------------------------- plugin -> host
+
+    async def _serve(self, request: Request) -> None:
+        handler = self._cb.host_handler
+        try:
+            if handler is None:
+                raise CallError(standard_error(ErrorCode.METHOD_NOT_FOUND,
+                                               f"host offers no method {request.method!r}"))
+            if self._host_calls.value == 0 and self._host_calls.statistics().tasks_waiting > 256:
+                raise CallError(local_error(ErrorCode.QUEUE_FULL,
+                                            "too many host calls in flight from this plugin"))
+            async with self._host_calls:
+                with anyio.CancelScope() as scope:
+                    self._host_scopes[request.id] = scope
+                    try:
+                        result = await handler(request.method, request.params)
+                    finally:
+                        self._host_scopes.pop(request.id, None)
+                if scope.cancelled_caught:
+                    raise CallError(local_error(ErrorCode.CANCELLED, "cancelled"))
+            data = self.peer.send_result(request.id, result)
+        except CallError as exc:
+            data = self._error_reply(request.id, exc.error)
+        except PipevisorError as exc:
+            data = self._error_reply(request.id, standard_error(ErrorCode.INTERNAL_ERROR, str(exc)))
+        except EncodeError as exc:
+            data = self._error_reply(request.id, standard_error(ErrorCode.INTERNAL_ERROR, str(exc)))
+        except Exception as exc:  # a host handler bug must not take the supervisor down
+            log.exception("host handler for %r failed", request.method)
+            data = self._error_reply(
+                request.id,
+                standard_error(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
+            )
+        await self._write_quietly(data)
+
+    def _error_reply(self, ident: RequestId, error: ErrorObject) -> bytes:
+        if ident not in self.peer.incoming:
+            return b""  # connection already failed; nobody to answer
+        return self.peer.send_error(ident, error)

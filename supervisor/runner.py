@@ -1,0 +1,564 @@
+"""One plugin's life: start, handshake, serve calls, notice death, restart or give up.
+
+A :class:`PluginRunner` owns one long-lived task (``run``) that loops over
+*instances* (one process each). Everything that can end an instance (the
+process exiting, stdout closing, missed pings, a protocol fault under the
+strict setting, an operator's stop or restart) funnels into ``_end``, so there
+is exactly one place that decides what happens next and exactly one answer
+for every call in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import Process, TaskGroup
+
+from protocol import (
+    HANDSHAKE,
+    LOG,
+    PING,
+    PROGRESS,
+    SHUTDOWN,
+    ErrorCode,
+    ErrorObject,
+    Fault,
+    HandshakeError,
+    HandshakeParams,
+    HandshakeResult,
+    Notification,
+    local_error,
+)
+from supervisor import _platform
+from supervisor.config import PluginSpec, ProtocolErrorAction
+from supervisor.connection import Connection, ConnectionCallbacks, HostHandler
+from supervisor.errors import CallError, CallTimeout, PluginCrashed, local
+from supervisor.events import EventHub, SupervisorEvent
+from supervisor.policy import RestartTracker
+from supervisor.process import (
+    SpawnError,
+    StderrTail,
+    describe_exit,
+    pump_stderr,
+    spawn,
+    terminate,
+    wait_exit,
+)
+from supervisor.states import COMING_BACK, SERVING, PluginState, check_transition
+
+S = PluginState
+log = logging.getLogger("pipevisor.runner")
+
+_LOG_LEVELS = {
+    "debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO,
+    "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL,
+    "alert": logging.CRITICAL, "emergency": logging.CRITICAL,
+}
+_STDERR_LOG_RATE = 200.0
+"""stderr lines per second per plugin forwarded to the log; the rest is counted, not lost
+from the tail buffer."""
+_CRASH_TAIL_LINES = 10
+
+
+@dataclass(slots=True)
+class _End:
+    """Why an instance ended."""
+
+    kind: str  # exited | eof | hung | protocol | handshake | stop | restart | unload | limit
+    detail: str
+    failed: bool = True
+    give_up: bool = False
+    error: ErrorObject | None = None
+
+
+class PluginRunner:
+    def __init__(
+        self,
+        spec: PluginSpec,
+        *,
+        hub: EventHub,
+        containment: _platform.Containment,
+        handshake_params: Callable[[PluginSpec, int], HandshakeParams],
+        host_handler: HostHandler | None = None,
+        leftovers: _platform.LeftoverRecord | None = None,
+    ) -> None:
+        self.spec = spec
+        self._hub = hub
+        self._containment = containment
+        self._handshake_params = handshake_params
+        self._host_handler = host_handler
+        self._leftovers = leftovers
+        self.state = S.STOPPED
+        self._changed = anyio.Event()
+        self._wake = anyio.Event()
+        self._want: str | None = None  # "start" | "stop" | "restart" | "close"
+        self._end_info: _End | None = None
+        self._end_event = anyio.Event()
+        self.tracker = RestartTracker(spec.restart)
+        self.conn: Connection | None = None
+        self.process: Process | None = None
+        self.handshake: HandshakeResult | None = None
+        self.stderr = StderrTail(spec.stderr_lines)
+        self.instance = 0
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
+        self.last_exit: dict[str, Any] | None = None
+        self.reason: str | None = None
+        self.faults = 0
+        self.stderr_suppressed = 0
+        self._log_tokens = _STDERR_LOG_RATE
+        self._log_refill = time.monotonic()
+        self._slots = anyio.Semaphore(spec.calls.max_in_flight, fast_acquire=True)
+        self._waiting = 0
+        self._plugin_log = logging.getLogger(f"pipevisor.plugin.{spec.name}")
+        self.closed = False
+
+    # ================================================================ commands
+
+    def start(self) -> None:
+        """Start (or start again after ``failed``); a no-op when already running."""
+        if self.state in (S.STOPPED, S.FAILED) or self._want == "stop":
+            self.tracker.reset()
+            self._command("start")
+
+    def stop(self) -> None:
+        self._command("stop")
+        self._end(_End("stop", "stopped on request", failed=False))
+
+    def restart(self) -> None:
+        self.tracker.reset()
+        if self.state in (S.STOPPED, S.FAILED):
+            self._command("start")
+        else:
+            self._command("restart")
+            self._end(_End("restart", "restarted on request", failed=False))
+
+    def close(self) -> None:
+        """Stop for good (unload, supervisor exit): the ``run`` task returns."""
+        self._command("close")
+        self._end(_End("unload", "supervisor is shutting down or unloaded the plugin",
+                       failed=False))
+
+    def fail_for_limit(self, detail: str, action: str) -> None:
+        """Used by the resource monitor: end the instance because a limit was exceeded."""
+        self._end(_End("limit", detail, failed=True, give_up=(action == "stop"),
+                       error=local_error(ErrorCode.OVER_LIMIT, detail, plugin=self.spec.name)))
+
+    def _command(self, what: str) -> None:
+        if self._want == "close":
+            return
+        self._want = what
+        self._wake.set()
+
+    def _end(self, info: _End) -> None:
+        if self._end_info is None and self.state not in (S.STOPPED, S.FAILED, S.BACKOFF):
+            self._end_info = info
+            self._end_event.set()
+        elif self.state is S.BACKOFF:
+            self._wake.set()
+
+    # ================================================================== state
+
+    def _set_state(self, new: PluginState, reason: str | None = None) -> None:
+        old = self.state
+        if old is new:
+            return
+        check_transition(old, new)
+        self.state = new
+        self.reason = reason
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+        detail: dict[str, Any] = {"from": str(old), "to": str(new)}
+        if reason:
+            detail["reason"] = reason
+        level = logging.WARNING if new in (S.FAILED, S.BACKOFF, S.DEGRADED) else logging.INFO
+        log.log(level, "plugin %s: %s -> %s%s", self.spec.name, old, new,
+                f" ({reason})" if reason else "")
+        self._hub.publish(SupervisorEvent(self.spec.name, "state", detail))
+
+    async def wait_state(self, states: set[PluginState] | frozenset[PluginState],
+                         timeout: float) -> PluginState:
+        with anyio.fail_after(timeout):
+            while self.state not in states:
+                await self._changed.wait()
+        return self.state
+
+    # ================================================================== calls
+
+    async def call(self, method: str, params: Any = None, timeout: float | None = None) -> Any:
+        if timeout is None:
+            timeout = self.spec.calls.timeout
+        deadline = anyio.current_time() + timeout
+        conn = self.conn
+        if self.state not in SERVING or conn is None:
+            conn = await self._wait_serving(deadline, method)
+        slots = self._slots
+        if slots.value == 0:
+            if self._waiting >= self.spec.calls.max_queued:
+                raise local(ErrorCode.QUEUE_FULL,
+                            f"plugin {self.spec.name!r} has {self._waiting} calls queued "
+                            f"(max_queued={self.spec.calls.max_queued})",
+                            plugin=self.spec.name, method=method)
+            self._waiting += 1
+            acquired = False
+            try:
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    await slots.acquire()
+                    acquired = True
+            finally:
+                self._waiting -= 1
+            if not acquired:
+                raise local(ErrorCode.TIMEOUT,
+                            f"call to {self.spec.name}.{method} waited {timeout:g} s in the queue",
+                            plugin=self.spec.name, method=method, timeout=timeout)
+        else:
+            await slots.acquire()
+        try:
+            if conn.closed_error is not None:
+                conn = await self._wait_serving(deadline, method)
+            return await conn.call(method, params, max(0.0, deadline - anyio.current_time()))
+        finally:
+            slots.release()
+
+    async def notify(self, method: str, params: Any = None) -> None:
+        conn = self.conn
+        if self.state not in SERVING or conn is None:
+            raise self._unavailable(method)
+        await conn.notify(method, params)
+
+    async def _wait_serving(self, deadline: float, method: str) -> Connection:
+        while True:
+            conn = self.conn
+            if self.state in SERVING and conn is not None and conn.closed_error is None:
+                return conn
+            coming_back = (
+                self.state in COMING_BACK
+                or self.state in SERVING  # its instance is ending; the run loop decides next
+                or self._want in ("start", "restart")
+            )
+            if not coming_back:
+                raise self._unavailable(method)
+            changed = self._changed
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                await changed.wait()
+                continue
+            raise local(ErrorCode.PLUGIN_NOT_READY,
+                        f"plugin {self.spec.name!r} was not ready in time (state {self.state}"
+                        + (f": {self.reason}" if self.reason else "") + ")",
+                        plugin=self.spec.name, method=method, state=str(self.state))
+
+    def _unavailable(self, method: str) -> CallError:
+        why = f": {self.reason}" if self.reason else ""
+        return local(ErrorCode.PLUGIN_STOPPED,
+                     f"plugin {self.spec.name!r} is {self.state}{why}",
+                     plugin=self.spec.name, method=method, state=str(self.state))
+
+    # ================================================================ the loop
+
+    async def run(self) -> None:
+        """The plugin's lifetime; returns after ``close()``."""
+        while True:
+            while self._want not in ("start", "restart", "close"):
+                self._wake = anyio.Event()
+                await self._wake.wait()
+            if self._want == "close":
+                return
+            self._want = None
+            end = await self._run_instance()
+            if self._want == "close":
+                self._finish(S.STOPPED, end.detail)
+                return
+            if end.kind == "stop":
+                self._finish(S.STOPPED, end.detail)
+                continue
+            if end.kind == "restart":
+                self._want = "restart"
+                self._finish(S.STOPPED, end.detail)
+                continue
+            if end.give_up:
+                self._finish(S.FAILED, end.detail)
+                continue
+            uptime = time.monotonic() - self.ready_at if self.ready_at else 0.0
+            decision = self.tracker.on_exit(time.monotonic(), uptime, end.failed)
+            if decision.give_up:
+                self._finish(S.FAILED, f"{end.detail}; {decision.reason}")
+                continue
+            if not decision.restart:
+                self._finish(S.STOPPED, f"{end.detail}; {decision.reason}")
+                continue
+            self._set_state(S.BACKOFF, f"{end.detail}; restart in {decision.delay:.2f} s")
+            self._hub.publish(SupervisorEvent(self.spec.name, "restart",
+                                              {"delay": decision.delay, "after": end.detail}))
+            self._wake = anyio.Event()
+            with anyio.move_on_after(decision.delay):
+                await self._wake.wait()
+            if self._want in ("stop", "close"):
+                self._set_state(S.STOPPING, "stopped during backoff")
+                self._finish(S.STOPPED, "stopped during backoff")
+                if self._want == "close":
+                    return
+                self._want = None
+                continue
+            self._want = "start"
+
+    def _finish(self, state: PluginState, reason: str) -> None:
+        if state is S.STOPPED and self.state is not S.STOPPING:
+            self._set_state(S.STOPPING, reason)
+        self._set_state(state, reason)
+
+    async def _run_instance(self) -> _End:
+        self.instance += 1
+        self._end_info = None
+        self._end_event = anyio.Event()
+        self.handshake = None
+        self.ready_at = None
+        self._set_state(S.STARTING)
+        try:
+            process = await spawn(self.spec, self._containment, self._env())
+        except SpawnError as exc:
+            self._hub.publish(SupervisorEvent(self.spec.name, "exit", {"error": str(exc)}))
+            return _End("spawn", str(exc), give_up=True)
+        self.process = process
+        self.started_at = time.monotonic()
+        if self._leftovers is not None:
+            self._leftovers.record(process.pid)
+        conn = Connection(
+            self.spec.name, process.stdin, process.stdout,  # type: ignore[arg-type]
+            ConnectionCallbacks(self._on_notification, self._on_fault, self._host_handler),
+            max_line_bytes=self.spec.max_line_bytes,
+        )
+        self.conn = conn
+        end: _End | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conn.read_loop, tg)
+                tg.start_soon(pump_stderr, process, self._on_stderr)
+                tg.start_soon(self._watch_exit, process, conn)
+                tg.start_soon(self._bring_up, conn, tg)
+                await self._end_event.wait()
+                end = self._end_info
+                assert end is not None
+                with anyio.CancelScope(shield=True):
+                    await self._teardown(process, conn, end)
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if process.returncode is None:
+                    _platform.kill_tree(process.pid)
+                    await process.wait()
+                await process.aclose()
+            if self._leftovers is not None:
+                self._leftovers.forget(process.pid)
+            self.process = None
+        assert end is not None
+        return end
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "PIPEVISOR_PLUGIN": "1",
+            "PIPEVISOR_PLUGIN_NAME": self.spec.name,
+            "PIPEVISOR_PROTOCOL": "1.0..1.0",
+            "PIPEVISOR_HOST_PID": str(os.getpid()),
+        }
+
+    async def _bring_up(self, conn: Connection, tg: TaskGroup) -> None:
+        self._set_state(S.HANDSHAKING)
+        params = self._handshake_params(self.spec, self.instance)
+        try:
+            raw = await conn.call(HANDSHAKE, params.to_json(), self.spec.health.handshake_timeout)
+            result = HandshakeResult.from_json(raw, params.protocol_versions)
+        except PluginCrashed:
+            return  # _watch_exit reports the exit
+        except CallTimeout:
+            self._end(_End("handshake", "no answer to the handshake within "
+                           f"{self.spec.health.handshake_timeout:g} s"))
+            return
+        except CallError as exc:
+            give_up = exc.code in (
+                ErrorCode.UNSUPPORTED_PROTOCOL_VERSION, ErrorCode.METHOD_NOT_FOUND
+            )
+            self._end(_End("handshake", f"handshake refused: {exc.error.message}",
+                           give_up=give_up, error=exc.error))
+            return
+        except HandshakeError as exc:
+            self._end(_End("handshake", f"invalid handshake answer: {exc.error.message}",
+                           give_up=True, error=exc.error))
+            return
+        self.handshake = result
+        if result.max_concurrency is not None and result.max_concurrency < (
+            self.spec.calls.max_in_flight
+        ):
+            self._slots = anyio.Semaphore(result.max_concurrency, fast_acquire=True)
+        else:
+            self._slots = anyio.Semaphore(self.spec.calls.max_in_flight, fast_acquire=True)
+        self.ready_at = time.monotonic()
+        self._set_state(S.READY)
+        if self.spec.health.ping_interval > 0:
+            tg.start_soon(self._health_loop, conn)
+
+    async def _health_loop(self, conn: Connection) -> None:
+        interval = self.spec.health.ping_interval
+        timeout = self.spec.health.ping_timeout
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await conn.call(PING, {}, timeout)
+            except CallTimeout:
+                self._end(_End("hung", f"no answer to a liveness ping within {timeout:g} s",
+                               error=local_error(ErrorCode.TIMEOUT,
+                                                 f"plugin {self.spec.name!r} stopped answering "
+                                                 "(liveness ping timed out); it is restarted",
+                                                 plugin=self.spec.name)))
+                return
+            except PluginCrashed:
+                return
+            except CallError:
+                pass  # any answer, even an error, proves the plugin is alive
+
+    async def _watch_exit(self, process: Process, conn: Connection) -> None:
+        """Notice death as soon as the pipe closes or the process exits (no polling)."""
+        async with anyio.create_task_group() as tg:
+            async def exited() -> None:
+                await process.wait()
+                with anyio.move_on_after(0.5):  # let the reader drain the last answers
+                    await conn.eof.wait()
+                tg.cancel_scope.cancel()
+
+            async def eof() -> None:
+                await conn.eof.wait()
+                await wait_exit(process, 1.0)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(exited)
+            tg.start_soon(eof)
+        code = process.returncode
+        how = describe_exit(code) if code is not None else "closed its stdout"
+        tail = self.stderr.last(_CRASH_TAIL_LINES)
+        self.last_exit = {"returncode": code, "description": how, "time": time.time(),
+                          "stderr": tail}
+        self._hub.publish(SupervisorEvent(self.spec.name, "exit", dict(self.last_exit)))
+        failed = code != 0
+        if self._end_info is None:
+            message = f"plugin {self.spec.name!r} {how}"
+            if self.state is S.HANDSHAKING:
+                message += " during the handshake"
+            error = local_error(ErrorCode.PLUGIN_CRASHED, message, plugin=self.spec.name,
+                                returncode=code, stderr=tail)
+            conn.close(error)
+            self._end(_End("exited", message, failed=failed or self.state is S.HANDSHAKING,
+                           error=error))
+
+    async def _teardown(self, process: Process, conn: Connection, end: _End) -> None:
+        graceful = end.kind in ("stop", "restart", "unload")
+        if graceful and self.state is not S.STOPPING:
+            self._set_state(S.STOPPING, end.detail)
+        stop = self.spec.stop
+        if process.returncode is None:
+            if graceful:
+                await self._graceful(process, conn)
+            else:
+                await terminate(process, min(stop.term_grace, 1.0))
+        error = end.error or local_error(
+            ErrorCode.PLUGIN_STOPPED, f"plugin {self.spec.name!r}: {end.detail}",
+            plugin=self.spec.name)
+        conn.close(error)
+        if (end.kind != "exited" and self.last_exit is None) or (
+            end.kind != "exited" and process.returncode is not None
+        ):
+            self.last_exit = {"returncode": process.returncode,
+                              "description": describe_exit(process.returncode),
+                              "time": time.time(), "stderr": self.stderr.last(_CRASH_TAIL_LINES)}
+
+    async def _graceful(self, process: Process, conn: Connection) -> None:
+        stop = self.spec.stop
+        if self.handshake is not None and self.handshake.shutdown and conn.closed_error is None:
+            with anyio.move_on_after(stop.shutdown_grace):
+                try:
+                    await conn.call(SHUTDOWN, {"reason": "stop", "graceSeconds": stop.eof_grace},
+                                    stop.shutdown_grace)
+                except CallError:
+                    pass
+                await process.wait()
+        if process.returncode is None:
+            await conn.close_stdin()
+            if await wait_exit(process, stop.eof_grace):
+                return
+        await terminate(process, stop.term_grace)
+
+    # ======================================================= plugin's output
+
+    def _on_stderr(self, line: str) -> None:
+        self.stderr.add(line)
+        now = time.monotonic()
+        self._log_tokens = min(_STDERR_LOG_RATE,
+                               self._log_tokens + (now - self._log_refill) * _STDERR_LOG_RATE)
+        self._log_refill = now
+        if self._log_tokens >= 1:
+            self._log_tokens -= 1
+            if self.stderr_suppressed:
+                self._plugin_log.warning("[%d stderr lines not logged: rate limit]",
+                                         self.stderr_suppressed)
+                self.stderr_suppressed = 0
+            self._plugin_log.info("%s", line)
+        else:
+            self.stderr_suppressed += 1
+
+    def _on_notification(self, n: Notification) -> None:
+        params = n.params if isinstance(n.params, dict) else {}
+        if n.method == LOG:
+            level = _LOG_LEVELS.get(str(params.get("level")), logging.INFO)
+            self._plugin_log.log(level, "%s", params.get("message", ""))
+            self._hub.publish(SupervisorEvent(self.spec.name, "log", {
+                "level": params.get("level"), "message": params.get("message"),
+                "logger": params.get("logger")}))
+        elif n.method == PROGRESS:
+            self._hub.publish(SupervisorEvent(self.spec.name, "progress", dict(params)))
+        else:
+            self._hub.publish(SupervisorEvent(self.spec.name, "notification",
+                                              {"method": n.method, "params": n.params}))
+
+    def _on_fault(self, fault: Fault) -> None:
+        self.faults += 1
+        raw = fault.raw.decode("utf-8", "replace")
+        if self.faults <= 10 or self.faults % 1000 == 0:
+            log.warning("plugin %s: protocol fault #%d %s: %s; line starts %r", self.spec.name,
+                        self.faults, fault.kind, fault.detail, raw[:120])
+        self._hub.publish(SupervisorEvent(self.spec.name, "fault", {
+            "fault": str(fault.kind), "detail": fault.detail, "raw": raw[:200],
+            "count": self.faults}))
+        if self.spec.on_protocol_error is ProtocolErrorAction.RESTART:
+            self._end(_End("protocol", f"protocol fault ({fault.kind}: {fault.detail})",
+                           error=local_error(ErrorCode.PROTOCOL_VIOLATION,
+                                             f"plugin {self.spec.name!r} broke the protocol: "
+                                             f"{fault.detail}", plugin=self.spec.name)))
+
+    # ================================================================ status
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        hs = self.handshake
+        return {
+            "name": self.spec.name,
+            "state": str(self.state),
+            "reason": self.reason,
+            "pid": self.process.pid if self.process is not None else None,
+            "instance": self.instance,
+            "uptime": (now - self.ready_at) if self.ready_at and self.state in SERVING else None,
+            "restarts": self.tracker.total_restarts,
+            "last_exit": self.last_exit,
+            "faults": self.faults,
+            "command": list(self.spec.command),
+            "protocol_version": str(hs.protocol_version) if hs else None,
+            "plugin_version": hs.plugin_version if hs else None,
+            "methods": {m: (str(i.version) if i.version else None)
+                        for m, i in hs.methods.items()} if hs else {},
+            "in_flight": len(self.conn.peer.outgoing) if self.conn is not None else 0,
+            "queued": self._waiting,
+            "stderr_tail": self.stderr.last(5),
+        }

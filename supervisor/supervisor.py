@@ -1,0 +1,226 @@
+"""The embeddable supervisor: a set of plugin runners under one task group.
+
+    async with Supervisor(config) as sup:
+        result = await sup.call("echo", "echo", {"text": "hi"}, timeout=5)
+
+Leaving the ``async with`` block stops every plugin gracefully and
+concurrently, bounded by each plugin's grace periods.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup
+
+from protocol import ErrorCode, HandshakeParams, standard_error
+from supervisor import _platform
+from supervisor.config import PluginSpec, SupervisorConfig
+from supervisor.errors import CallError, ConfigError, local
+from supervisor.events import EventHub, Subscription
+from supervisor.runner import PluginRunner
+from supervisor.states import SERVING, PluginState
+
+log = logging.getLogger("pipevisor.supervisor")
+
+HostMethod = Callable[..., Awaitable[Any]]
+
+
+class Supervisor:
+    def __init__(self, config: SupervisorConfig | Sequence[PluginSpec] = ()) -> None:
+        if not isinstance(config, SupervisorConfig):
+            config = SupervisorConfig(plugins=tuple(config))
+        self.config = config
+        self.events = EventHub()
+        self.runners: dict[str, PluginRunner] = {}
+        self._host_methods: dict[str, tuple[HostMethod, str]] = {}
+        self._tg: TaskGroup | None = None
+        self._containment: _platform.Containment | None = None
+        self._leftovers: _platform.LeftoverRecord | None = None
+        self._subreaper = False
+
+    # ============================================================ lifecycle
+
+    async def __aenter__(self) -> Supervisor:
+        self._containment = _platform.detect_containment(
+            force=None if self.config.containment == "auto" else self.config.containment
+        )
+        log.info("process containment: %s (%s)", self._containment.mechanism,
+                 self._containment.detail)
+        if self.config.state_dir is not None:
+            os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
+            self._leftovers = _platform.LeftoverRecord(
+                os.path.join(self.config.state_dir, "children.json"))
+            killed = self._leftovers.cleanup()
+            if killed:
+                log.warning("killed %d processes left over by a previous instance: %s",
+                            len(killed), killed)
+        if self._containment.mechanism != "pidns":
+            self._subreaper = _platform.become_subreaper()
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        if self._subreaper:
+            self._tg.start_soon(self._reap_adopted)
+        for spec in self.config.plugins:
+            self._add(spec)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        for runner in self.runners.values():
+            runner.close()
+        self._tg.cancel_scope.deadline = anyio.current_time() + self._stop_budget()
+        tg, self._tg = self._tg, None
+        # the reaper loop only ends by cancellation
+        if self._subreaper:
+            tg.cancel_scope.deadline = anyio.current_time() + self._stop_budget()
+        return await tg.__aexit__(exc_type, exc, tb)
+
+    def _stop_budget(self) -> float:
+        budgets = [s.stop.shutdown_grace + s.stop.eof_grace + s.stop.term_grace + 5.0
+                   for s in (r.spec for r in self.runners.values())]
+        return max(budgets, default=5.0)
+
+    async def _reap_adopted(self) -> None:
+        while True:
+            await anyio.sleep(1.0)
+            known = {r.process.pid for r in self.runners.values() if r.process is not None}
+            _platform.reap_adopted(known)
+
+    def _add(self, spec: PluginSpec) -> PluginRunner:
+        assert self._tg is not None and self._containment is not None
+        if spec.name in self.runners:
+            raise ConfigError(f"a plugin named {spec.name!r} is already loaded")
+        runner = PluginRunner(
+            spec,
+            hub=self.events,
+            containment=self._containment,
+            handshake_params=self._handshake_params,
+            host_handler=self._dispatch_host_call,
+            leftovers=self._leftovers,
+        )
+        self.runners[spec.name] = runner
+
+        async def lifetime() -> None:
+            try:
+                await runner.run()
+            finally:
+                if self.runners.get(spec.name) is runner:
+                    del self.runners[spec.name]
+
+        self._tg.start_soon(lifetime)
+        if spec.autostart:
+            runner.start()
+        return runner
+
+    # ============================================================ control
+
+    async def load(self, spec: PluginSpec, *, wait: float | None = None) -> PluginRunner:
+        """Add a plugin at run time; with ``wait``, return once it is ready (or failed)."""
+        runner = self._add(spec)
+        if wait is not None:
+            await runner.wait_state(SERVING | {PluginState.FAILED}, wait)
+        return runner
+
+    async def unload(self, name: str) -> None:
+        """Stop the plugin gracefully and forget it; other plugins are untouched."""
+        runner = self.runner(name)
+        runner.close()
+        with anyio.CancelScope(shield=True):
+            while name in self.runners:
+                await runner.wait_state({PluginState.STOPPED, PluginState.FAILED}, 3600)
+                await anyio.lowlevel.checkpoint()  # let the lifetime task remove it
+
+    def runner(self, name: str) -> PluginRunner:
+        try:
+            return self.runners[name]
+        except KeyError:
+            raise local(ErrorCode.UNKNOWN_PLUGIN, f"no plugin named {name!r} is loaded",
+                        plugin=name) from None
+
+    def start(self, name: str) -> None:
+        self.runner(name).start()
+
+    def stop(self, name: str) -> None:
+        self.runner(name).stop()
+
+    def restart(self, name: str) -> None:
+        self.runner(name).restart()
+
+    async def wait_ready(self, names: Sequence[str] | None = None, timeout: float = 30.0) -> None:
+        """Wait until the plugins are serving (or given up on)."""
+        targets = [self.runner(n) for n in names] if names is not None else list(
+            self.runners.values())
+        with anyio.fail_after(timeout):
+            for runner in targets:
+                await runner.wait_state(SERVING | {PluginState.FAILED}, timeout)
+
+    # ============================================================ calls
+
+    async def call(self, plugin: str, method: str, params: Any = None, *,
+                   timeout: float | None = None) -> Any:
+        """Call ``method`` on ``plugin``. Always returns a result or raises a CallError."""
+        return await self.runner(plugin).call(method, params, timeout)
+
+    async def notify(self, plugin: str, method: str, params: Any = None) -> None:
+        await self.runner(plugin).notify(method, params)
+
+    def host_method(self, name: str, version: str = "1.0") -> Callable[[HostMethod], HostMethod]:
+        """Decorator registering an async function plugins may call on the host."""
+        def register(fn: HostMethod) -> HostMethod:
+            self.add_host_method(name, fn, version)
+            return fn
+        return register
+
+    def add_host_method(self, name: str, fn: HostMethod, version: str = "1.0") -> None:
+        self._host_methods[name] = (fn, version)
+
+    async def _dispatch_host_call(self, method: str, params: Any) -> Any:
+        entry = self._host_methods.get(method)
+        if entry is None:
+            raise CallError(standard_error(ErrorCode.METHOD_NOT_FOUND,
+                                           f"host offers no method {method!r}"))
+        fn, _ = entry
+        if isinstance(params, dict):
+            return await fn(**params)
+        if isinstance(params, list):
+            return await fn(*params)
+        return await fn()
+
+    def _handshake_params(self, spec: PluginSpec, instance: int) -> HandshakeParams:
+        limits: dict[str, Any] = {
+            "maxLineBytes": spec.max_line_bytes,
+            "callTimeoutSeconds": spec.calls.timeout,
+        }
+        return HandshakeParams(
+            plugin_name=spec.name,
+            host_name=self.config.host_name,
+            host_version=self.config.host_version,
+            host_pid=os.getpid(),
+            instance=instance,
+            host_methods=MappingProxyType(
+                {name: (version,) for name, (_, version) in self._host_methods.items()}),
+            limits=MappingProxyType(limits),
+        )
+
+    # ============================================================ status
+
+    def status(self) -> list[dict[str, Any]]:
+        return [runner.status() for runner in self.runners.values()]
+
+    @asynccontextmanager
+    async def subscribe(self, maxlen: int = 10_000) -> AsyncIterator[Subscription]:
+        async with self.events.subscribe(maxlen) as sub:
+            yield sub
