@@ -241,6 +241,11 @@ static void kill_all_descendants(void)
 {
     struct timespec ms = {0, 1000000};
     for (int pass = 0; pass < 5000; pass++) {
+        reap_all_nohang();
+        /* Subreaper: any live descendant has a live child of ours above it,
+         * so having no children at all means there is nothing to walk. */
+        if (waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD)
+            return;
         int live = signal_descendants(SIGKILL);
         reap_all_nohang();
         if (live == 0)
@@ -489,8 +494,8 @@ int main(int argc, char **argv)
     } while (got < 0 && errno == EINTR);
     if (got != (ssize_t)sizeof plugin_status)
         plugin_status = inner_status; /* inner was killed before reporting */
-    if (!use_ns)
-        kill_all_descendants(); /* adopted if inner died abruptly */
+    if (!use_ns && got != (ssize_t)sizeof plugin_status)
+        kill_all_descendants(); /* orphans adopted when inner died abruptly */
     exit_like(plugin_status);
     return EXIT_USAGE;
 }
