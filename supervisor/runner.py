@@ -160,6 +160,9 @@ class PluginRunner:
         if self._end_info is None and self.state not in (S.STOPPED, S.FAILED, S.BACKOFF):
             self._end_info = info
             self._end_event.set()
+            if info.kind in ("stop", "restart", "unload") and self.state is not S.STOPPING:
+                # at once, so that calls made from now on wait for the next instance
+                self._set_state(S.STOPPING, info.detail)
         elif self.state is S.BACKOFF:
             self._wake.set()
 

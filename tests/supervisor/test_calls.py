@@ -1,0 +1,198 @@
+"""Calls through a real supervisor to real plugin processes."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from protocol import ErrorCode
+from supervisor import (
+    CallPolicy,
+    CallTimeout,
+    PluginError,
+    PluginState,
+    PluginUnavailable,
+    ProtocolErrorAction,
+    QueueFull,
+    Supervisor,
+)
+from tests.supervisor.fake import fake_spec
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_call_round_trip_and_status() -> None:
+    async with Supervisor([fake_spec()]) as sup:
+        assert await sup.call("fake", "echo", {"text": "hi"}, timeout=10) == {"text": "hi"}
+        [status] = sup.status()
+        assert status["state"] == "ready"
+        assert status["protocol_version"] == "1.0"
+        assert "echo" in status["methods"]
+        assert isinstance(status["pid"], int)
+
+
+async def test_plugin_error_is_passed_through() -> None:
+    async with Supervisor([fake_spec()]) as sup:
+        with pytest.raises(PluginError) as info:
+            await sup.call("fake", "no_such_method", {}, timeout=10)
+        assert info.value.code == ErrorCode.METHOD_NOT_FOUND
+
+
+async def test_thousand_pipelined_calls_each_get_their_own_answer() -> None:
+    results: dict[int, object] = {}
+    async with Supervisor([fake_spec()]) as sup:
+        await sup.wait_ready(timeout=10)
+
+        async def one(i: int) -> None:
+            results[i] = await sup.call("fake", "echo", {"i": i, "pad": "x" * (i % 50)})
+
+        async with anyio.create_task_group() as tg:
+            for i in range(1000):
+                tg.start_soon(one, i)
+    assert len(results) == 1000
+    assert all(results[i] == {"i": i, "pad": "x" * (i % 50)} for i in range(1000))
+
+
+async def test_timeout_sends_cancel_to_the_plugin() -> None:
+    async with Supervisor([fake_spec()]) as sup:
+        with pytest.raises(CallTimeout) as info:
+            await sup.call("fake", "sleep", {"seconds": 30}, timeout=0.3)
+        assert info.value.code == ErrorCode.TIMEOUT
+        assert info.value.data["origin"] == "pipevisor"
+        # the plugin saw the cancel notification for that request
+        with anyio.fail_after(5):
+            while not await sup.call("fake", "cancelled"):
+                await anyio.sleep(0.01)
+
+
+async def test_caller_cancellation_reaches_the_plugin() -> None:
+    async with Supervisor([fake_spec()]) as sup:
+        await sup.wait_ready(timeout=10)
+        with anyio.move_on_after(0.3):
+            await sup.call("fake", "sleep", {"seconds": 30})
+        with anyio.fail_after(5):
+            while not await sup.call("fake", "cancelled"):
+                await anyio.sleep(0.01)
+        assert sup.runner("fake").status()["in_flight"] == 0
+
+
+async def test_queue_is_bounded() -> None:
+    spec = fake_spec(calls=CallPolicy(timeout=10, max_in_flight=1, max_queued=2))
+    async with Supervisor([spec]) as sup:
+        await sup.wait_ready(timeout=10)
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):  # one in flight, two queued
+                tg.start_soon(sup.call, "fake", "sleep", {"seconds": 0.5})
+            runner = sup.runner("fake")
+            with anyio.fail_after(5):
+                while runner.status()["queued"] < 2:
+                    await anyio.sleep(0.01)
+            with pytest.raises(QueueFull) as info:
+                await sup.call("fake", "echo", {})
+            assert info.value.code == ErrorCode.QUEUE_FULL
+
+
+async def test_plugin_declared_max_concurrency_is_respected() -> None:
+    async with Supervisor([fake_spec("fake", "--max-concurrency", "2")]) as sup:
+        await sup.wait_ready(timeout=10)
+        peak = 0
+        runner = sup.runner("fake")
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, len(runner.conn.peer.outgoing) if runner.conn else 0)
+                await anyio.sleep(0.005)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            async with anyio.create_task_group() as calls:
+                for _ in range(6):
+                    calls.start_soon(sup.call, "fake", "sleep", {"seconds": 0.1})
+            tg.cancel_scope.cancel()
+        assert peak == 2
+
+
+async def test_plugin_can_call_the_host() -> None:
+    async with Supervisor([fake_spec()]) as sup:
+        @sup.host_method("add")
+        async def add(a: int, b: int) -> int:
+            return a + b
+
+        result = await sup.call("fake", "call_host", {"method": "add", "params": {"a": 2, "b": 3}},
+                                timeout=10)
+        assert result == 5
+        missing = await sup.call("fake", "call_host", {"method": "nope", "params": {}})
+        assert missing["code"] == ErrorCode.METHOD_NOT_FOUND
+
+
+async def test_garbage_on_stdout_is_counted_not_fatal() -> None:
+    async with Supervisor([fake_spec("fake", "--garbage-at-start")]) as sup:
+        async with sup.subscribe() as events:
+            assert await sup.call("fake", "garbage", timeout=10) == "ok"
+            with anyio.fail_after(5):
+                while True:
+                    ev = await events.next()
+                    if ev.kind == "fault":
+                        break
+            assert ev.detail["fault"] == "invalid_json"
+        runner = sup.runner("fake")
+        assert runner.faults >= 1
+        assert runner.instance == 1
+        assert await sup.call("fake", "echo", [1]) == [1]
+
+
+async def test_strict_mode_restarts_on_garbage() -> None:
+    spec = fake_spec(on_protocol_error=ProtocolErrorAction.RESTART)
+    async with Supervisor([spec]) as sup:
+        await sup.wait_ready(timeout=10)
+        first_pid = sup.runner("fake").status()["pid"]
+        try:
+            await sup.call("fake", "garbage", timeout=5)
+        except Exception:
+            pass  # the answer may or may not arrive before the restart
+        with anyio.fail_after(10):
+            while sup.runner("fake").instance < 2:
+                await anyio.sleep(0.01)
+        assert await sup.call("fake", "echo", [2], timeout=10) == [2]
+        assert sup.runner("fake").status()["pid"] != first_pid
+
+
+async def test_huge_line_is_skipped_and_the_plugin_keeps_working() -> None:
+    async with Supervisor([fake_spec(max_line_bytes=64 * 1024)]) as sup:
+        with pytest.raises(CallTimeout):
+            await sup.call("fake", "huge", {"bytes": 1_000_000}, timeout=1.0)
+        runner = sup.runner("fake")
+        assert runner.faults == 1
+        assert runner.conn is not None and runner.conn.peer.buffered <= 64 * 1024
+        assert await sup.call("fake", "huge", {"bytes": 1000}) == "y" * 1000
+
+
+async def test_stderr_flood_keeps_the_supervisor_responsive() -> None:
+    async with Supervisor([fake_spec(stderr_lines=500)]) as sup:
+        await sup.wait_ready(timeout=10)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sup.call, "fake", "stderr_flood", {"lines": 200_000}, )
+            for i in range(50):
+                assert await sup.call("fake", "echo", [i], timeout=10) == [i]
+        runner = sup.runner("fake")
+        assert len(runner.stderr.lines) <= 500
+        assert runner.stderr.total >= 200_000
+
+
+async def test_unknown_plugin() -> None:
+    async with Supervisor([]) as sup:
+        with pytest.raises(PluginUnavailable) as info:
+            await sup.call("ghost", "echo")
+        assert info.value.code == ErrorCode.UNKNOWN_PLUGIN
+
+
+async def test_calls_to_a_stopped_plugin_fail_clearly() -> None:
+    async with Supervisor([fake_spec()]) as sup:
+        await sup.wait_ready(timeout=10)
+        sup.stop("fake")
+        await sup.runner("fake").wait_state({PluginState.STOPPED}, 10)
+        with pytest.raises(PluginUnavailable) as info:
+            await sup.call("fake", "echo")
+        assert info.value.code == ErrorCode.PLUGIN_STOPPED
+        assert "stopped" in str(info.value)
