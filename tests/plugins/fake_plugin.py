@@ -19,7 +19,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from protocol import (  # noqa: E402
+from protocol import (
     CANCEL,
     HANDSHAKE,
     PING,

@@ -12,10 +12,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
 
-import anyio  # noqa: E402
+import anyio
 
-from supervisor import Supervisor  # noqa: E402
-from tests.supervisor.fake import fake_spec  # noqa: E402
+from supervisor import Supervisor
+from tests.supervisor.fake import fake_spec
 
 
 async def main(pidfile: str) -> None:
