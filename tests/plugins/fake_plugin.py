@@ -134,6 +134,10 @@ def handle(ident: Any, method: str, params: Any) -> None:
         answer(ident, "flooded")
     elif method == "huge":
         answer(ident, "y" * int(p.get("bytes", 1000)))
+    elif method == "env":
+        answer(ident, dict(os.environ))
+    elif method == "fds":
+        answer(ident, sorted(int(fd) for fd in os.listdir("/proc/self/fd")))
     elif method == "cancelled":
         answer(ident, cancelled_ids)
     elif method == "hang":
@@ -233,7 +237,8 @@ def handshake(ident: Any, params: Any, supported: VersionRange) -> None:
         "protocolVersion": str(version),
         "plugin": {"name": hp.plugin_name, "version": "0.0.1"},
         "methods": {m: {} for m in ("echo", "sleep", "crash", "pid", "call_host", "spawn_tree",
-                                    "garbage", "stderr_flood", "huge", "cancelled", "hang")},
+                                    "garbage", "stderr_flood", "huge", "cancelled", "hang", "env",
+                                    "fds")},
         "capabilities": caps,
     })
 

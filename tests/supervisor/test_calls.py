@@ -196,3 +196,26 @@ async def test_calls_to_a_stopped_plugin_fail_clearly() -> None:
             await sup.call("fake", "echo")
         assert info.value.code == ErrorCode.PLUGIN_STOPPED
         assert "stopped" in str(info.value)
+
+
+async def test_plugin_gets_a_clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET_TOKEN", "do-not-leak")
+    spec = fake_spec(env={"EXTRA": "1"})
+    async with Supervisor([spec]) as sup:
+        env = await sup.call("fake", "env", timeout=10)
+    assert "SECRET_TOKEN" not in env
+    assert env["EXTRA"] == "1"
+    assert env["PIPEVISOR_PLUGIN"] == "1"
+    assert env["PIPEVISOR_PLUGIN_NAME"] == "fake"
+    allowed = {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "EXTRA",
+               "PIPEVISOR_PLUGIN", "PIPEVISOR_PLUGIN_NAME", "PIPEVISOR_PROTOCOL",
+               "PIPEVISOR_HOST_PID", "PIPEVISOR_TREE"}
+    assert set(env) <= allowed, set(env) - allowed
+
+
+async def test_plugin_inherits_no_extra_file_descriptors() -> None:
+    async with Supervisor([fake_spec()]) as sup:
+        fds = await sup.call("fake", "fds", timeout=10)
+    # 0-2 are the pipes, 3 is the dup of stdout the plugin keeps for the protocol,
+    # one more is the directory listing itself; nothing of the supervisor's leaks in
+    assert len(fds) <= 5, fds
