@@ -1,0 +1,130 @@
+"""``pipevisor demo``: the example plugins under an embedded supervisor, surviving a crash.
+
+Runs ``examples/python-stdlib/pipevisor-echo`` and ``examples/crashy/pipevisor-crashy``
+from a source checkout, calls them, crashes one, watches it come back, and stops
+both. ``python -m supervisor.demo`` runs it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from supervisor.config import PluginSpec, StopPolicy
+from supervisor.errors import ConfigError, PluginCrashed
+from supervisor.events import Subscription
+from supervisor.states import PluginState
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ECHO = EXAMPLES / "python-stdlib" / "pipevisor-echo"
+CRASHY = EXAMPLES / "crashy" / "pipevisor-crashy"
+TIMEOUT = 10.0
+"""Seconds any one step may take before the demo gives up."""
+
+
+def example_plugins() -> list[PluginSpec]:
+    """Specs for the two example plugins; ConfigError when the examples are not there."""
+    for path in (ECHO, CRASHY):
+        if not path.is_file():
+            raise ConfigError(
+                f"example plugin {path} not found: the demo runs from a source checkout "
+                f"of pipevisor (it looked in {EXAMPLES})")
+    stop = StopPolicy(shutdown_grace=2.0, eof_grace=2.0, term_grace=2.0)
+    return [PluginSpec("echo", (str(ECHO),), stop=stop),
+            PluginSpec("crashy", (str(CRASHY),), stop=stop)]
+
+
+def _table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    cells = [("NAME", "STATE", "PID", "PROTOCOL", "METHODS")] + [
+        (r["name"], r["state"], str(r["pid"] or "-"), r["protocol_version"] or "-",
+         ", ".join(sorted(r["methods"])) or "-")
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in cells]
+
+
+async def _transitions(sub: Subscription, plugin: str, until: PluginState) -> list[str]:
+    """States ``plugin`` passes through, as announced on ``sub``, until it reaches ``until``."""
+    seen: list[str] = []
+    with anyio.fail_after(TIMEOUT):
+        while True:
+            event = await sub.next()
+            if event.plugin != plugin or event.kind != "state":
+                continue
+            if not seen:
+                seen.append(str(event.detail["from"]))
+            seen.append(str(event.detail["to"]))
+            if event.detail["to"] == until:
+                return seen
+
+
+async def run_demo(out: Callable[[str], None]) -> None:
+    """Show a user what pipevisor does, in about ten lines written to ``out``."""
+    specs = example_plugins()
+    # The demo reports what happens itself; without a logging set-up, Python would also
+    # print the supervisor's warnings (such as the crash) to stderr, between our lines.
+    quiet = logging.NullHandler()
+    pv_log = logging.getLogger("pipevisor")
+    if not logging.getLogger().handlers:
+        pv_log.addHandler(quiet)
+    try:
+        await _demo(specs, out)
+    finally:
+        pv_log.removeHandler(quiet)
+
+
+async def _demo(specs: list[PluginSpec], out: Callable[[str], None]) -> None:
+    from supervisor.supervisor import Supervisor  # heavy import, only when the demo runs
+
+    async with Supervisor(specs) as sup:
+        await sup.wait_ready(timeout=TIMEOUT)
+        out("pipevisor demo: two example plugins under an embedded supervisor")
+        for line in _table(sup.status()):
+            out(line)
+
+        text = "hello, pipevisor"
+        for method in ("echo", "reverse"):
+            result = await sup.call("echo", method, {"text": text}, timeout=TIMEOUT)
+            out(f"call echo.{method}({json.dumps({'text': text})}) -> {json.dumps(result)}")
+
+        old_pid = sup.runner("crashy").status()["pid"]
+        async with sup.subscribe() as sub:
+            try:
+                await sup.call("crashy", "crash", {}, timeout=TIMEOUT)
+                raise RuntimeError("the crashy plugin answered 'crash' instead of crashing")
+            except PluginCrashed as exc:
+                data = exc.data if isinstance(exc.data, dict) else {}
+                stderr = data.get("stderr") or sup.runner("crashy").stderr.last(1)
+                last = stderr[-1] if stderr else "-"
+                out(f"call crashy.crash() -> PluginCrashed [{exc.code}] {exc.error.message}")
+                out(f"  exit code {data.get('returncode')}, last stderr line: {last!r}")
+            states = await _transitions(sub, "crashy", PluginState.READY)
+        new_pid = sup.runner("crashy").status()["pid"]
+        out(f"crashy restarted: {' -> '.join(states)} (pid {old_pid} -> {new_pid})")
+        result = await sup.call("crashy", "work", {}, timeout=TIMEOUT)
+        out(f"call crashy.work() -> {json.dumps(result)}")
+
+        for name in list(sup.runners):
+            sup.stop(name)
+        with anyio.fail_after(TIMEOUT):
+            for runner in list(sup.runners.values()):
+                await runner.wait_state({PluginState.STOPPED, PluginState.FAILED}, TIMEOUT)
+        exits = ", ".join(
+            f"{r['name']} {r['state']} (exit code {(r['last_exit'] or {}).get('returncode')})"
+            for r in sup.status())
+        out(f"stopped all plugins: {exits}")
+
+
+def main() -> None:
+    anyio.run(run_demo, print)
+
+
+if __name__ == "__main__":
+    main()
