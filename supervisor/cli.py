@@ -1,0 +1,60 @@
+"""The ``pipevisor`` command. Only argument parsing and output; the work lives elsewhere.
+
+Commands today: ``demo`` (embedded supervisor with the example plugins),
+``spec`` (print the wire protocol spec), ``containment`` (what this machine
+gives for keeping plugin trees contained). The daemon and its control
+commands come with the daemon issue.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata, resources
+
+import anyio
+import click
+import orjson
+
+from supervisor import _platform
+
+
+def _version() -> str:
+    try:
+        return metadata.version("pipevisor")
+    except metadata.PackageNotFoundError:  # running from a checkout without install
+        return "0+unknown"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), prog_name="pipevisor")
+def main() -> None:
+    """pipevisor: run plugins in any language as supervised child processes."""
+
+
+@main.command()
+def demo() -> None:
+    """Run the example plugins under an embedded supervisor and show a crash being survived."""
+    from supervisor.demo import run_demo
+
+    anyio.run(run_demo, click.echo)
+
+
+@main.command()
+def spec() -> None:
+    """Print the wire protocol specification (protocol/SPEC.md) for plugin authors."""
+    click.echo(resources.files("protocol").joinpath("SPEC.md").read_text("utf-8"))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def containment(as_json: bool) -> None:
+    """Show how plugin process trees are contained on this machine."""
+    c = _platform.detect_containment()
+    if as_json:
+        click.echo(orjson.dumps({"mechanism": c.mechanism, "shim": c.shim,
+                                 "detail": c.detail}).decode())
+    else:
+        click.echo(f"mechanism: {c.mechanism}\nshim:      {c.shim or '-'}\ndetail:    {c.detail}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
