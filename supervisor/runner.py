@@ -471,9 +471,7 @@ class PluginRunner:
             ErrorCode.PLUGIN_STOPPED, f"plugin {self.spec.name!r}: {end.detail}",
             plugin=self.spec.name)
         conn.close(error)
-        if (end.kind != "exited" and self.last_exit is None) or (
-            end.kind != "exited" and process.returncode is not None
-        ):
+        if end.kind != "exited" and (self.last_exit is None or process.returncode is not None):
             self.last_exit = {"returncode": process.returncode,
                               "description": describe_exit(process.returncode),
                               "time": time.time(), "stderr": self.stderr.last(_CRASH_TAIL_LINES)}
