@@ -173,13 +173,6 @@ def encode_request(ident: RequestId, method: str, params: Any) -> bytes:
         raise EncodeError(f"cannot encode params of {method!r} as JSON: {exc}") from exc
 
 
-def encode_result(ident: RequestId, result: Any) -> bytes:
-    try:
-        return orjson.dumps({"jsonrpc": "2.0", "id": ident, "result": result}, option=_DUMPS_OPTS)
-    except TypeError as exc:
-        raise EncodeError(f"cannot encode result as JSON: {exc}") from exc
-
-
 __all__ = [
     "Batch",
     "Decoded",
@@ -188,6 +181,5 @@ __all__ = [
     "decode_line",
     "encode",
     "encode_request",
-    "encode_result",
     "parse_value",
 ]

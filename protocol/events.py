@@ -26,11 +26,14 @@ class ResponseReceived:
     """The answer to a request we sent (``method`` is the method we called).
 
     ``response`` is an :class:`ErrorResponse` also when the answer was
-    synthesised locally (``Peer.fail_all`` or a malformed reply).
+    synthesised locally; ``local`` says so.
     """
 
     response: Response | ErrorResponse
     method: str
+    local: bool = False
+    """True when this side made the answer up (``fail_all``, a malformed reply):
+    the error is then pipevisor's own, not the peer's."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ import orjson
 
 from protocol.codec import Decoded, Fault, FaultKind, decode_line, encode, encode_request
 from protocol.errors import (
-    EncodeError,
     ErrorCode,
     ErrorObject,
     LocalProtocolError,
@@ -43,9 +42,8 @@ from protocol.events import (
     ResponseReceived,
 )
 from protocol.framing import DEFAULT_MAX_LINE_BYTES, LineSplitter, OversizedLine
+from protocol.handshake import CANCEL
 from protocol.messages import ErrorResponse, Notification, Params, Request, RequestId, Response
-
-CANCEL_METHOD = "pipevisor/cancel"  # == protocol.handshake.CANCEL (no import cycle)
 
 
 @dataclass(slots=True)
@@ -252,7 +250,7 @@ class Peer:
             error = local_error(ErrorCode.INVALID_RESPONSE,
                                 f"malformed response from peer: {fault.detail}",
                                 raw=fault.raw.decode("utf-8", "replace"))
-            events.append(ResponseReceived(ErrorResponse(fault.id, error), method))
+            events.append(ResponseReceived(ErrorResponse(fault.id, error), method, local=True))
 
     def _queue_error(self, ident: RequestId, error: ErrorObject) -> None:
         self._output.append(encode(ErrorResponse(ident, error)))
@@ -285,10 +283,7 @@ class Peer:
         if response.id not in self._incoming:
             raise LocalProtocolError(f"no request with id {response.id!r} awaits an answer")
         obj = response.to_json()
-        try:
-            data = orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
-        except TypeError as exc:
-            raise EncodeError(f"cannot encode the answer to {response.id!r}: {exc}") from exc
+        data = encode(obj)
         batch = self._incoming.pop(response.id)
         self.stats.messages_out += 1
         if batch is None:
@@ -310,7 +305,7 @@ class Peer:
         self._abandoned[ident] = None
         while len(self._abandoned) > self._remember:
             self._abandoned.popitem(last=False)
-        return self.send_notification(CANCEL_METHOD, {"id": ident}) if notify else b""
+        return self.send_notification(CANCEL, {"id": ident}) if notify else b""
 
     def fail_all(self, error: ErrorObject) -> list[ResponseReceived]:
         """Settle every outgoing request with ``error`` and forget incoming ones.
@@ -319,7 +314,7 @@ class Peer:
         exactly one answer, at once.
         """
         failed = [
-            ResponseReceived(ErrorResponse(ident, error), method)
+            ResponseReceived(ErrorResponse(ident, error), method, local=True)
             for ident, method in self._outgoing.items()
         ]
         self._outgoing.clear()

@@ -176,6 +176,7 @@ def test_malformed_response_settles_the_pending_request(reply: dict[str, Any]) -
     assert settled.response.id == ident
     assert settled.response.error.code == ErrorCode.INVALID_RESPONSE
     assert settled.response.error.is_local
+    assert settled.local  # made up by this side, not sent by the peer
     assert peer.outgoing == {}
     # A malformed response must not draw an "Invalid Request" reply.
     assert peer.take_output() == b""
@@ -244,6 +245,7 @@ def test_fail_all_settles_every_request_exactly_once() -> None:
     for settled in failed:
         assert settled.response == ErrorResponse(settled.response.id, error)
         assert settled.method == sent[settled.response.id]
+        assert settled.local
     assert peer.outgoing == {}
     assert peer.incoming == frozenset()
     assert peer.fail_all(error) == []
