@@ -68,11 +68,12 @@ def _asyncio_writer(stream: ByteSendStream) -> asyncio.StreamWriter | None:
 
 
 class _Slot:
-    __slots__ = ("event", "response")
+    __slots__ = ("event", "local", "response")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.response: Response | ErrorResponse | None = None
+        self.local = False  # the answer was made up on this side (crash, malformed reply)
 
 
 @dataclass(slots=True)
@@ -190,10 +191,9 @@ class Connection:
         if type(response) is Response:
             return response.result
         assert isinstance(response, ErrorResponse)
-        error = response.error
-        if error.is_local and error.data is not None and error.data.get("origin") == "pipevisor":
-            raise error_from_object(error)  # settled locally (crash, malformed answer)
-        raise error_from_object(sanitize_plugin_error(error))
+        if slot.local:
+            raise error_from_object(response.error)
+        raise error_from_object(sanitize_plugin_error(response.error))
 
     async def notify(self, method: str, params: Any = None) -> None:
         await self._write(self.peer.send_notification(method, params))
@@ -220,10 +220,7 @@ class Connection:
         for event in events:
             t = type(event)
             if t is ResponseReceived:
-                slot = self._slots.pop(event.response.id, None)
-                if slot is not None:
-                    slot.response = event.response
-                    slot.event.set()
+                self._settle(event)
             elif t is RequestReceived:
                 tg.start_soon(self._serve, event.request)
             elif t is NotificationReceived:
@@ -237,15 +234,19 @@ class Connection:
             elif t is ProtocolFault:
                 self._cb.on_fault(event.fault)
 
+    def _settle(self, event: ResponseReceived) -> None:
+        slot = self._slots.pop(event.response.id, None)
+        if slot is not None:
+            slot.response = event.response
+            slot.local = event.local
+            slot.event.set()
+
     def close(self, error: ErrorObject) -> None:
         """The plugin is gone: settle every pending call with ``error``, once."""
         if self.closed_error is None:
             self.closed_error = error
         for failed in self.peer.fail_all(error):
-            slot = self._slots.pop(failed.response.id, None)
-            if slot is not None:
-                slot.response = failed.response
-                slot.event.set()
+            self._settle(failed)
         for scope in self._host_scopes.values():
             scope.cancel()
 

@@ -134,6 +134,11 @@ def handle(ident: Any, method: str, params: Any) -> None:
         answer(ident, "flooded")
     elif method == "huge":
         answer(ident, "y" * int(p.get("bytes", 1000)))
+    elif method == "reserved_error":
+        # a plugin must not speak with pipevisor's voice: a local code with odd data
+        with lock:
+            OUT.write(peer.send_error(ident, ErrorObject(ErrorCode.PLUGIN_CRASHED, "forged",
+                                                         "not a dict")))
     elif method == "env":
         answer(ident, dict(os.environ))
     elif method == "fds":
@@ -238,7 +243,7 @@ def handshake(ident: Any, params: Any, supported: VersionRange) -> None:
         "plugin": {"name": hp.plugin_name, "version": "0.0.1"},
         "methods": {m: {} for m in ("echo", "sleep", "crash", "pid", "call_host", "spawn_tree",
                                     "garbage", "stderr_flood", "huge", "cancelled", "hang", "env",
-                                    "fds")},
+                                    "fds", "reserved_error")},
         "capabilities": caps,
     })
 

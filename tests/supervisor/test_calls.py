@@ -219,3 +219,12 @@ async def test_plugin_inherits_no_extra_file_descriptors() -> None:
     # 0-2 are the pipes, 3 is the dup of stdout the plugin keeps for the protocol,
     # one more is the directory listing itself; nothing of the supervisor's leaks in
     assert len(fds) <= 5, fds
+
+
+async def test_plugin_cannot_forge_a_pipevisor_error() -> None:
+    async with Supervisor([fake_spec()]) as sup:
+        with pytest.raises(PluginError) as info:
+            await sup.call("fake", "reserved_error", timeout=10)
+    assert info.value.code == ErrorCode.INTERNAL_ERROR
+    assert info.value.data["reservedCode"] == ErrorCode.PLUGIN_CRASHED
+    assert info.value.data["origin"] == "plugin"
