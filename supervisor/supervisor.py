@@ -45,6 +45,8 @@ class Supervisor:
         self._containment: _platform.Containment | None = None
         self._leftovers: _platform.LeftoverRecord | None = None
         self._subreaper = False
+        self._reaper_scope = anyio.CancelScope()
+        self._closing = False
 
     # ============================================================ lifecycle
 
@@ -79,14 +81,19 @@ class Supervisor:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._tg is not None
+        self._closing = True
         for runner in self.runners.values():
             runner.close()
+        if not self.runners:
+            self._reaper_scope.cancel()
+        # a safety net only: every plugin's stop is bounded by its own grace periods
         self._tg.cancel_scope.deadline = anyio.current_time() + self._stop_budget()
         tg, self._tg = self._tg, None
-        # the reaper loop only ends by cancellation
-        if self._subreaper:
-            tg.cancel_scope.deadline = anyio.current_time() + self._stop_budget()
-        return await tg.__aexit__(exc_type, exc, tb)
+        try:
+            return await tg.__aexit__(exc_type, exc, tb)
+        finally:
+            if self._subreaper:
+                _platform.reap_adopted(set())
 
     def _stop_budget(self) -> float:
         budgets = [s.stop.shutdown_grace + s.stop.eof_grace + s.stop.term_grace + 5.0
@@ -94,10 +101,12 @@ class Supervisor:
         return max(budgets, default=5.0)
 
     async def _reap_adopted(self) -> None:
-        while True:
-            await anyio.sleep(1.0)
-            known = {r.process.pid for r in self.runners.values() if r.process is not None}
-            _platform.reap_adopted(known)
+        """Reap orphans that came to us as subreaper; ends when the last plugin has stopped."""
+        with self._reaper_scope:
+            while True:
+                await anyio.sleep(1.0)
+                known = {r.process.pid for r in self.runners.values() if r.process is not None}
+                _platform.reap_adopted(known)
 
     def _add(self, spec: PluginSpec) -> PluginRunner:
         assert self._tg is not None and self._containment is not None
@@ -119,6 +128,8 @@ class Supervisor:
             finally:
                 if self.runners.get(spec.name) is runner:
                     del self.runners[spec.name]
+                if self._closing and not self.runners:
+                    self._reaper_scope.cancel()
 
         self._tg.start_soon(lifetime)
         if spec.autostart:

@@ -24,6 +24,7 @@ from supervisor import (
     RestartPolicy,
     StopPolicy,
     Supervisor,
+    SupervisorConfig,
 )
 from tests.supervisor.fake import fake_spec
 
@@ -248,3 +249,14 @@ def _running_pid(pid: int) -> bool:
         return _running(psutil.Process(pid))
     except psutil.Error:
         return False
+
+
+async def test_session_containment_supervisor_exits_promptly() -> None:
+    # Without a pid namespace the supervisor is a subreaper with a reaper task; that
+    # task must end with the last plugin, not hold the exit until the safety deadline
+    # (the stop budget here is 2 + 2 + 2 + 5 = 11 s).
+    sup = Supervisor(SupervisorConfig(plugins=[fake_spec()], containment="session"))
+    async with sup:
+        assert await sup.call("fake", "echo", [1], timeout=10) == [1]
+        started = time.monotonic()
+    assert time.monotonic() - started < 5
