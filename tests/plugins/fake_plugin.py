@@ -107,12 +107,21 @@ def handle(ident: Any, method: str, params: Any) -> None:
     if method == "echo":
         answer(ident, params)
     elif method == "sleep":
+        global active, max_active
+        with lock:
+            active += 1
+            max_active = max(max_active, active)
         ev = cancelled.setdefault(ident, threading.Event())
-        if ev.wait(float(p.get("seconds", 1))):
+        interrupted = ev.wait(float(p.get("seconds", 1)))
+        with lock:
+            active -= 1
+        if interrupted:
             fail(ident, ErrorCode.REQUEST_CANCELLED, "cancelled")
         else:
             answer(ident, {"slept": p.get("seconds", 1)})
         cancelled.pop(ident, None)
+    elif method == "max_active":
+        answer(ident, max_active)
     elif method == "crash":
         sys.stderr.write(f"fake plugin crashing on purpose with code {p.get('code', 3)}\n")
         sys.stderr.flush()
@@ -154,6 +163,8 @@ def handle(ident: Any, method: str, params: Any) -> None:
 
 
 hung = False
+active = 0
+max_active = 0  # most "sleep" calls this plugin ever ran at once
 
 
 def main() -> None:
@@ -243,7 +254,7 @@ def handshake(ident: Any, params: Any, supported: VersionRange) -> None:
         "plugin": {"name": hp.plugin_name, "version": "0.0.1"},
         "methods": {m: {} for m in ("echo", "sleep", "crash", "pid", "call_host", "spawn_tree",
                                     "garbage", "stderr_flood", "huge", "cancelled", "hang", "env",
-                                    "fds", "reserved_error")},
+                                    "fds", "reserved_error", "max_active")},
         "capabilities": caps,
     })
 

@@ -95,22 +95,11 @@ async def test_queue_is_bounded() -> None:
 async def test_plugin_declared_max_concurrency_is_respected() -> None:
     async with Supervisor([fake_spec("fake", "--max-concurrency", "2")]) as sup:
         await sup.wait_ready(timeout=10)
-        peak = 0
-        runner = sup.runner("fake")
-
-        async def watch() -> None:
-            nonlocal peak
-            while True:
-                peak = max(peak, len(runner.conn.peer.outgoing) if runner.conn else 0)
-                await anyio.sleep(0.005)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch)
-            async with anyio.create_task_group() as calls:
-                for _ in range(6):
-                    calls.start_soon(sup.call, "fake", "sleep", {"seconds": 0.1})
-            tg.cancel_scope.cancel()
-        assert peak == 2
+        async with anyio.create_task_group() as calls:
+            for _ in range(6):
+                calls.start_soon(sup.call, "fake", "sleep", {"seconds": 0.1})
+        # counted by the plugin itself: it never had more than two at once, and had two
+        assert await sup.call("fake", "max_active") == 2
 
 
 async def test_plugin_can_call_the_host() -> None:
