@@ -117,7 +117,6 @@ class PluginRunner:
         self._slots = anyio.Semaphore(spec.calls.max_in_flight, fast_acquire=True)
         self._waiting = 0
         self._plugin_log = logging.getLogger(f"pipevisor.plugin.{spec.name}")
-        self.closed = False
 
     # ================================================================ commands
 
@@ -144,11 +143,6 @@ class PluginRunner:
         self._command("close")
         self._end(_End("unload", "supervisor is shutting down or unloaded the plugin",
                        failed=False))
-
-    def fail_for_limit(self, detail: str, action: str) -> None:
-        """Used by the resource monitor: end the instance because a limit was exceeded."""
-        self._end(_End("limit", detail, failed=True, give_up=(action == "stop"),
-                       error=local_error(ErrorCode.OVER_LIMIT, detail, plugin=self.spec.name)))
 
     def _command(self, what: str) -> None:
         if self._want == "close":
