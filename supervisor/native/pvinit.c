@@ -234,6 +234,21 @@ static void reap_all_nohang(void)
     }
 }
 
+/* Reap every zombie child (orphans land here too). Returns 1 and stores the
+ * wait status when `target` was among them, 0 otherwise. */
+static int reap_watching(pid_t target, int *status)
+{
+    int st, found = 0;
+    pid_t r;
+    while ((r = waitpid(-1, &st, WNOHANG)) > 0) {
+        if (r == target) {
+            *status = st;
+            found = 1;
+        }
+    }
+    return found;
+}
+
 /* Kill the whole subtree below this (subreaper) process and reap it.
  * Repeated because a process may fork while we walk; orphans of killed
  * processes are reparented to us, so the next pass sees them. */
@@ -341,16 +356,7 @@ static void run_inner(int sock, char **argv, const sigset_t *orig_mask, int use_
         if (sig < 0)
             continue;
         if (sig == SIGCHLD) {
-            int st, done = 0;
-            pid_t r;
-            /* Reap every zombie: orphans of the plugin land here. */
-            while ((r = waitpid(-1, &st, WNOHANG)) > 0) {
-                if (r == plugin) {
-                    plugin_status = st;
-                    done = 1;
-                }
-            }
-            if (done)
+            if (reap_watching(plugin, &plugin_status))
                 break;
         } else if (sig == ORPHAN_SIG) {
             if (!use_ns && getppid() != outer_pid) {
@@ -472,15 +478,7 @@ int main(int argc, char **argv)
         if (sig < 0)
             continue;
         if (sig == SIGCHLD) {
-            int st, done = 0;
-            pid_t r;
-            while ((r = waitpid(-1, &st, WNOHANG)) > 0) {
-                if (r == inner) {
-                    inner_status = st;
-                    done = 1;
-                }
-            }
-            if (done)
+            if (reap_watching(inner, &inner_status))
                 break;
         } else {
             kill(inner, sig);
