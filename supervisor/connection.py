@@ -53,6 +53,8 @@ HostHandler = Callable[[str, Any], Awaitable[Any]]
 
 _READ_CHUNK = 256 * 1024
 _HIGH_WATER = 256 * 1024
+_MAX_QUEUED_HOST_CALLS = 256
+"""Plugin-to-host calls waiting for a handler slot; beyond this they get QUEUE_FULL."""
 
 
 def _asyncio_writer(stream: ByteSendStream) -> asyncio.StreamWriter | None:
@@ -258,7 +260,9 @@ class Connection:
             if handler is None:
                 raise CallError(standard_error(ErrorCode.METHOD_NOT_FOUND,
                                                f"host offers no method {request.method!r}"))
-            if self._host_calls.value == 0 and self._host_calls.statistics().tasks_waiting > 256:
+            if self._host_calls.value == 0 and (
+                self._host_calls.statistics().tasks_waiting >= _MAX_QUEUED_HOST_CALLS
+            ):
                 raise CallError(local_error(ErrorCode.QUEUE_FULL,
                                             "too many host calls in flight from this plugin"))
             async with self._host_calls:
