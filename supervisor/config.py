@@ -11,10 +11,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from protocol import DEFAULT_MAX_LINE_BYTES
+from protocol.interfaces import InterfaceSet
 from supervisor.errors import ConfigError
+from supervisor.interfaces import AdapterSpec
 from supervisor.policy import RestartPolicy
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -59,6 +63,26 @@ class HealthPolicy:
     """After a cancel, how long the plugin may take to acknowledge before it is logged as slow."""
 
 
+class PluginMode(StrEnum):
+    AUTO = "auto"
+    """Handshake; a plugin that answers it with a plain JSON-RPC error runs in raw mode."""
+    PIPEVISOR = "pipevisor"
+    """Handshake required; a refusal is a failure."""
+    RAW = "raw"
+    """No handshake, no pings: a plain JSON-RPC 2.0 server, calls passed through unvalidated."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartStep:
+    """One message sent after every start and restart, before the plugin counts as ready
+    (an MCP server's ``initialize`` then ``notifications/initialized``, say)."""
+
+    method: str
+    params: Any = None
+    notify: bool = False
+    """A notification (no answer awaited) instead of a request that must succeed."""
+
+
 def _frozen_env(env: Mapping[str, str] | None = None) -> MappingProxyType[str, str]:
     return MappingProxyType(dict(env or {}))
 
@@ -79,8 +103,20 @@ class PluginSpec:
     stderr_lines: int = 1000
     """Lines of the plugin's stderr kept in memory for status and crash reports."""
     autostart: bool = True
+    mode: PluginMode = PluginMode.AUTO
+    start_sequence: tuple[StartStep, ...] = ()
+    validate_params: bool = True
+    """Check callers' params against the interface before they reach the plugin."""
+    validate_results: bool = True
+    """Check the plugin's results against the interface before they reach the caller."""
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "mode", PluginMode(self.mode))
+        except ValueError:
+            raise ConfigError(f"plugin {self.name!r}: mode must be one of "
+                              f"{[m.value for m in PluginMode]}, not {self.mode!r}") from None
+        object.__setattr__(self, "start_sequence", tuple(self.start_sequence))
         if not NAME_RE.fullmatch(self.name):
             raise ConfigError(
                 f"plugin name {self.name!r} is invalid: use 1-64 letters, digits, '_', '.', '-',"
@@ -110,8 +146,13 @@ class SupervisorConfig:
     """'auto' (best available), 'pidns' or 'session'; see docs/process-containment.md."""
     state_dir: str | None = None
     """Where leftover process records live; None disables leftover cleanup."""
+    interfaces: str | Path | InterfaceSet | Mapping[str, Any] | None = None
+    """The interfaces folder (docs/interfaces.md), parsed documents, or a built set."""
+    adapters: Sequence[AdapterSpec] = ()
+    """Adapters loaded from "module:attribute" strings at start."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "adapters", tuple(self.adapters))
         seen: set[str] = set()
         for spec in self.plugins:
             if spec.name in seen:

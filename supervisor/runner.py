@@ -35,10 +35,20 @@ from protocol import (
     Notification,
     local_error,
 )
+from protocol.errors import PLUGIN_CODES
+from protocol.interfaces import (
+    AdapterLookup,
+    Binding,
+    Checks,
+    How,
+    InterfaceSet,
+    InterfaceViolation,
+    negotiate,
+)
 from supervisor import _platform
-from supervisor.config import PluginSpec, ProtocolErrorAction
+from supervisor.config import PluginMode, PluginSpec, ProtocolErrorAction
 from supervisor.connection import Connection, ConnectionCallbacks, HostHandler
-from supervisor.errors import CallError, CallTimeout, PluginCrashed, local
+from supervisor.errors import CallError, CallTimeout, PluginCrashed, PluginError, local
 from supervisor.events import EventHub, SupervisorEvent
 from supervisor.policy import RestartTracker
 from supervisor.process import (
@@ -87,8 +97,19 @@ class PluginRunner:
         handshake_params: Callable[[PluginSpec, int], HandshakeParams],
         host_handler: HostHandler | None = None,
         leftovers: _platform.LeftoverRecord | None = None,
+        interfaces: InterfaceSet | None = None,
+        adapters: AdapterLookup | None = None,
     ) -> None:
         self.spec = spec
+        self._interfaces = interfaces or InterfaceSet()
+        self._adapters = adapters
+        self.bindings: dict[str, Binding] = {}
+        """Every declared method's negotiated binding (for status)."""
+        self._routes: dict[str, Binding] = {}
+        """The bindings a call must go through (validation, conversion, disabled)."""
+        self.raw = False
+        self.invalid_results = 0
+        self._first_stdout: bytes | None = None
         self._hub = hub
         self._containment = containment
         self._handshake_params = handshake_params
@@ -219,9 +240,64 @@ class PluginRunner:
         try:
             if conn.closed_error is not None:
                 conn = await self._wait_serving(deadline, method)
+            route = self._routes.get(method) if self._routes else None
+            if route is not None:
+                return await self._routed_call(route, conn, params, deadline)
             return await conn.call(method, params, max(0.0, deadline - anyio.current_time()))
         finally:
             slots.release()
+
+    async def _routed_call(self, route: Binding, conn: Connection, params: Any,
+                           deadline: float) -> Any:
+        """A call through its interface: check, convert, send, check, convert back."""
+        method = route.method
+        if route.how is How.DISABLED:
+            raise local(ErrorCode.METHOD_UNAVAILABLE,
+                        f"{self.spec.name}.{method} is disabled: {route.reason}",
+                        plugin=self.spec.name, method=method,
+                        hostVersion=str(route.host), pluginVersion=str(route.plugin))
+        try:
+            wire = route.outgoing(params)
+        except InterfaceViolation as exc:
+            raise CallError(ErrorObject(
+                ErrorCode.INVALID_PARAMS,
+                f"Invalid params for {method} {exc.version}: {exc.path}: {exc.message}",
+                {"origin": "pipevisor", "plugin": self.spec.name, **exc.to_data()})) from None
+        except Exception as exc:  # an adapter's bug must not look like the plugin's
+            raise CallError(ErrorObject(
+                ErrorCode.INTERNAL_ERROR,
+                f"adapter for {method} {route.host}->{route.plugin} failed on params: {exc!r}",
+                {"origin": "pipevisor", "plugin": self.spec.name, "method": method})) from None
+        result = await conn.call(method, wire, max(0.0, deadline - anyio.current_time()))
+        try:
+            return route.incoming(result)
+        except InterfaceViolation as exc:
+            self._on_invalid_result(exc)
+            raise local(ErrorCode.INVALID_RESULT,
+                        f"plugin {self.spec.name!r} answered {method} with a result that breaks "
+                        f"interface {exc.version}: {exc.path}: {exc.message}",
+                        plugin=self.spec.name, **exc.to_data()) from None
+        except Exception as exc:
+            raise CallError(ErrorObject(
+                ErrorCode.INTERNAL_ERROR,
+                f"adapter for {method} {route.host}->{route.plugin} failed on the result: "
+                f"{exc!r}", {"origin": "pipevisor", "plugin": self.spec.name,
+                            "method": method})) from None
+
+    def _on_invalid_result(self, exc: InterfaceViolation) -> None:
+        """Policy: every invalid result is counted, logged and published; under
+        ``on_protocol_error = restart`` it also restarts the plugin like any protocol fault."""
+        self.invalid_results += 1
+        log.warning("plugin %s: invalid result #%d for %s %s: %s: %s", self.spec.name,
+                    self.invalid_results, exc.method, exc.version, exc.path, exc.message)
+        self._hub.publish(SupervisorEvent(self.spec.name, "invalid_result",
+                                          {**exc.to_data(), "count": self.invalid_results}))
+        if self.spec.on_protocol_error is ProtocolErrorAction.RESTART:
+            self._end(_End("protocol", f"invalid result for {exc.method}: {exc.path}",
+                           error=local_error(ErrorCode.PROTOCOL_VIOLATION,
+                                             f"plugin {self.spec.name!r} broke the interface of "
+                                             f"{exc.method} {exc.version}",
+                                             plugin=self.spec.name)))
 
     async def notify(self, method: str, params: Any = None) -> None:
         conn = self.conn
@@ -315,6 +391,7 @@ class PluginRunner:
         self._end_event = anyio.Event()
         self.handshake = None
         self.ready_at = None
+        self.bindings, self._routes, self.raw, self._first_stdout = {}, {}, False, None
         self._set_state(S.STARTING)
         try:
             process = await spawn(self.spec, self._containment, self._env())
@@ -366,6 +443,9 @@ class PluginRunner:
 
     async def _bring_up(self, conn: Connection, tg: TaskGroup) -> None:
         self._set_state(S.HANDSHAKING)
+        if self.spec.mode is PluginMode.RAW:
+            await self._go_raw(conn, "configured with mode = raw")
+            return
         params = self._handshake_params(self.spec, self.instance)
         try:
             raw = await conn.call(HANDSHAKE, params.to_json(), self.spec.health.handshake_timeout)
@@ -373,8 +453,21 @@ class PluginRunner:
         except PluginCrashed:
             return  # _watch_exit reports the exit
         except CallTimeout:
+            if self._first_stdout is not None:
+                self._end(_End("handshake", "the plugin wrote no JSON-RPC at all within "
+                               f"{self.spec.health.handshake_timeout:g} s; its output starts "
+                               f"{self._first_stdout!r}; not restarted", give_up=True))
+                return
             self._end(_End("handshake", "no answer to the handshake within "
                            f"{self.spec.health.handshake_timeout:g} s"))
+            return
+        except PluginError as exc:
+            if self.spec.mode is PluginMode.AUTO and exc.code not in PLUGIN_CODES:
+                await self._go_raw(conn, f"it answered the handshake with error {exc.code} "
+                                         f"({exc.error.message})")
+                return
+            self._end(_End("handshake", f"handshake refused: {exc.error.message}",
+                           give_up=True, error=exc.error))
             return
         except CallError as exc:
             give_up = exc.code in (
@@ -394,10 +487,71 @@ class PluginRunner:
             self._slots = anyio.Semaphore(result.max_concurrency, fast_acquire=True)
         else:
             self._slots = anyio.Semaphore(self.spec.calls.max_in_flight, fast_acquire=True)
+        disabled = self._negotiate(result)
+        if not await self._run_start_sequence(conn):
+            return
         self.ready_at = time.monotonic()
-        self._set_state(S.READY)
+        if disabled:
+            self._set_state(S.DEGRADED, "; ".join(f"{b.method} disabled: {b.reason}"
+                                                  for b in disabled))
+        else:
+            self._set_state(S.READY)
         if self.spec.health.ping_interval > 0:
             tg.start_soon(self._health_loop, conn)
+
+    def _negotiate(self, result: HandshakeResult) -> list[Binding]:
+        """Bind every declared method to an interface version; returns the disabled ones."""
+        if not self._interfaces.plugin:
+            return []  # nothing to check: the call path stays a plain dict miss
+        checks = Checks(self.spec.validate_params, self.spec.validate_results)
+        declared = {m: i.version for m, i in result.methods.items()}
+        if self._adapters is None:
+            self.bindings = negotiate(self._interfaces, declared, checks=checks)
+        else:
+            self.bindings = negotiate(self._interfaces, declared, self._adapters, checks)
+        self._routes = {m: b for m, b in self.bindings.items() if b.how is not How.NO_INTERFACE}
+        disabled = []
+        for b in self.bindings.values():
+            if b.deprecated:
+                log.warning("plugin %s: %s uses deprecated interface %s: %s", self.spec.name,
+                            b.method, b.plugin, b.deprecated)
+            if b.how is How.DISABLED:
+                disabled.append(b)
+                log.warning("plugin %s: method %s disabled: %s", self.spec.name, b.method,
+                            b.reason)
+            if b.how not in (How.EXACT, How.NO_INTERFACE) or b.deprecated:
+                self._hub.publish(SupervisorEvent(self.spec.name, "interface",
+                                                  {"method": b.method, **b.to_json()}))
+        return disabled
+
+    async def _go_raw(self, conn: Connection, why: str) -> None:
+        """Serve a plain JSON-RPC 2.0 server: no handshake, no pings, nothing validated."""
+        self.raw = True
+        self._slots = anyio.Semaphore(self.spec.calls.max_in_flight, fast_acquire=True)
+        log.warning("plugin %s: raw mode (%s): no pipevisor handshake, calls pass through "
+                    "unvalidated, liveness is the process", self.spec.name, why)
+        self._hub.publish(SupervisorEvent(self.spec.name, "raw", {"reason": why}))
+        if not await self._run_start_sequence(conn):
+            return
+        self.ready_at = time.monotonic()
+        self._set_state(S.DEGRADED, f"raw mode: {why}")
+
+    async def _run_start_sequence(self, conn: Connection) -> bool:
+        """Send the configured start sequence; False (the instance is ending) on failure."""
+        for number, step in enumerate(self.spec.start_sequence, 1):
+            try:
+                if step.notify:
+                    await conn.notify(step.method, step.params)
+                else:
+                    await conn.call(step.method, step.params,
+                                    self.spec.health.handshake_timeout)
+            except PluginCrashed:
+                return False  # _watch_exit reports the exit
+            except CallError as exc:
+                self._end(_End("start", f"start sequence step {number} ({step.method}) "
+                               f"failed: {exc.error.message}", error=exc.error))
+                return False
+        return True
 
     async def _health_loop(self, conn: Connection) -> None:
         interval = self.spec.health.ping_interval
@@ -443,13 +597,18 @@ class PluginRunner:
         failed = code != 0
         if self._end_info is None:
             message = f"plugin {self.spec.name!r} {how}"
+            give_up = False
             if self.state is S.HANDSHAKING:
                 message += " during the handshake"
+                if self._first_stdout is not None and self.handshake is None and not self.raw:
+                    message += (f"; it wrote no JSON-RPC, its output starts "
+                                f"{self._first_stdout!r}; not restarted")
+                    give_up = True
             error = local_error(ErrorCode.PLUGIN_CRASHED, message, plugin=self.spec.name,
                                 returncode=code, stderr=tail)
             conn.close(error)
             self._end(_End("exited", message, failed=failed or self.state is S.HANDSHAKING,
-                           error=error))
+                           give_up=give_up, error=error))
 
     async def _teardown(self, process: Process, conn: Connection, end: _End) -> None:
         graceful = end.kind in ("stop", "restart", "unload")
@@ -520,6 +679,8 @@ class PluginRunner:
 
     def _on_fault(self, fault: Fault) -> None:
         self.faults += 1
+        if self._first_stdout is None and self.state is S.HANDSHAKING:
+            self._first_stdout = bytes(fault.raw[:200])
         raw = fault.raw.decode("utf-8", "replace")
         if self.faults <= 10 or self.faults % 1000 == 0:
             log.warning("plugin %s: protocol fault #%d %s: %s; line starts %r", self.spec.name,
@@ -553,6 +714,14 @@ class PluginRunner:
             "plugin_version": hs.plugin_version if hs else None,
             "methods": {m: (str(i.version) if i.version else None)
                         for m, i in hs.methods.items()} if hs else {},
+            "mode": "raw" if self.raw else ("pipevisor" if hs else None),
+            "interfaces": ({m: b.to_json() for m, b in self.bindings.items()} if self.bindings
+                           else {m: {"how": str(How.NO_INTERFACE)} for m in hs.methods}
+                           if hs else {}),
+            "degradations": ([{"method": None, "reason": self.reason}] if self.raw else [])
+            + [{"method": b.method, "reason": b.reason} for b in self.bindings.values()
+               if b.degraded],
+            "invalid_results": self.invalid_results,
             "in_flight": len(self.conn.peer.outgoing) if self.conn is not None else 0,
             "queued": self._waiting,
             "stderr_tail": self.stderr.last(5),

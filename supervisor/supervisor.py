@@ -20,11 +20,13 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from protocol import ErrorCode, HandshakeParams, standard_error
+from protocol import ErrorCode, ErrorObject, HandshakeParams, standard_error
+from protocol.interfaces import Direction, InterfaceViolation, negotiate_host_methods
 from supervisor import _platform
 from supervisor.config import PluginSpec, SupervisorConfig
 from supervisor.errors import CallError, ConfigError, local
 from supervisor.events import EventHub, Subscription
+from supervisor.interfaces import Adapter, AdapterRegistry, interfaces_from
 from supervisor.runner import PluginRunner
 from supervisor.states import SERVING, PluginState
 
@@ -47,6 +49,12 @@ class Supervisor:
         self._subreaper = False
         self._reaper_scope = anyio.CancelScope()
         self._closing = False
+        self.interfaces = interfaces_from(config.interfaces)
+        """The host's interfaces (checked at construction: a bad file raises ConfigError)."""
+        self.adapters = AdapterRegistry()
+        for adapter in config.adapters:
+            self.adapters.load(adapter)
+        self._host_bindings = negotiate_host_methods(self.interfaces, self.interfaces.host)
 
     # ============================================================ lifecycle
 
@@ -119,6 +127,8 @@ class Supervisor:
             handshake_params=self._handshake_params,
             host_handler=self._dispatch_host_call,
             leftovers=self._leftovers,
+            interfaces=self.interfaces,
+            adapters=self.adapters.lookup,
         )
         self.runners[spec.name] = runner
 
@@ -198,17 +208,44 @@ class Supervisor:
     def add_host_method(self, name: str, fn: HostMethod, version: str = "1.0") -> None:
         self._host_methods[name] = (fn, version)
 
+    def register_adapter(self, method: str, host_major: int, plugin_major: int,
+                         adapter: Adapter) -> None:
+        """Bridge ``method`` between the host's major and a plugin's; used by plugins
+        whose handshake comes after this call."""
+        self.adapters.register(method, host_major, plugin_major, adapter)
+
     async def _dispatch_host_call(self, method: str, params: Any) -> Any:
         entry = self._host_methods.get(method)
         if entry is None:
             raise CallError(standard_error(ErrorCode.METHOD_NOT_FOUND,
                                            f"host offers no method {method!r}"))
         fn, _ = entry
+        binding = self._host_bindings.get(method) if self._host_bindings else None
+        if binding is not None:
+            try:
+                binding.outgoing(params)
+            except InterfaceViolation as exc:
+                raise CallError(ErrorObject(
+                    ErrorCode.INVALID_PARAMS,
+                    f"Invalid params for host method {method} {exc.version}: {exc.path}: "
+                    f"{exc.message}", {"origin": "pipevisor", **exc.to_data()})) from None
         if isinstance(params, dict):
-            return await fn(**params)
-        if isinstance(params, list):
-            return await fn(*params)
-        return await fn()
+            result = await fn(**params)
+        elif isinstance(params, list):
+            result = await fn(*params)
+        else:
+            result = await fn()
+        if binding is not None:
+            try:
+                binding.incoming(result)
+            except InterfaceViolation as exc:
+                log.error("host method %s returned a result that breaks its interface: %s",
+                          method, exc)
+                raise CallError(standard_error(
+                    ErrorCode.INTERNAL_ERROR,
+                    f"the host's {method} broke its own interface {exc.version}: "
+                    f"{exc.path}: {exc.message}")) from None
+        return result
 
     def _handshake_params(self, spec: PluginSpec, instance: int) -> HandshakeParams:
         limits: dict[str, Any] = {
@@ -222,7 +259,9 @@ class Supervisor:
             host_pid=os.getpid(),
             instance=instance,
             host_methods=MappingProxyType(
-                {name: (version,) for name, (_, version) in self._host_methods.items()}),
+                {name: self.interfaces.host[name].offered() if name in self.interfaces.host
+                 else (version,) for name, (_, version) in self._host_methods.items()}),
+            interfaces=MappingProxyType(self.interfaces.offer(Direction.PLUGIN)),
             limits=MappingProxyType(limits),
         )
 
