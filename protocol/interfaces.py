@@ -57,7 +57,7 @@ class InterfaceViolation(ProtocolError):
 
     def to_data(self) -> dict[str, Any]:
         return {"method": self.method, "version": str(self.version), "part": self.part,
-                "path": self.path, "message": self.message}
+                "path": self.path, "fault": self.message}
 
 
 class Direction(StrEnum):

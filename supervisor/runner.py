@@ -35,7 +35,7 @@ from protocol import (
     Notification,
     local_error,
 )
-from protocol.errors import PLUGIN_CODES
+from protocol.errors import PLUGIN_CODES, VersionError
 from protocol.interfaces import (
     AdapterLookup,
     Binding,
@@ -45,6 +45,7 @@ from protocol.interfaces import (
     InterfaceViolation,
     negotiate,
 )
+from protocol.versions import VersionRange
 from supervisor import _platform
 from supervisor.config import PluginMode, PluginSpec, ProtocolErrorAction
 from supervisor.connection import Connection, ConnectionCallbacks, HostHandler
@@ -85,6 +86,14 @@ class _End:
     failed: bool = True
     give_up: bool = False
     error: ErrorObject | None = None
+
+
+def _range_text(value: Any) -> str:
+    """A version range from an error's data, for messages; tolerant of junk."""
+    try:
+        return str(VersionRange.parse(value))
+    except VersionError:
+        return f"did not say ({value!r})"
 
 
 class PluginRunner:
@@ -466,7 +475,13 @@ class PluginRunner:
                 await self._go_raw(conn, f"it answered the handshake with error {exc.code} "
                                          f"({exc.error.message})")
                 return
-            self._end(_End("handshake", f"handshake refused: {exc.error.message}",
+            message = exc.error.message
+            if exc.code == ErrorCode.UNSUPPORTED_PROTOCOL_VERSION:
+                theirs = exc.data.get("supported") if isinstance(exc.data, dict) else None
+                message = (f"no common protocol version: the host speaks "
+                           f"{params.protocol_versions}, the plugin "
+                           f"{_range_text(theirs)} ({message})")
+            self._end(_End("handshake", f"handshake refused: {message}",
                            give_up=True, error=exc.error))
             return
         except CallError as exc:
