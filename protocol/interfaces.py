@@ -351,12 +351,12 @@ def negotiate_method(iface: Interface | None, method: str, declared: Version | N
         return Binding(method, how, cur.version, declared, wire, reason, side.deprecated,
                        cur, side, checks=checks)
     adapter = adapters(method, cur.version.major, declared.major)
+    side = iface.best(declared.major, declared.minor)
     if adapter is None:
         return Binding(method, How.DISABLED, cur.version, declared, None,
                        f"the plugin implements {method} {declared}, the host speaks "
                        f"{cur.version}, and no adapter {cur.version.major}->{declared.major} "
-                       "is registered", checks=checks)
-    side = iface.best(declared.major, declared.minor)
+                       "is registered", side.deprecated if side else None, checks=checks)
     return Binding(method, How.ADAPTER, cur.version, declared, declared,
                    f"adapter {cur.version.major}->{declared.major} converts between "
                    f"{cur.version} and {declared}"

@@ -347,3 +347,36 @@ async def test_protocol_ranges_without_overlap_fail_naming_both() -> None:
         await runner.wait_state({PluginState.FAILED}, 10)
         assert "2.0" in (runner.reason or "") and "1.0" in (runner.reason or "")
         assert runner.tracker.total_restarts == 0
+
+
+# ============================================================ the example
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "interfaces"
+
+
+@pytest.mark.parametrize("with_adapter", [False, True])
+async def test_the_interfaces_example(with_adapter: bool, monkeypatch: pytest.MonkeyPatch,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    cfg = SupervisorConfig(
+        plugins=[PluginSpec(n, (sys.executable, str(EXAMPLE / f"pipevisor-{n}")))
+                 for n in ("greeter-v1", "greeter-v2")],
+        interfaces=str(EXAMPLE / "interfaces"),
+        adapters=[AdapterSpec("greet", 2, 1, "greet_adapters:v2_to_v1")] if with_adapter else [])
+    params = {"who": {"name": "Ada", "title": "Dr."}}
+    async with Supervisor(cfg) as sup:
+        await sup.wait_ready(timeout=10)
+        assert await sup.call("greeter-v2", "greet", params) == {
+            "greeting": "Good day, Dr. Ada.", "language": "en"}
+        assert "v1" in await sup.call("greeter-v1", "about")
+        v1 = sup.runner("greeter-v1")
+        if with_adapter:
+            assert v1.state is PluginState.READY
+            assert await sup.call("greeter-v1", "greet", params) == {
+                "greeting": "Hello, Dr. Ada.", "language": "en"}
+            assert any("deprecated" in r.message for r in caplog.records)
+        else:
+            assert v1.state is PluginState.DEGRADED
+            with pytest.raises(MethodUnavailable):
+                await sup.call("greeter-v1", "greet", params)
