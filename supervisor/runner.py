@@ -259,6 +259,26 @@ class PluginRunner:
     async def _routed_call(self, route: Binding, conn: Connection, params: Any,
                            deadline: float) -> Any:
         """A call through its interface: check, convert, send, check, convert back."""
+        wire = self._outgoing(route, params)
+        method = route.method
+        result = await conn.call(method, wire, max(0.0, deadline - anyio.current_time()))
+        try:
+            return route.incoming(result)
+        except InterfaceViolation as exc:
+            self._on_invalid_result(exc)
+            raise local(ErrorCode.INVALID_RESULT,
+                        f"plugin {self.spec.name!r} answered {method} with a result that breaks "
+                        f"interface {exc.version}: {exc.path}: {exc.message}",
+                        plugin=self.spec.name, **exc.to_data()) from None
+        except Exception as exc:
+            raise CallError(ErrorObject(
+                ErrorCode.INTERNAL_ERROR,
+                f"adapter for {method} {route.host}->{route.plugin} failed on the result: "
+                f"{exc!r}", {"origin": "pipevisor", "plugin": self.spec.name,
+                            "method": method})) from None
+
+    def _outgoing(self, route: Binding, params: Any) -> Any:
+        """Params on their way to the plugin: disabled? valid? converted."""
         method = route.method
         if route.how is How.DISABLED:
             raise local(ErrorCode.METHOD_UNAVAILABLE,
@@ -277,21 +297,7 @@ class PluginRunner:
                 ErrorCode.INTERNAL_ERROR,
                 f"adapter for {method} {route.host}->{route.plugin} failed on params: {exc!r}",
                 {"origin": "pipevisor", "plugin": self.spec.name, "method": method})) from None
-        result = await conn.call(method, wire, max(0.0, deadline - anyio.current_time()))
-        try:
-            return route.incoming(result)
-        except InterfaceViolation as exc:
-            self._on_invalid_result(exc)
-            raise local(ErrorCode.INVALID_RESULT,
-                        f"plugin {self.spec.name!r} answered {method} with a result that breaks "
-                        f"interface {exc.version}: {exc.path}: {exc.message}",
-                        plugin=self.spec.name, **exc.to_data()) from None
-        except Exception as exc:
-            raise CallError(ErrorObject(
-                ErrorCode.INTERNAL_ERROR,
-                f"adapter for {method} {route.host}->{route.plugin} failed on the result: "
-                f"{exc!r}", {"origin": "pipevisor", "plugin": self.spec.name,
-                            "method": method})) from None
+        return wire
 
     def _on_invalid_result(self, exc: InterfaceViolation) -> None:
         """Policy: every invalid result is counted, logged and published; under
@@ -312,6 +318,9 @@ class PluginRunner:
         conn = self.conn
         if self.state not in SERVING or conn is None:
             raise self._unavailable(method)
+        route = self._routes.get(method) if self._routes else None
+        if route is not None:
+            params = self._outgoing(route, params)
         await conn.notify(method, params)
 
     async def _wait_serving(self, deadline: float, method: str) -> Connection:

@@ -195,6 +195,45 @@ async def test_adapter_config_errors_name_the_adapter() -> None:
         assert "greet 2->1" in str(info.value)
 
 
+async def test_a_failing_adapter_answers_the_call_and_blames_the_adapter() -> None:
+    def broken(params: Any) -> Any:
+        raise KeyError("person")
+
+    greet = {**GREET, **GREET2}
+    async with Supervisor(config(versioned("v1", "--declare", "greet=1.1", autostart=False),
+                                 greet=greet)) as sup:
+        sup.register_adapter("greet", 2, 1, Adapter(broken, lambda r: r))
+        sup.start("v1")
+        await sup.wait_ready(timeout=10)
+        with pytest.raises(CallError) as info:
+            await sup.call("v1", "greet", {"person": {"name": "x"}})
+        assert info.value.code == ErrorCode.INTERNAL_ERROR
+        assert "adapter for greet 2.0->1.1 failed" in str(info.value)
+        assert await sup.call("v1", "last_params") is None  # the plugin never saw it
+        assert sup.status()[0]["invalid_results"] == 0
+
+
+async def test_notifications_to_a_disabled_method_are_refused() -> None:
+    async with Supervisor(config(versioned("v3", "--declare", "greet=3.0"))) as sup:
+        await sup.wait_ready(timeout=10)
+        with pytest.raises(MethodUnavailable):
+            await sup.notify("v3", "greet", {"name": "x"})
+        with pytest.raises(CallError) as info:
+            await sup.call("v3", "greet", {"name": 1})
+        assert info.value.code == ErrorCode.METHOD_UNAVAILABLE  # disabled wins over params
+
+
+async def test_without_interfaces_every_method_shows_as_unchecked() -> None:
+    async with Supervisor([versioned("p", "--declare", "greet=1.0")]) as sup:
+        await sup.wait_ready(timeout=10)
+        assert sup.runner("p")._routes == {}
+        status = sup.status()[0]
+        assert status["methods"]["greet"] == "1.0"
+        assert status["interfaces"]["greet"] == {"how": "no-interface"}
+        assert await sup.call("p", "greet", {"name": 1}) == {
+            "text": "hello 1", "lang": "en", "mood": "newer"}
+
+
 async def test_major_ahead_is_disabled_and_reported() -> None:
     async with Supervisor(config(versioned("v3", "--declare", "greet=3.0"))) as sup:
         await sup.runner("v3").wait_state({PluginState.DEGRADED}, 10)
