@@ -501,6 +501,12 @@ class PluginRunner:
                            give_up=give_up, error=exc.error))
             return
         except HandshakeError as exc:
+            if (self.spec.mode is PluginMode.AUTO
+                    and not (isinstance(raw, dict) and "protocolVersion" in raw)):
+                # a server that answers any method (an echo tool, say) does not speak pipevisor
+                await self._go_raw(conn, "its answer to the handshake is not a pipevisor "
+                                         f"handshake result ({exc.error.message})")
+                return
             self._end(_End("handshake", f"invalid handshake answer: {exc.error.message}",
                            give_up=True, error=exc.error))
             return

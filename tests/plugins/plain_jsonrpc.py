@@ -6,6 +6,7 @@ Unknown methods, ``pipevisor/handshake`` among them, get -32601. With
 is refused (-32002) until ``initialize`` was answered and the notification
 ``notifications/initialized`` arrived. ``--banner TEXT`` writes a non-JSON line
 first and then nothing else; ``--exit-at-once CODE`` exits after the banner.
+``--answer-anything`` answers unknown methods (the handshake too) with their params as the result.
 Methods: initialize, echo, pid, crash, initialized (whether the sequence ran).
 """
 
@@ -30,6 +31,8 @@ def main() -> None:
     ap.add_argument("--require-init", action="store_true")
     ap.add_argument("--banner", default=None)
     ap.add_argument("--exit-at-once", type=int, default=None)
+    ap.add_argument("--answer-anything", action="store_true",
+                    help="unknown methods get their params back as the result")
     args = ap.parse_args()
     if args.banner is not None:
         OUT.write(args.banner.encode() + b"\n")
@@ -64,6 +67,8 @@ def main() -> None:
             send({"id": ident, "result": state["initialized"]})
         elif method == "crash":
             os._exit(5)
+        elif args.answer_anything:
+            send({"id": ident, "result": params})
         else:
             send({"id": ident, "error": {"code": -32601, "message": "Method not found"}})
 

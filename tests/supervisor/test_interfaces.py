@@ -317,6 +317,14 @@ async def test_no_handshake_server_runs_in_raw_mode_after_a_warning(
     assert any("raw mode" in r.message for r in caplog.records if r.levelname == "WARNING")
 
 
+async def test_a_server_answering_the_handshake_with_junk_runs_raw() -> None:
+    async with Supervisor([plain("any", "--answer-anything")]) as sup:
+        runner = sup.runner("any")
+        await runner.wait_state({PluginState.DEGRADED}, 10)
+        assert "not a pipevisor handshake result" in (runner.reason or "")
+        assert await sup.call("any", "whatever", {"x": 1}) == {"x": 1}
+
+
 async def test_mode_pipevisor_refuses_a_server_without_handshake() -> None:
     async with Supervisor([plain("plain", mode=PluginMode.PIPEVISOR)]) as sup:
         runner = sup.runner("plain")
