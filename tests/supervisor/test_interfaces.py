@@ -119,6 +119,17 @@ async def test_invalid_params_get_32602_with_the_path_and_never_reach_the_plugin
         assert await sup.call("p", "last_params") == {"name": "first"}
 
 
+async def test_unversioned_method_checks_params_but_not_results() -> None:
+    async with Supervisor(config(versioned("u", "--declare", "greet",
+                                           "--bad-result"))) as sup:
+        with pytest.raises(CallError) as info:
+            await sup.call("u", "greet", {})
+        assert info.value.code == ErrorCode.INVALID_PARAMS
+        assert "'name' is a required property" in info.value.error.message
+        assert await sup.call("u", "greet", {"name": "x"}) == {"text": 42}
+        assert sup.status()[0]["interfaces"]["greet"]["how"] == "unversioned"
+
+
 async def test_validation_can_be_switched_off() -> None:
     spec = versioned("p", "--declare", "greet=1.2", validate_params=False,
                      validate_results=False)
