@@ -679,6 +679,8 @@ class PluginRunner:
 
     def _on_stderr(self, line: str) -> None:
         self.stderr.add(line)
+        # for `pipevisor logs --follow`; with no subscriber this is one small object
+        self._hub.publish(SupervisorEvent(self.spec.name, "stderr", {"line": line}))
         now = time.monotonic()
         self._log_tokens = min(_STDERR_LOG_RATE,
                                self._log_tokens + (now - self._log_refill) * _STDERR_LOG_RATE)

@@ -1,0 +1,472 @@
+"""Clients of a running daemon's control socket, for host applications and the CLI.
+
+``Client`` is blocking; ``AsyncClient`` is anyio. Both give the same call
+semantics as the embedded :class:`supervisor.Supervisor`: ``call`` returns the
+plugin's result or raises the same :class:`supervisor.errors.CallError`
+subclass the embedded supervisor would have raised (the daemon passes error
+objects through unchanged, and :func:`error_from_object` maps them back).
+
+    with Client() as daemon:
+        print(daemon.call("echo", "echo", {"text": "hi"}, timeout=5))
+
+The socket is the ``socket_path`` argument, else ``$PIPEVISOR_SOCKET``, else
+:func:`supervisor.paths.default_socket_path` (where ``pipevisor run`` listens
+by default).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from protocol import (
+    ErrorObject,
+    NotificationReceived,
+    Peer,
+    ResponseReceived,
+)
+from protocol.messages import ErrorResponse, RequestId
+from supervisor.errors import CallError, PipevisorError, error_from_object
+from supervisor.paths import default_socket_path
+
+SOCKET_ENV = "PIPEVISOR_SOCKET"
+EVENT = "event"
+
+
+class DaemonNotRunning(PipevisorError):
+    """Nothing answers on the control socket; the message names the socket."""
+
+    def __init__(self, socket_path: str, reason: str) -> None:
+        super().__init__(f"no pipevisor daemon on {socket_path}: {reason}")
+        self.socket_path = socket_path
+
+
+class DaemonConnectionLost(DaemonNotRunning):
+    """The daemon closed the connection before answering (it stopped or crashed)."""
+
+
+class ControlError(CallError):
+    """The daemon refused a control request itself (bad params, unknown method, bad reload)."""
+
+
+def resolve_socket_path(socket_path: str | None = None) -> str:
+    return socket_path or os.environ.get(SOCKET_ENV) or default_socket_path()
+
+
+def _raise_for(method: str, error: ErrorObject) -> None:
+    """The exception for an error answer: call errors as the embedded supervisor raises them."""
+    data = error.data
+    if isinstance(data, dict) and data.get("origin") == "control":
+        raise ControlError(error)
+    raise error_from_object(error)
+
+
+def _settle(method: str, event: ResponseReceived) -> Any:
+    msg = event.response
+    if isinstance(msg, ErrorResponse):
+        _raise_for(method, msg.error)
+    return msg.result  # type: ignore[union-attr]
+
+
+def _call_params(plugin: str, method: str, params: Any, timeout: float | None) -> dict[str, Any]:
+    p: dict[str, Any] = {"plugin": plugin, "method": method}
+    if params is not None:
+        p["params"] = params
+    if timeout is not None:
+        p["timeout"] = timeout
+    return p
+
+
+def _filters(plugins: list[str] | None, kinds: list[str] | None) -> dict[str, Any]:
+    p: dict[str, Any] = {}
+    if plugins:
+        p["plugins"] = list(plugins)
+    if kinds:
+        p["kinds"] = list(kinds)
+    return p
+
+
+def _opt(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _blocking_connect(path: str, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except FileNotFoundError:
+        sock.close()
+        raise DaemonNotRunning(path, "the socket does not exist") from None
+    except ConnectionRefusedError:
+        sock.close()
+        raise DaemonNotRunning(path, "connection refused (stale socket file?)") from None
+    except OSError as exc:
+        sock.close()
+        raise DaemonNotRunning(path, str(exc) or type(exc).__name__) from None
+    return sock
+
+
+# ================================================================ blocking
+
+
+class Client:
+    """Blocking client over one connection.
+
+    Thread-safe: a lock lets one request at a time use the connection, so
+    threads sharing a client are serialised; give each thread its own client
+    for concurrent calls. ``events`` opens a connection of its own.
+    """
+
+    def __init__(self, socket_path: str | None = None, *, connect_timeout: float = 5.0) -> None:
+        self.socket_path = resolve_socket_path(socket_path)
+        self._connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._sock = self._connect()
+        self._peer = Peer()
+
+    def _connect(self) -> socket.socket:
+        sock = _blocking_connect(self.socket_path, self._connect_timeout)
+        sock.settimeout(None)
+        return sock
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """One control request (see protocol/SPEC.md, "Control socket")."""
+        with self._lock:
+            ident, data = self._peer.send_request(method, params)
+            try:
+                self._sock.sendall(data)
+            except OSError as exc:
+                raise DaemonConnectionLost(self.socket_path, str(exc)) from None
+            try:
+                while True:
+                    for event in self._receive(self._sock, self._peer):
+                        if isinstance(event, ResponseReceived) and event.response.id == ident:
+                            return _settle(method, event)
+            except (KeyboardInterrupt, SystemExit):
+                # interrupted while waiting: tell the daemon, which cancels the work
+                try:
+                    self._sock.sendall(self._peer.cancel(ident))
+                except OSError:
+                    pass
+                raise
+
+    def _receive(self, sock: socket.socket, peer: Peer) -> list[Any]:
+        try:
+            data = sock.recv(65536)
+        except OSError as exc:
+            raise DaemonConnectionLost(self.socket_path, str(exc)) from None
+        if not data:
+            raise DaemonConnectionLost(self.socket_path, "the daemon closed the connection")
+        return peer.receive_data(data)
+
+    # -------------------------------------------------------- the API
+
+    def call(self, plugin: str, method: str, params: Any = None, *,
+             timeout: float | None = None) -> Any:
+        """Call ``method`` on ``plugin``: its result, or the CallError the embedded
+        supervisor would raise. Interrupting it (Ctrl-C) closes the connection, which
+        cancels the call in the daemon."""
+        return self.request("call", _call_params(plugin, method, params, timeout))
+
+    def notify(self, plugin: str, method: str, params: Any = None) -> None:
+        self.request("notify", _call_params(plugin, method, params, None))
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("status")
+        return result
+
+    def start(self, plugin: str, *, wait: float | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("start", _opt(plugin=plugin, wait=wait))
+        return result
+
+    def stop(self, plugin: str, *, wait: float | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("stop", _opt(plugin=plugin, wait=wait))
+        return result
+
+    def restart(self, plugin: str, *, wait: float | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("restart", _opt(plugin=plugin, wait=wait))
+        return result
+
+    def load(self, name_or_path: str, *, wait: float | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("load", _opt(plugin=name_or_path, wait=wait))
+        return result
+
+    def unload(self, plugin: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("unload", {"plugin": plugin})
+        return result
+
+    def reload(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("reload")
+        return result
+
+    def logs(self, plugin: str, lines: int = 100) -> list[str]:
+        result: list[str] = self.request("logs", {"plugin": plugin, "lines": lines})["lines"]
+        return result
+
+    @contextmanager
+    def subscribe(self, plugins: list[str] | None = None,
+                  kinds: list[str] | None = None) -> Iterator[Iterator[dict[str, Any]]]:
+        """Subscribe on a connection of its own; events published after ``with`` is
+        entered are all delivered (or counted in a ``dropped`` event)."""
+        sock = self._connect()
+        peer = Peer()
+        try:
+            ident, data = peer.send_request("subscribe", _filters(plugins, kinds))
+            sock.sendall(data)
+            pending: deque[dict[str, Any]] = deque()
+            while not self._absorb(self._receive(sock, peer), ident, pending):
+                pass
+
+            def iterate() -> Iterator[dict[str, Any]]:
+                while True:
+                    while pending:
+                        yield pending.popleft()
+                    self._absorb(self._receive(sock, peer), ident, pending)
+
+            yield iterate()
+        finally:
+            sock.close()
+
+    @staticmethod
+    def _absorb(events: list[Any], ident: RequestId, pending: deque[dict[str, Any]]) -> bool:
+        return _absorb(events, ident, pending)
+
+    def events(self, plugins: list[str] | None = None,
+               kinds: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Live events until the generator is closed. Subscribes on first ``next``;
+        use :meth:`subscribe` to be sure of events caused right after the call."""
+        with self.subscribe(plugins, kinds) as events:
+            yield from events
+
+
+def _absorb(events: list[Any], ident: RequestId, pending: deque[dict[str, Any]]) -> bool:
+    """Queue event notifications; True once the subscribe answer was among ``events``."""
+    subscribed = False
+    for event in events:
+        if isinstance(event, ResponseReceived) and event.response.id == ident:
+            _settle("subscribe", event)
+            subscribed = True
+        elif isinstance(event, NotificationReceived) and (
+            event.notification.method == EVENT and isinstance(event.notification.params, dict)
+        ):
+            pending.append(event.notification.params)
+    return subscribed
+
+
+# ================================================================ async
+
+
+class AsyncClient:
+    """anyio client; many concurrent requests share one connection.
+
+        async with AsyncClient() as daemon:
+            await daemon.call("echo", "echo", {"text": "hi"})
+
+    Cancelling a ``call`` (a timeout scope, task group cancel) tells the daemon,
+    which cancels the plugin call.
+    """
+
+    def __init__(self, socket_path: str | None = None, *, connect_timeout: float = 5.0) -> None:
+        self.socket_path = resolve_socket_path(socket_path)
+        self._connect_timeout = connect_timeout
+        self._peer = Peer()
+        self._stream: anyio.abc.SocketStream | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._send_lock = anyio.Lock()
+        self._waiting: dict[RequestId, tuple[anyio.Event, list[ResponseReceived]]] = {}
+        self._lost: str | None = None
+
+    async def _connect(self) -> anyio.abc.SocketStream:
+        # Connected blocking (instant for a local socket) and wrapped as a transport
+        # stream: anyio's raw UNIXSocketStream can hit an InvalidStateError when a
+        # read is cancelled just as the daemon hangs up.
+        sock = await anyio.to_thread.run_sync(
+            _blocking_connect, self.socket_path, self._connect_timeout)
+        try:
+            return await anyio.abc.SocketStream.from_socket(sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    async def __aenter__(self) -> AsyncClient:
+        self._stream = await self._connect()
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._read)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        assert self._tg is not None and self._stream is not None
+        self._tg.cancel_scope.cancel()
+        try:
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._stream.aclose()
+
+    async def _read(self) -> None:
+        assert self._stream is not None
+        try:
+            while True:
+                try:
+                    data = await self._stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+                    self._lost = "the daemon closed the connection"
+                    break
+                for event in self._peer.receive_data(data):
+                    if isinstance(event, ResponseReceived):
+                        slot = self._waiting.get(event.response.id)
+                        if slot is not None:
+                            slot[1].append(event)
+                            slot[0].set()
+        finally:
+            self._lost = self._lost or "the client was closed"
+            for done, _ in self._waiting.values():
+                done.set()
+
+    async def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        if self._stream is None:
+            raise RuntimeError("use AsyncClient as 'async with AsyncClient(...) as client'")
+        if self._lost is not None:
+            raise DaemonConnectionLost(self.socket_path, self._lost)
+        ident, data = self._peer.send_request(method, params)
+        done = anyio.Event()
+        box: list[ResponseReceived] = []
+        self._waiting[ident] = (done, box)
+        try:
+            try:
+                async with self._send_lock:
+                    await self._stream.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError) as e:
+                raise DaemonConnectionLost(self.socket_path, str(e) or "send failed") from None
+            try:
+                await done.wait()
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    cancel = self._peer.cancel(ident)
+                    if cancel and self._lost is None:
+                        try:
+                            async with self._send_lock:
+                                await self._stream.send(cancel)
+                        except (anyio.BrokenResourceError, anyio.ClosedResourceError,
+                                ConnectionError):
+                            pass
+                raise
+        finally:
+            del self._waiting[ident]
+        if not box:
+            raise DaemonConnectionLost(self.socket_path, self._lost or "no answer")
+        return _settle(method, box[0])
+
+    # -------------------------------------------------------- the API
+
+    async def call(self, plugin: str, method: str, params: Any = None, *,
+                   timeout: float | None = None) -> Any:
+        return await self.request("call", _call_params(plugin, method, params, timeout))
+
+    async def notify(self, plugin: str, method: str, params: Any = None) -> None:
+        await self.request("notify", _call_params(plugin, method, params, None))
+
+    async def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("status")
+        return result
+
+    async def start(self, plugin: str, *, wait: float | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("start", _opt(plugin=plugin, wait=wait))
+        return result
+
+    async def stop(self, plugin: str, *, wait: float | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("stop", _opt(plugin=plugin, wait=wait))
+        return result
+
+    async def restart(self, plugin: str, *, wait: float | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("restart", _opt(plugin=plugin, wait=wait))
+        return result
+
+    async def load(self, name_or_path: str, *, wait: float | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("load", _opt(plugin=name_or_path, wait=wait))
+        return result
+
+    async def unload(self, plugin: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("unload", {"plugin": plugin})
+        return result
+
+    async def reload(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("reload")
+        return result
+
+    async def logs(self, plugin: str, lines: int = 100) -> list[str]:
+        answer = await self.request("logs", {"plugin": plugin, "lines": lines})
+        result: list[str] = answer["lines"]
+        return result
+
+    @asynccontextmanager
+    async def subscribe(self, plugins: list[str] | None = None, kinds: list[str] | None = None
+                        ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Subscribe on a connection of its own; events published after the
+        ``async with`` is entered are all delivered (or counted in a ``dropped`` event)."""
+        stream = await self._connect()
+        peer = Peer()
+        try:
+            ident, data = peer.send_request("subscribe", _filters(plugins, kinds))
+            await stream.send(data)
+            pending: deque[dict[str, Any]] = deque()
+            while not _absorb(await self._receive(stream, peer), ident, pending):
+                pass
+
+            async def iterate() -> AsyncIterator[dict[str, Any]]:
+                while True:
+                    while pending:
+                        yield pending.popleft()
+                    _absorb(await self._receive(stream, peer), ident, pending)
+
+            yield iterate()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _receive(self, stream: anyio.abc.SocketStream, peer: Peer) -> list[Any]:
+        try:
+            chunk = await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+            raise DaemonConnectionLost(self.socket_path,
+                                       "the daemon closed the connection") from None
+        return peer.receive_data(chunk)
+
+    async def events(self, plugins: list[str] | None = None,
+                     kinds: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Live events until the iterator is closed. Subscribes on first ``anext``;
+        use :meth:`subscribe` to be sure of events caused right after the call."""
+        async with self.subscribe(plugins, kinds) as events:
+            async for event in events:
+                yield event
+
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ControlError",
+    "DaemonConnectionLost",
+    "DaemonNotRunning",
+    "resolve_socket_path",
+]
