@@ -15,6 +15,7 @@ import click
 import orjson
 
 from supervisor import _platform
+from supervisor.cli_control import COMMANDS as CONTROL_COMMANDS
 
 
 def _version() -> str:
@@ -54,6 +55,10 @@ def containment(as_json: bool) -> None:
                                  "detail": c.detail}).decode())
     else:
         click.echo(f"mechanism: {c.mechanism}\nshim:      {c.shim or '-'}\ndetail:    {c.detail}")
+
+
+for _command in CONTROL_COMMANDS:  # status, call, start, stop, ... (the daemon's control socket)
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,193 @@
+"""The control CLI as a real subprocess against a real control server and real plugins:
+output, --json, and the documented exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+from supervisor import Supervisor
+from supervisor.cli_control import (
+    EXIT_ERROR,
+    EXIT_NO_DAEMON,
+    EXIT_TIMEOUT,
+    EXIT_UNAVAILABLE,
+    EXIT_UNKNOWN_PLUGIN,
+    EXIT_USAGE,
+)
+from tests.daemon.control_helpers import FakeHooks, running, sock_dir, wait_for
+from tests.supervisor.fake import fake_spec
+
+pytestmark = pytest.mark.anyio
+__all__ = ["sock_dir"]
+
+
+async def cli(*args: str, socket: str | None = None, stdin: bytes | None = None,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    full_env = {k: v for k, v in os.environ.items() if k != "PIPEVISOR_SOCKET"}
+    full_env.update(env or {})
+    sock = ["--socket", socket] if socket else []
+    with anyio.fail_after(60):
+        return await anyio.run_process([sys.executable, "-m", "supervisor", *args, *sock],
+                                       input=stdin, env=full_env, check=False)
+
+
+def out_json(proc: subprocess.CompletedProcess[bytes]) -> Any:
+    assert proc.returncode == 0, proc.stderr.decode()
+    return orjson.loads(proc.stdout)
+
+
+async def test_no_daemon_exit_3_names_the_socket(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "none.sock")
+    proc = await cli("status", socket=path)
+    assert proc.returncode == EXIT_NO_DAEMON
+    assert path in proc.stderr.decode() and proc.stdout == b""
+    proc = await cli("call", "a", "echo", "--json", env={"PIPEVISOR_SOCKET": path})
+    assert proc.returncode == EXIT_NO_DAEMON
+    assert orjson.loads(proc.stderr)["error"]["socket"] == path
+
+
+async def test_status_table_and_json(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "c.sock")
+    async with running([fake_spec("alpha"), fake_spec("beta")], path) as sup:
+        data = out_json(await cli("status", "--json", env={"PIPEVISOR_SOCKET": path}))
+        assert {p["name"] for p in data["plugins"]} == {"alpha", "beta"}
+        assert data["daemon"]["pid"] == os.getpid()
+        table = await cli("status", socket=path)
+        assert table.returncode == 0
+        text = table.stdout.decode()
+        assert "NAME" in text and "MEMORY" in text and "CPU" in text
+        row = next(line for line in text.splitlines() if line.startswith("alpha"))
+        assert "ready" in row and str(sup.runner("alpha").process.pid) in row  # type: ignore[union-attr]
+
+
+async def test_call_output_and_exit_codes(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "c.sock")
+    async with running([fake_spec("a")], path):
+        assert out_json(await cli("call", "a", "echo", '{"k": [1, "x"]}', socket=path)) == {
+            "k": [1, "x"]}
+        assert out_json(await cli("call", "a", "echo", "-", socket=path,
+                                  stdin=b'["from stdin"]')) == ["from stdin"]
+
+        plugin_err = await cli("call", "a", "nope", socket=path)
+        assert plugin_err.returncode == EXIT_ERROR and plugin_err.stdout == b""
+        assert "no method nope" in plugin_err.stderr.decode()
+
+        as_json = await cli("call", "a", "nope", "--json", socket=path)
+        assert as_json.returncode == EXIT_ERROR
+        assert orjson.loads(as_json.stderr)["error"]["code"] == -32601
+
+        unknown = await cli("call", "ghost", "echo", socket=path)
+        assert unknown.returncode == EXIT_UNKNOWN_PLUGIN
+        assert "ghost" in unknown.stderr.decode()
+
+        slow = await cli("call", "a", "sleep", '{"seconds": 30}', "--timeout", "0.3", socket=path)
+        assert slow.returncode == EXIT_TIMEOUT
+
+        bad = await cli("call", "a", "echo", "{not json", socket=path)
+        assert bad.returncode == EXIT_USAGE and "not valid JSON" in bad.stderr.decode()
+        scalar = await cli("call", "a", "echo", "3", socket=path)
+        assert scalar.returncode == EXIT_USAGE
+
+        assert (await cli("call", "a", "echo", "--notify", socket=path)).returncode == 0
+
+
+async def test_lifecycle_commands(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "c.sock")
+    hooks = FakeHooks(loadable={"extra": fake_spec("extra")})
+    async with running([fake_spec("a")], path, hooks) as sup:
+        stopped = await cli("stop", "a", socket=path)
+        assert stopped.returncode == 0 and stopped.stdout.decode().strip() == "a: stopped"
+        unavailable = await cli("call", "a", "echo", socket=path)
+        assert unavailable.returncode == EXIT_UNAVAILABLE
+        started = out_json(await cli("start", "a", "--json", socket=path))
+        assert started["state"] == "ready"
+        old_pid = started["pid"]
+        restarted = out_json(await cli("restart", "a", "--json", socket=path))
+        assert restarted["state"] == "ready" and restarted["pid"] != old_pid
+        assert (await cli("restart", "ghost", socket=path)).returncode == EXIT_UNKNOWN_PLUGIN
+
+        loaded = await cli("load", "extra", socket=path)
+        assert loaded.returncode == 0 and loaded.stdout.decode().startswith("extra: ready")
+        assert sup.runner("extra").state.value == "ready"
+        refused = await cli("load", "nothing-like-it", socket=path)
+        assert refused.returncode == EXIT_USAGE and "nothing-like-it" in refused.stderr.decode()
+        assert (await cli("unload", "extra", socket=path)).returncode == 0
+        assert "extra" not in sup.runners
+
+        reloaded = out_json(await cli("reload", "--json", socket=path))
+        assert reloaded == {"reloaded": True, "count": 1} and hooks.reloads == 1
+
+
+async def test_logs_tail_and_follow(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "c.sock")
+    async with running([fake_spec("a")], path) as sup:
+        await sup.call("a", "stderr_flood", {"lines": 200})
+        await wait_for(lambda: len(sup.runner("a").stderr.last(300)) >= 200)
+        tail = await cli("logs", "a", "-n", "3", socket=path)
+        assert tail.returncode == 0 and tail.stdout.decode().splitlines() == ["x" * 100] * 3
+
+        follower = await anyio.open_process(
+            [sys.executable, "-m", "supervisor", "logs", "a", "-n", "0", "--follow", "--json",
+             "--socket", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            # wait until the follower has subscribed, then make the plugin write
+            await wait_for(lambda: len(sup.events._subscribers) == 1, 30)
+            await sup.call("a", "stderr_flood", {"lines": 100})
+            assert follower.stdout is not None
+            got = b""
+            with anyio.fail_after(30):
+                while got.count(b"\n") < 100:
+                    got += await follower.stdout.receive()
+            first = orjson.loads(got.splitlines()[0])
+            assert first == {"plugin": "a", "line": "x" * 100}
+        finally:
+            follower.terminate()
+            await follower.wait()
+            await follower.aclose()
+
+
+async def test_events_follow_json(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "c.sock")
+    async with running([fake_spec("a"), fake_spec("b")], path) as sup:
+        follower = await anyio.open_process(
+            [sys.executable, "-m", "supervisor", "events", "--plugin", "a", "--kind", "state",
+             "--json", "--socket", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            await wait_for(lambda: len(sup.events._subscribers) == 1, 30)
+            sup.restart("b")  # filtered out
+            sup.restart("a")
+            assert follower.stdout is not None
+            got = b""
+            with anyio.fail_after(30):
+                while b'"to":"ready"' not in got:
+                    got += await follower.stdout.receive()
+            events = [orjson.loads(line) for line in got.splitlines() if line.strip()]
+            assert {e["plugin"] for e in events} == {"a"}
+            assert {e["kind"] for e in events} == {"state"}
+            assert [e["to"] for e in events][-1] == "ready"
+        finally:
+            follower.terminate()
+            await follower.wait()
+            await follower.aclose()
+        await sup.wait_ready(timeout=20)
+
+
+async def test_unknown_plugin_in_lifecycle_json_error(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "c.sock")
+    async with Supervisor([]) as sup, anyio.create_task_group() as tg:
+        from supervisor.control import serve_control
+
+        await tg.start(lambda task_status: serve_control(sup, path, FakeHooks(),
+                                                         task_status=task_status))
+        proc = await cli("stop", "ghost", "--json", socket=path)
+        assert proc.returncode == EXIT_UNKNOWN_PLUGIN
+        err = orjson.loads(proc.stderr)
+        assert err["exit"] == EXIT_UNKNOWN_PLUGIN and err["error"]["data"]["plugin"] == "ghost"
+        tg.cancel_scope.cancel()
