@@ -330,16 +330,8 @@ class _Server:
 
     async def restart(self, conn: _Connection, p: dict[str, Any]) -> Any:
         name = _name(p)
-        self.sup.restart(name)
-        wait = _opt_number(p, "wait")
-        if wait is not None:
-            # leave the old instance's serving state first, then wait for the new one
-            runner = self.sup.runner(name)
-            instance = runner.instance
-            with anyio.move_on_after(wait):
-                while runner.instance == instance and runner.state is not PluginState.FAILED:
-                    await anyio.sleep(0.01)
-        return await self._settle(name, wait, SERVING | {PluginState.FAILED})
+        self.sup.restart(name)  # a serving plugin is STOPPING from here on (runner._end)
+        return await self._settle(name, _opt_number(p, "wait"), SERVING | {PluginState.FAILED})
 
     async def _settle(self, name: str, wait: float | None,
                       states: frozenset[PluginState]) -> dict[str, Any]:

@@ -255,3 +255,32 @@ async def test_slow_event_reader_gets_drops_reported(sock_dir: str) -> None:
             stream, lambda m: m.get("params", {}).get("kind") == "dropped", buf)
         assert dropped["params"]["count"] > 0
         await stream.aclose()
+
+
+async def test_unsubscribe_stops_only_that_subscription(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "c.sock")
+    async with running([fake_spec("a")], path) as sup:
+        stream = await _raw(path)
+        buf: list[bytes] = []
+        for ident in (1, 2):
+            await stream.send(orjson.dumps({"jsonrpc": "2.0", "id": ident,
+                                            "method": "subscribe", "params": {}}) + b"\n")
+        first = await _read_until(stream, lambda m: m.get("id") == 1, buf)
+        second = await _read_until(stream, lambda m: m.get("id") == 2, buf)
+        gone, kept = first["result"]["subscription"], second["result"]["subscription"]
+        await stream.send(orjson.dumps({"jsonrpc": "2.0", "id": 3, "method": "unsubscribe",
+                                        "params": {"subscription": gone}}) + b"\n")
+        assert (await _read_until(stream, lambda m: m.get("id") == 3, buf))["result"] == {
+            "unsubscribed": True}
+        sup.restart("a")
+        seen: list[int] = []
+
+        def ready(m: dict) -> bool:
+            params = m.get("params") or {}
+            seen.append(params.get("subscription"))
+            return bool(params.get("to") == "ready")
+
+        await _read_until(stream, ready, buf)
+        assert gone not in seen and kept in seen
+        await stream.aclose()
+        await sup.wait_ready(timeout=20)
