@@ -235,11 +235,12 @@ def _lifecycle(verb: str, plugin: str, wait: float, socket_path: str | None,
                           lambda c: getattr(c, verb)(plugin, wait=wait or None))
     if as_json:
         click.echo(_dump(result))
-        return
-    pid = f" (pid {result['pid']})" if result.get("pid") else ""
-    click.echo(f"{result['name']}: {result['state']}{pid}")
+    else:
+        pid = f" (pid {result['pid']})" if result.get("pid") else ""
+        click.echo(f"{result['name']}: {result['state']}{pid}")
     if result["state"] == "failed":
-        _fail(EXIT_UNAVAILABLE, f"{result['name']} failed: {result.get('reason')}", False)
+        _fail(EXIT_UNAVAILABLE, f"{result['name']} failed: {result.get('reason')}", as_json,
+              {"message": f"plugin {result['name']!r} failed", "reason": result.get("reason")})
 
 
 @click.command()

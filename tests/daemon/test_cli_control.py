@@ -12,7 +12,7 @@ import anyio
 import orjson
 import pytest
 
-from supervisor import Supervisor
+from supervisor import RestartPolicy, Supervisor
 from supervisor.cli_control import (
     EXIT_ERROR,
     EXIT_NO_DAEMON,
@@ -100,7 +100,9 @@ async def test_call_output_and_exit_codes(sock_dir: str) -> None:
 
 async def test_lifecycle_commands(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "c.sock")
-    hooks = FakeHooks(loadable={"extra": fake_spec("extra")})
+    broken = fake_spec("broken", "--crash-at-start", "4", restart=RestartPolicy(
+        first_backoff=0.01, max_delay=0.05, max_restarts=1, within_seconds=30))
+    hooks = FakeHooks(loadable={"extra": fake_spec("extra"), "broken": broken})
     async with running([fake_spec("a")], path, hooks) as sup:
         stopped = await cli("stop", "a", socket=path)
         assert stopped.returncode == 0 and stopped.stdout.decode().strip() == "a: stopped"
@@ -120,6 +122,11 @@ async def test_lifecycle_commands(sock_dir: str) -> None:
         assert refused.returncode == EXIT_USAGE and "nothing-like-it" in refused.stderr.decode()
         assert (await cli("unload", "extra", socket=path)).returncode == 0
         assert "extra" not in sup.runners
+
+        broken = await cli("load", "broken", "--json", socket=path)
+        assert broken.returncode == EXIT_UNAVAILABLE
+        assert orjson.loads(broken.stdout)["state"] == "failed"
+        assert "exited with code 4" in orjson.loads(broken.stderr)["error"]["reason"]
 
         reloaded = out_json(await cli("reload", "--json", socket=path))
         assert reloaded == {"reloaded": True, "count": 1} and hooks.reloads == 1
