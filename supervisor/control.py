@@ -43,6 +43,7 @@ from protocol import (
     NotificationReceived,
     Peer,
     RequestReceived,
+    encode,
     local_error,
     standard_error,
 )
@@ -57,6 +58,9 @@ log = logging.getLogger("pipevisor.control")
 
 MAX_IN_FLIGHT = 64
 """Requests one client connection may have running at once; past it, reading pauses."""
+
+MAX_CONNECTIONS = 128
+"""Client connections served at once; one more is told so and closed (each costs buffers)."""
 
 MAX_SUBSCRIPTIONS = 16
 """Event subscriptions one connection may hold (each owns a bounded buffer)."""
@@ -189,12 +193,13 @@ async def serve_control(
     hooks: DaemonHooks,
     *,
     max_in_flight: int = MAX_IN_FLIGHT,
+    max_connections: int = MAX_CONNECTIONS,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control socket until cancelled; the socket file is removed on exit."""
     sock = _bind(socket_path)
     inode = os.lstat(socket_path).st_ino
-    server = _Server(sup, hooks, socket_path, max_in_flight)
+    server = _Server(sup, hooks, socket_path, max_in_flight, max_connections)
     try:
         async with anyio.create_task_group() as tg:
             log.info("control socket listening on %s", socket_path)
@@ -268,7 +273,10 @@ Handler = Callable[["_Server", "_Connection", dict[str, Any]], Awaitable[Any]]
 
 
 class _Server:
-    def __init__(self, sup: Supervisor, hooks: DaemonHooks, path: str, max_in_flight: int) -> None:
+    def __init__(self, sup: Supervisor, hooks: DaemonHooks, path: str, max_in_flight: int,
+                 max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.connections = 0
         self.sup = sup
         self.hooks = hooks
         self.path = path
@@ -279,17 +287,29 @@ class _Server:
     async def accepted(self, sock: socket.socket) -> None:
         # A transport-based stream: anyio's raw UNIXSocketStream can hit an
         # InvalidStateError when a read is cancelled just as the peer hangs up.
+        if self.connections >= self.max_connections:
+            refusal = control_error(ErrorCode.INTERNAL_ERROR,
+                                    f"too many control connections ({self.max_connections})")
+            try:
+                sock.setblocking(False)
+                sock.send(encode({"jsonrpc": "2.0", "id": None, "error": refusal.to_json()}))
+            except OSError:
+                pass
+            sock.close()
+            return
         try:
             stream = await SocketStream.from_socket(sock)
         except OSError:
             sock.close()
             return
         conn = _Connection(self, stream)
+        self.connections += 1
         try:
             await conn.run()
         except Exception:  # a broken client must never take the daemon down
             log.exception("control connection failed")
         finally:
+            self.connections -= 1
             await stream.aclose()
 
     # ------------------------------------------------------------ methods

@@ -50,12 +50,13 @@ def sock_dir() -> Iterator[str]:
 
 @asynccontextmanager
 async def running(specs: list[PluginSpec], path: str, hooks: FakeHooks | None = None, *,
-                  max_in_flight: int = MAX_IN_FLIGHT) -> AsyncIterator[Supervisor]:
+                  max_in_flight: int = MAX_IN_FLIGHT,
+                  max_connections: int = 128) -> AsyncIterator[Supervisor]:
     async with Supervisor(specs) as sup, anyio.create_task_group() as tg:
         await sup.wait_ready(timeout=20)
         await tg.start(lambda task_status: serve_control(
             sup, path, hooks or FakeHooks(), max_in_flight=max_in_flight,
-            task_status=task_status))
+            max_connections=max_connections, task_status=task_status))
         try:
             yield sup
         finally:

@@ -284,3 +284,16 @@ async def test_unsubscribe_stops_only_that_subscription(sock_dir: str) -> None:
         assert gone not in seen and kept in seen
         await stream.aclose()
         await sup.wait_ready(timeout=20)
+
+
+async def test_connections_beyond_the_cap_are_told_and_closed(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "c.sock")
+    async with running([fake_spec("a")], path, max_connections=1), AsyncClient(path) as c:
+        extra = await _raw(path)
+        refusal = await _read_until(extra, lambda m: "error" in m, [])
+        assert "too many control connections (1)" in refusal["error"]["message"]
+        with anyio.fail_after(10), pytest.raises(anyio.EndOfStream):
+            while True:
+                await extra.receive()
+        await extra.aclose()
+        assert await c.call("a", "echo", [1]) == [1]  # the first client is unaffected
