@@ -45,8 +45,8 @@ from protocol import (
     RequestReceived,
     encode,
     local_error,
-    standard_error,
 )
+from protocol.errors import EncodeError
 from protocol.messages import RequestId
 from supervisor.config import PluginSpec
 from supervisor.errors import CallError, ConfigError, PipevisorError
@@ -540,12 +540,9 @@ class _Connection:
                     data = self.peer.send_error(ident, answer)
                 else:
                     data = self.peer.send_result(ident, answer)
-            except PipevisorError as exc:  # pragma: no cover - defensive
-                data = self.peer.send_error(ident, standard_error(ErrorCode.INTERNAL_ERROR,
-                                                                  str(exc)))
-            except Exception as exc:  # result not encodable as JSON
+            except EncodeError as exc:  # e.g. a hook returned something that is not JSON
                 log.error("control %s: cannot encode the result: %s", method, exc)
-                data = self.peer.send_error(ident, standard_error(
+                data = self.peer.send_error(ident, control_error(
                     ErrorCode.INTERNAL_ERROR, f"result not encodable: {exc}"))
             try:
                 await self.send(data)

@@ -297,3 +297,17 @@ async def test_connections_beyond_the_cap_are_told_and_closed(sock_dir: str) -> 
                 await extra.receive()
         await extra.aclose()
         assert await c.call("a", "echo", [1]) == [1]  # the first client is unaffected
+
+
+class _OddHooks(FakeHooks):
+    def info(self) -> dict:
+        return {"odd": object()}  # not JSON
+
+
+async def test_unencodable_hook_result_is_an_error_not_a_crash(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "c.sock")
+    async with running([fake_spec("a")], path, _OddHooks()), AsyncClient(path) as c:
+        with pytest.raises(ControlError, match="not encodable") as exc:
+            await c.status()
+        assert exc.value.code == ErrorCode.INTERNAL_ERROR
+        assert await c.call("a", "echo", [1]) == [1]
