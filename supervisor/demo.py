@@ -1,6 +1,6 @@
 """``pipevisor demo``: the example plugins under an embedded supervisor, surviving a crash.
 
-Runs ``examples/python-stdlib/pipevisor-echo`` and ``examples/crashy/pipevisor-crashy``
+Runs ``examples/python-stdlib/pipevisor-echo`` and ``examples/misbehaving/pipevisor-crashy``
 from a source checkout, calls them, crashes one, watches it come back, and stops
 both. ``python -m supervisor.demo`` runs it too.
 """
@@ -22,7 +22,7 @@ from supervisor.states import PluginState
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ECHO = EXAMPLES / "python-stdlib" / "pipevisor-echo"
-CRASHY = EXAMPLES / "crashy" / "pipevisor-crashy"
+CRASHY = EXAMPLES / "misbehaving" / "pipevisor-crashy"
 TIMEOUT = 10.0
 """Seconds any one step may take before the demo gives up."""
 
@@ -36,7 +36,7 @@ def example_plugins() -> list[PluginSpec]:
                 f"of pipevisor (it looked in {EXAMPLES})")
     stop = StopPolicy(shutdown_grace=2.0, eof_grace=2.0, term_grace=2.0)
     return [PluginSpec("echo", (str(ECHO),), stop=stop),
-            PluginSpec("crashy", (str(CRASHY),), stop=stop)]
+            PluginSpec("crashy", (str(CRASHY), "--crash-after", "0"), stop=stop)]
 
 
 def _table(rows: Sequence[dict[str, Any]]) -> list[str]:

@@ -43,7 +43,7 @@ def echo_spec() -> PluginSpec:
 
 
 def test_examples_are_executable() -> None:
-    for path in (ECHO, EXAMPLES / "crashy" / "pipevisor-crashy"):
+    for path in (ECHO, EXAMPLES / "misbehaving" / "pipevisor-crashy"):
         assert os.access(path, os.X_OK), path
         assert path.read_text().startswith("#!/usr/bin/env python3\n")
 
