@@ -1,0 +1,3 @@
+module example.com/pipevisor-go-echo
+
+go 1.19
