@@ -22,12 +22,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import psutil
+
+from supervisor.limits import apply_rlimits
 
 __all__ = [
     "FORWARDED_SIGNALS",
@@ -242,7 +244,8 @@ def reset_detection_cache() -> None:
     _shim_cached.cache_clear()
 
 
-def wrap_command(argv: Sequence[str], containment: Containment) -> tuple[list[str], dict[str, Any]]:
+def wrap_command(argv: Sequence[str], containment: Containment,
+                 rlimits: Mapping[str, int] | None = None) -> tuple[list[str], dict[str, Any]]:
     """Turn a plugin argv into what to exec plus spawn kwargs.
 
     The kwargs only contain options both ``anyio.open_process`` and
@@ -250,15 +253,23 @@ def wrap_command(argv: Sequence[str], containment: Containment) -> tuple[list[st
     terminal's Ctrl-C reaches the supervisor alone, which then decides.  Must be
     called from a long-lived thread: PR_SET_PDEATHSIG fires when the *thread*
     that forked the shim exits.
+
+    ``rlimits`` (short name -> value, see ``supervisor.limits.RLIMIT_IDS``) are set
+    in the plugin just before exec: by pvinit when there is a shim (so the shim
+    itself stays unconstrained), else by a ``preexec_fn`` in the forked child.
     """
     if not argv:
         raise ValueError("empty plugin command")
     kwargs: dict[str, Any] = {"start_new_session": True}
     if containment.shim is None:
+        if rlimits:
+            kwargs["preexec_fn"] = functools.partial(apply_rlimits, dict(rlimits))
         return list(argv), kwargs
     _known_shims.add(os.path.realpath(containment.shim))
     mode = "--ns" if containment.mechanism == "pidns" else "--no-ns"
-    return [containment.shim, mode, "--parent", str(os.getpid()), "--", *argv], kwargs
+    flags = [f for name, value in (rlimits or {}).items()
+             for f in ("--rlimit", f"{name}={int(value)}")]
+    return [containment.shim, mode, "--parent", str(os.getpid()), *flags, "--", *argv], kwargs
 
 
 # --------------------------------------------------------------------------- tree operations

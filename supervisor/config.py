@@ -19,6 +19,7 @@ from protocol import DEFAULT_MAX_LINE_BYTES
 from protocol.interfaces import InterfaceSet
 from supervisor.errors import ConfigError
 from supervisor.interfaces import AdapterSpec
+from supervisor.limits import Limits
 from supervisor.policy import RestartPolicy
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -109,6 +110,8 @@ class PluginSpec:
     """Check callers' params against the interface before they reach the plugin."""
     validate_results: bool = True
     """Check the plugin's results against the interface before they reach the caller."""
+    limits: Limits = field(default_factory=Limits)
+    """CPU/memory/fd/process limits; none by default (docs/limits.md)."""
 
     def __post_init__(self) -> None:
         try:
@@ -150,6 +153,8 @@ class SupervisorConfig:
     """The interfaces folder (docs/interfaces.md), parsed documents, or a built set."""
     adapters: Sequence[AdapterSpec] = ()
     """Adapters loaded from "module:attribute" strings at start."""
+    sample_interval: float = 1.0
+    """Seconds between resource samples of plugins with limits; 0 turns sampling off."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "adapters", tuple(self.adapters))

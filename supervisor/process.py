@@ -97,7 +97,8 @@ async def spawn(
     executable = resolve_executable(spec.command[0], env.get("PATH"))
     if spec.cwd is not None and not os.path.isdir(spec.cwd):
         raise SpawnError(f"working directory does not exist: {spec.cwd}")
-    argv, kwargs = _platform.wrap_command([executable, *spec.command[1:]], containment)
+    argv, kwargs = _platform.wrap_command([executable, *spec.command[1:]], containment,
+                                          spec.limits.rlimits())
     try:
         return await anyio.open_process(
             argv,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,7 @@ from supervisor.config import PluginMode, PluginSpec, ProtocolErrorAction
 from supervisor.connection import Connection, ConnectionCallbacks, HostHandler
 from supervisor.errors import CallError, CallTimeout, PluginCrashed, PluginError, local
 from supervisor.events import EventHub, SupervisorEvent
+from supervisor.limits import LimitAction
 from supervisor.policy import RestartTracker
 from supervisor.process import (
     SpawnError,
@@ -147,6 +149,13 @@ class PluginRunner:
         self._slots = anyio.Semaphore(spec.calls.max_in_flight, fast_acquire=True)
         self._waiting = 0
         self._plugin_log = logging.getLogger(f"pipevisor.plugin.{spec.name}")
+        self.resources: dict[str, Any] | None = None
+        """The latest resource sample (set by the sampler when the plugin has limits)."""
+        self.breaches: deque[dict[str, Any]] = deque(maxlen=10)
+        self.paused_since: float | None = None
+        """Monotonic time the CPU throttle paused the tree; None while it runs."""
+        self.resumed_at = 0.0
+        self._limit_stop = False
 
     # ================================================================ commands
 
@@ -372,6 +381,9 @@ class PluginRunner:
                 self._want = "restart"
                 self._finish(S.STOPPED, end.detail)
                 continue
+            if end.kind == "limit" and self._limit_stop:
+                self._finish(S.STOPPED, end.detail)
+                continue
             if end.give_up:
                 self._finish(S.FAILED, end.detail)
                 continue
@@ -588,9 +600,12 @@ class PluginRunner:
         timeout = self.spec.health.ping_timeout
         while True:
             await anyio.sleep(interval)
+            sent = time.monotonic()
             try:
                 await conn.call(PING, {}, timeout)
             except CallTimeout:
+                if self.paused_since is not None or self.resumed_at >= sent:
+                    continue  # the CPU throttle held it, it did not hang
                 self._end(_End("hung", f"no answer to a liveness ping within {timeout:g} s",
                                error=local_error(ErrorCode.TIMEOUT,
                                                  f"plugin {self.spec.name!r} stopped answering "
@@ -757,4 +772,27 @@ class PluginRunner:
             "in_flight": len(self.conn.peer.outgoing) if self.conn is not None else 0,
             "queued": self._waiting,
             "stderr_tail": self.stderr.last(5),
+            "resources": self.resources,
+            "breaches": list(self.breaches),
         }
+
+    # ================================================================ limits
+
+    def on_breach(self, limit: str, value: float, maximum: float, action: LimitAction,
+                  text: str) -> None:
+        """A limit was passed (called by the sampler): record, log, publish, and for
+        restart/stop end the instance so calls in flight fail with OVER_LIMIT."""
+        breach = {"limit": limit, "value": value, "max": maximum, "action": str(action),
+                  "time": time.time(), "instance": self.instance}
+        self.breaches.append(breach)
+        log.warning("plugin %s: over its %s limit: %s (action %s)", self.spec.name, limit,
+                    text, action)
+        self._hub.publish(SupervisorEvent(self.spec.name, "limit", {
+            "limit": limit, "value": value, "max": maximum, "action": str(action)}))
+        if action in (LimitAction.RESTART, LimitAction.STOP) and self._end_info is None:
+            self._limit_stop = action is LimitAction.STOP
+            message = f"plugin {self.spec.name!r} over its {limit} limit: {text}"
+            self._end(_End("limit", f"over its {limit} limit ({text}); {action}",
+                           error=local_error(ErrorCode.OVER_LIMIT, message,
+                                             plugin=self.spec.name, limit=limit, value=value,
+                                             max=maximum)))

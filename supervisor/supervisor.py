@@ -28,6 +28,7 @@ from supervisor.errors import CallError, ConfigError, local
 from supervisor.events import EventHub, Subscription
 from supervisor.interfaces import Adapter, AdapterRegistry, interfaces_from
 from supervisor.runner import PluginRunner
+from supervisor.sampler import Sampler
 from supervisor.states import SERVING, PluginState
 
 log = logging.getLogger("pipevisor.supervisor")
@@ -48,6 +49,9 @@ class Supervisor:
         self._leftovers: _platform.LeftoverRecord | None = None
         self._subreaper = False
         self._reaper_scope = anyio.CancelScope()
+        self.sampler = Sampler(self.runners, config.sample_interval)
+        """Resource sampling and limit enforcement (docs/limits.md); off when the interval is 0."""
+        self._sampler_scope = anyio.CancelScope()
         self._closing = False
         self.interfaces = interfaces_from(config.interfaces)
         """The host's interfaces (checked at construction: a bad file raises ConfigError)."""
@@ -78,6 +82,8 @@ class Supervisor:
         await self._tg.__aenter__()
         if self._subreaper:
             self._tg.start_soon(self._reap_adopted)
+        if self.config.sample_interval > 0:
+            self._tg.start_soon(self._run_sampler)
         for spec in self.config.plugins:
             self._add(spec)
         return self
@@ -90,6 +96,7 @@ class Supervisor:
     ) -> bool | None:
         assert self._tg is not None
         self._closing = True
+        self._sampler_scope.cancel()  # resumes any throttled tree so it can stop gracefully
         for runner in self.runners.values():
             runner.close()
         if not self.runners:
@@ -107,6 +114,10 @@ class Supervisor:
         budgets = [s.stop.shutdown_grace + s.stop.eof_grace + s.stop.term_grace + 5.0
                    for s in (r.spec for r in self.runners.values())]
         return max(budgets, default=5.0)
+
+    async def _run_sampler(self) -> None:
+        with self._sampler_scope:
+            await self.sampler.run()
 
     async def _reap_adopted(self) -> None:
         """Reap orphans that came to us as subreaper; ends when the last plugin has stopped."""

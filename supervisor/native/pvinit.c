@@ -2,7 +2,7 @@
  * pvinit - containment shim exec'd by the pipevisor supervisor in place of a
  * plugin:
  *
- *     pvinit [--ns|--no-ns] --parent PID -- /path/to/plugin args...
+ *     pvinit [--ns|--no-ns] --parent PID [--rlimit NAME=N ...] -- /path/to/plugin args...
  *     pvinit --probe-ns        (exit 0: pid ns, 4: user+pid ns, 2: none)
  *
  * Two tiny processes sit above the plugin:
@@ -22,6 +22,11 @@
  * program never writes to stdout; diagnostics go to stderr as "pvinit: ...".
  * Only libc; all waiting is done with sigwaitinfo() on blocked signals, so no
  * code runs in signal handlers.
+ *
+ * --rlimit NAME=N (NAME: core, nofile, data, as) sets soft and hard limit N
+ * in the plugin process just before exec (never above the current hard
+ * limit), so that pvinit itself is not constrained: the kernel backstop of
+ * pipevisor's resource limits (docs/limits.md).
  */
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -36,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -57,6 +63,57 @@ static const int forwarded[] = {SIGTERM, SIGINT,  SIGHUP,  SIGQUIT,
 #define N_FORWARDED (sizeof forwarded / sizeof forwarded[0])
 
 static void diag(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Resource limits applied to the plugin before exec (from --rlimit). */
+#define MAX_RLIMITS 8
+static struct {
+    int resource;
+    rlim_t value;
+} rlimits[MAX_RLIMITS];
+static int n_rlimits;
+
+static int parse_rlimit(const char *arg)
+{
+    static const struct {
+        const char *name;
+        int resource;
+    } names[] = {{"core", RLIMIT_CORE}, {"nofile", RLIMIT_NOFILE},
+                 {"data", RLIMIT_DATA}, {"as", RLIMIT_AS}};
+    const char *eq = strchr(arg, '=');
+    if (eq == NULL || n_rlimits >= MAX_RLIMITS)
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long value = strtoull(eq + 1, &end, 10);
+    if (*end != '\0' || end == eq + 1 || errno != 0)
+        return -1;
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        if (strlen(names[k].name) == (size_t)(eq - arg) &&
+            strncmp(arg, names[k].name, (size_t)(eq - arg)) == 0) {
+            rlimits[n_rlimits].resource = names[k].resource;
+            rlimits[n_rlimits].value = (rlim_t)value;
+            n_rlimits++;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static void apply_rlimits(void)
+{
+    for (int k = 0; k < n_rlimits; k++) {
+        struct rlimit cur, want;
+        if (getrlimit(rlimits[k].resource, &cur) != 0)
+            continue;
+        rlim_t value = rlimits[k].value;
+        if (cur.rlim_max != RLIM_INFINITY && value > cur.rlim_max)
+            value = cur.rlim_max;
+        want.rlim_cur = want.rlim_max = value;
+        if (setrlimit(rlimits[k].resource, &want) != 0)
+            diag("setrlimit(%d, %llu): %s", rlimits[k].resource,
+                 (unsigned long long)value, strerror(errno));
+    }
+}
 
 static void diag(const char *fmt, ...)
 {
@@ -313,6 +370,7 @@ static void run_plugin(char **argv, const sigset_t *orig_mask, const sigset_t *t
         if (sigismember(taken, s) == 1)
             signal(s, SIG_DFL);
     sigprocmask(SIG_SETMASK, orig_mask, NULL);
+    apply_rlimits();
     execvp(argv[0], argv);
     diag("cannot exec %s: %s", argv[0], strerror(errno));
     _exit(127);
@@ -403,7 +461,7 @@ static int probe_ns(void)
 
 static void usage(void)
 {
-    diag("usage: pvinit [--ns|--no-ns] --parent PID -- PROGRAM [ARGS...]");
+    diag("usage: pvinit [--ns|--no-ns] --parent PID [--rlimit NAME=N ...] -- PROGRAM [ARGS...]");
     _exit(EXIT_USAGE);
 }
 
@@ -422,6 +480,9 @@ int main(int argc, char **argv)
             char *end;
             parent = strtol(argv[++i], &end, 10);
             if (*end != '\0' || parent <= 0)
+                usage();
+        } else if (strcmp(argv[i], "--rlimit") == 0 && i + 1 < argc) {
+            if (parse_rlimit(argv[++i]) != 0)
                 usage();
         } else if (strcmp(argv[i], "--") == 0) {
             i++;

@@ -1,0 +1,130 @@
+"""Per-plugin resource limits: what may be used, and what happens past it.
+
+Every limit defaults to "no limit" (``None``): a plugin without limits costs the
+sampler nothing. The sampler (``supervisor/sampler.py``) measures the whole
+process tree; the kernel rlimits derived here (``Limits.rlimits``) are only a
+backstop for what grows faster than one sampling interval. See docs/limits.md.
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+from enum import StrEnum
+
+from supervisor.errors import ConfigError
+
+
+class LimitAction(StrEnum):
+    WARN = "warn"
+    """Log and publish a "limit" event; the plugin keeps running."""
+    THROTTLE = "throttle"
+    """CPU only: pause and resume the tree so it averages at most its share."""
+    RESTART = "restart"
+    """End the instance; the restart policy decides whether and when it starts again."""
+    STOP = "stop"
+    """End the instance and leave the plugin stopped."""
+
+
+class MemoryBackstop(StrEnum):
+    """Which kernel rlimit backs the memory limit up (per process, set before exec)."""
+
+    DATA = "data"
+    """RLIMIT_DATA: private writable memory (heap, anonymous mmap). Reservations made
+    with PROT_NONE, as Go, the JVM and V8 do, are not counted, so those runtimes work."""
+    AS = "as"
+    """RLIMIT_AS: the whole address space, reservations included; breaks Go/Java/Node."""
+    NONE = "none"
+    """No memory rlimit: sampling alone."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One ceiling and what to do when it is passed."""
+
+    max: float
+    action: LimitAction = LimitAction.STOP
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "action", LimitAction(self.action))
+        except ValueError:
+            raise ConfigError(f"limit action must be one of {[a.value for a in LimitAction]}, "
+                              f"not {self.action!r}") from None
+        if not isinstance(self.max, (int, float)) or isinstance(self.max, bool) or self.max <= 0:
+            raise ConfigError(f"limit max must be a positive number, not {self.max!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A plugin's limits; ``None`` everywhere (the default) means none at all."""
+
+    memory: Limit | None = None
+    """Resident memory (RSS) of the whole tree, in bytes. Acts on the first sample over it."""
+    cpu: Limit | None = None
+    """Percent of one core used by the whole tree (200 = two full cores), averaged over
+    ``cpu_window`` seconds so that short bursts are allowed."""
+    cpu_window: float = 10.0
+    fds: Limit | None = None
+    """Open file descriptors summed over the tree."""
+    processes: Limit | None = None
+    """Processes plus threads in the tree (each thread counts once, the shim included)."""
+    memory_backstop: MemoryBackstop = MemoryBackstop.DATA
+    backstop_factor: float = 2.0
+    """Kernel rlimits are set at this multiple of the sampled limit (per process), so the
+    sampler acts first in the normal case and the kernel only catches runaways."""
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "memory_backstop", MemoryBackstop(self.memory_backstop))
+        except ValueError:
+            raise ConfigError(f"memory_backstop must be one of "
+                              f"{[b.value for b in MemoryBackstop]}, "
+                              f"not {self.memory_backstop!r}") from None
+        if self.cpu_window <= 0:
+            raise ConfigError("limits: cpu_window must be positive")
+        if self.backstop_factor < 1:
+            raise ConfigError("limits: backstop_factor must be at least 1")
+        for name in ("memory", "fds", "processes"):
+            limit = getattr(self, name)
+            if limit is not None and limit.action is LimitAction.THROTTLE:
+                raise ConfigError(f"limits: {name} cannot be throttled (only cpu can); "
+                                  "use warn, restart or stop")
+
+    @property
+    def any(self) -> bool:
+        """Whether the sampler has anything to watch."""
+        return any(x is not None for x in (self.memory, self.cpu, self.fds, self.processes))
+
+    def rlimits(self) -> dict[str, int]:
+        """Kernel limits to set in the child before exec, by short name (core, nofile,
+        data, as). RLIMIT_CORE is always 0: a crashing plugin must not fill the disk with
+        a core of its (possibly huge) heap or leak secrets into one."""
+        out = {"core": 0}
+        if self.fds is not None:
+            out["nofile"] = max(16, int(self.fds.max * self.backstop_factor))
+        if self.memory is not None and self.memory_backstop is not MemoryBackstop.NONE:
+            out[self.memory_backstop.value] = int(self.memory.max * self.backstop_factor)
+        return out
+
+
+NO_LIMITS = Limits()
+
+RLIMIT_IDS: dict[str, int] = {
+    "core": resource.RLIMIT_CORE,
+    "nofile": resource.RLIMIT_NOFILE,
+    "data": resource.RLIMIT_DATA,
+    "as": resource.RLIMIT_AS,
+}
+"""Short names used on the pvinit command line and in ``Limits.rlimits``."""
+
+
+def apply_rlimits(limits: dict[str, int]) -> None:
+    """Lower the calling process's rlimits (used in the child when there is no shim).
+    Never raises the hard limit: an unprivileged process could not, and must not try."""
+    for name, value in limits.items():
+        which = RLIMIT_IDS[name]
+        _soft, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(which, (value, value))

@@ -1,0 +1,246 @@
+"""Resource limits against real hog processes (tests/plugins/hog.py).
+
+Each test also keeps a well-behaved neighbour answering calls, to show the
+supervisor stays responsive while it samples, throttles and stops the hog.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+
+from supervisor import PluginState, Supervisor, SupervisorConfig, _platform
+from supervisor.config import HealthPolicy, PluginSpec
+from supervisor.errors import ConfigError, OverLimit
+from supervisor.events import Subscription, SupervisorEvent
+from supervisor.limits import NO_LIMITS, Limit, LimitAction, Limits, MemoryBackstop
+from tests.supervisor.fake import fake_spec
+
+pytestmark = pytest.mark.anyio
+
+HOG = str(Path(__file__).resolve().parent.parent / "plugins" / "hog.py")
+MiB = 1 << 20
+
+
+def hog(name: str, mode: str, *args: str, limits: Limits = NO_LIMITS, **kw: Any) -> PluginSpec:
+    return fake_spec(name, limits=limits, command=(sys.executable, HOG, mode, *args), **kw)
+
+
+async def next_event(events: Subscription, kind: str, plugin: str,
+                     timeout: float = 10.0) -> SupervisorEvent:
+    with anyio.fail_after(timeout):
+        while True:
+            ev = await events.next()
+            if ev.kind == kind and ev.plugin == plugin:
+                return ev
+
+
+async def neighbour_answers(sup: Supervisor) -> None:
+    assert await sup.call("calm", "echo", {"ok": 1}, timeout=5) == {"ok": 1}
+
+
+def tree_cpu(pid: int) -> float:
+    total = 0.0
+    for p in _platform.tree_pids(pid):
+        try:
+            t = psutil.Process(p).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+# ================================================================ config
+
+
+def test_limits_default_to_none_and_rlimits_always_drop_core() -> None:
+    limits = Limits()
+    assert not limits.any
+    assert limits.rlimits() == {"core": 0}
+    full = Limits(memory=Limit(100 * MiB), fds=Limit(50, "warn"))
+    assert full.any and full.fds is not None and full.fds.action is LimitAction.WARN
+    assert full.rlimits() == {"core": 0, "nofile": 100, "data": 200 * MiB}
+    assert Limits(memory=Limit(MiB), memory_backstop=MemoryBackstop.AS).rlimits()["as"] == 2 * MiB
+    assert "data" not in Limits(memory=Limit(MiB), memory_backstop="none").rlimits()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad, words", [
+    (lambda: Limits(memory=Limit(MiB, LimitAction.THROTTLE)), "cannot be throttled"),
+    (lambda: Limit(0), "positive"),
+    (lambda: Limit(5, "explode"), "warn"),  # type: ignore[arg-type]
+    (lambda: Limits(memory_backstop="rss"), "memory_backstop"),  # type: ignore[arg-type]
+    (lambda: Limits(cpu_window=0), "cpu_window"),
+])
+def test_bad_limits_are_refused_with_a_clear_error(bad: Any, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        bad()
+
+
+# ================================================================ memory
+
+
+async def test_growing_memory_is_stopped_near_the_limit_and_calls_fail_over_limit() -> None:
+    rate, interval, cap = 40 * MiB, 0.2, 80 * MiB
+    config = SupervisorConfig(plugins=[
+        hog("hog", "memory", "--rate", str(rate), limits=Limits(memory=Limit(cap))),
+        hog("calm", "idle")], sample_interval=interval)
+    sup = Supervisor(config)
+    async with sup, sup.subscribe() as events:
+        await sup.wait_ready(timeout=10)
+        with pytest.raises(OverLimit) as info:
+            await sup.call("hog", "hold", {}, timeout=30)
+        assert "memory" in str(info.value)
+        ev = await next_event(events, "limit", "hog")
+        assert ev.detail["limit"] == "memory" and ev.detail["action"] == "stop"
+        assert ev.detail["max"] == cap
+        # caught within about one interval's growth (plus one tick of slack for a busy box)
+        assert cap < ev.detail["value"] <= cap + 2 * rate * interval + 4 * MiB
+        await sup.runner("hog").wait_state({PluginState.STOPPED}, timeout=10)
+        [status] = [s for s in sup.status() if s["name"] == "hog"]
+        assert status["breaches"][-1]["limit"] == "memory"
+        await neighbour_answers(sup)
+
+
+async def test_memory_restart_action_goes_through_the_restart_policy() -> None:
+    config = SupervisorConfig(plugins=[
+        hog("hog", "memory", "--rate", str(60 * MiB),
+            limits=Limits(memory=Limit(60 * MiB, LimitAction.RESTART)))], sample_interval=0.2)
+    sup = Supervisor(config)
+    async with sup, sup.subscribe() as events:
+        await next_event(events, "limit", "hog")
+        ev = await next_event(events, "restart", "hog")
+        assert "memory" in ev.detail["after"]
+        await sup.runner("hog").wait_state({PluginState.READY}, timeout=10)
+        assert sup.runner("hog").instance == 2
+
+
+async def test_children_that_allocate_are_counted_with_the_tree() -> None:
+    cap = 90 * MiB
+    config = SupervisorConfig(plugins=[
+        hog("hog", "fork", "--children", "3", "--rate", str(20 * MiB),
+            limits=Limits(memory=Limit(cap), processes=Limit(1000, LimitAction.WARN))),
+        hog("calm", "idle")], sample_interval=0.2)
+    sup = Supervisor(config)
+    async with sup, sup.subscribe() as events:
+        await sup.wait_ready(timeout=10)
+        ev = await next_event(events, "limit", "hog")
+        assert ev.detail["limit"] == "memory" and ev.detail["value"] > cap
+        # no single process got near the limit: only the sum over the tree passed it
+        await sup.runner("hog").wait_state({PluginState.STOPPED}, timeout=10)
+        assert sup.runner("hog").resources is not None
+        assert sup.runner("hog").resources["pids"] >= 4  # type: ignore[index]
+        await neighbour_answers(sup)
+
+
+async def test_rlimit_backstop_stops_an_allocation_faster_than_sampling() -> None:
+    config = SupervisorConfig(plugins=[
+        hog("hog", "burst", "--rate", str(16 * MiB),
+            limits=Limits(memory=Limit(100 * MiB), backstop_factor=1.5)),
+        hog("calm", "idle")], sample_interval=5.0)
+    sup = Supervisor(config)
+    async with sup, sup.subscribe() as events:
+        ev = await next_event(events, "exit", "hog", timeout=4)  # before the first 5 s tick
+        assert ev.detail["returncode"] == 3
+        assert any("MemoryError" in line for line in ev.detail["stderr"])
+        assert not sup.runner("hog").breaches
+        await neighbour_answers(sup)
+
+
+# ================================================================ fds
+
+
+async def test_fd_opener_hits_rlimit_nofile_and_is_stopped() -> None:
+    config = SupervisorConfig(plugins=[
+        hog("hog", "files", limits=Limits(fds=Limit(64))), hog("calm", "idle")],
+        sample_interval=0.2)
+    sup = Supervisor(config)
+    async with sup, sup.subscribe() as events:
+        ev = await next_event(events, "limit", "hog")
+        assert ev.detail["limit"] == "fds" and ev.detail["value"] > 64
+        await sup.runner("hog").wait_state({PluginState.STOPPED}, timeout=10)
+        # the plugin itself was refused by the kernel at 2x the sampled limit
+        assert any("EMFILE after" in line for line in sup.runner("hog").stderr.last(50))
+        await neighbour_answers(sup)
+
+
+# ================================================================ cpu
+
+
+async def test_cpu_spinner_is_throttled_to_its_share_and_not_declared_hung() -> None:
+    share = 30.0
+    health = HealthPolicy(handshake_timeout=10, ping_interval=0.3, ping_timeout=0.25)
+    config = SupervisorConfig(plugins=[
+        hog("hog", "cpu", limits=Limits(cpu=Limit(share, LimitAction.THROTTLE), cpu_window=1.0),
+            health=health),
+        hog("calm", "idle")], sample_interval=0.1)
+    sup = Supervisor(config)
+    async with sup, sup.subscribe() as events:
+        ev = await next_event(events, "limit", "hog")
+        assert ev.detail["action"] == "throttle" and ev.detail["value"] > share
+        pid = sup.runner("hog").process.pid  # type: ignore[union-attr]
+        before, start = tree_cpu(pid), time.monotonic()
+        for _ in range(10):  # ~3 s of throttling, calls to the neighbour all along
+            await neighbour_answers(sup)
+            await anyio.sleep(0.3)
+        used = (tree_cpu(pid) - before) / (time.monotonic() - start) * 100
+        assert used < share * 2, f"throttled spinner used {used:.0f}% of a core"
+        assert used > share / 4, f"throttled spinner starved: {used:.0f}% of a core"
+        runner = sup.runner("hog")
+        assert runner.state is PluginState.READY and runner.instance == 1
+        assert await sup.call("hog", "echo", {"x": 1}, timeout=5) == {"x": 1}
+    # the supervisor exited: nothing left paused (the conftest fixture checks for leftovers)
+
+
+async def test_cpu_warn_acts_on_the_window_average() -> None:
+    config = SupervisorConfig(plugins=[
+        hog("hog", "cpu", limits=Limits(cpu=Limit(50, LimitAction.WARN), cpu_window=1.0))],
+        sample_interval=0.1)
+    sup = Supervisor(config)
+    async with sup, sup.subscribe() as events:
+        ev = await next_event(events, "limit", "hog")
+        assert ev.detail["limit"] == "cpu" and ev.detail["action"] == "warn"
+        assert ev.detail["value"] > 50
+        assert sup.runner("hog").state is PluginState.READY
+
+
+async def test_plugins_without_limits_are_not_sampled() -> None:
+    config = SupervisorConfig(plugins=[fake_spec("plain")], sample_interval=0.05)
+    sup = Supervisor(config)
+    async with sup:
+        await sup.wait_ready(timeout=10)
+        await sup.sampler.tick()
+        assert sup.runner("plain").resources is None
+
+
+def test_no_shim_applies_rlimits_in_the_child() -> None:
+    none = _platform.Containment("none", None, "test")
+    argv, kwargs = _platform.wrap_command(
+        [sys.executable, "-c", "import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)"
+         "[0], resource.getrlimit(resource.RLIMIT_CORE)[0])"], none,
+        {"core": 0, "nofile": 77})
+    import subprocess
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, **kwargs).stdout
+    assert out.split() == ["77", "0"]
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] != 77  # ours untouched
+
+
+def test_shim_applies_rlimits_in_the_plugin_only() -> None:
+    shim = _platform.ensure_shim()
+    if shim is None:
+        pytest.skip("no pvinit shim on this host")
+    containment = replace(_platform.detect_containment(), shim=shim)
+    argv, kwargs = _platform.wrap_command(
+        [sys.executable, "-c", "import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)"
+         "[0], resource.getrlimit(resource.RLIMIT_DATA)[0])"], containment,
+        {"core": 0, "nofile": 99, "data": 512 * MiB})
+    import subprocess
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, **kwargs).stdout
+    assert out.split() == ["99", str(512 * MiB)]
