@@ -30,7 +30,7 @@ import anyio.lowlevel
 from perf.cases.baselines import TEXT
 from perf.harness import Context, case, summarize
 from supervisor import CallError, PluginSpec, RestartPolicy, Supervisor
-from supervisor.config import DEFAULT_INHERITED_ENV
+from supervisor.config import DEFAULT_INHERITED_ENV, SupervisorConfig
 
 PEERS = Path(__file__).resolve().parent.parent / "peers"
 STDLIB_ECHO = PEERS / "stdlib_echo_plugin.py"
@@ -62,10 +62,11 @@ class Embedded:
     phases: dict[str, list[float]] = field(default_factory=dict)
 
 
-async def _start(specs: list[PluginSpec], *, phases: bool = False) -> Embedded:
+async def _start(specs: list[PluginSpec], *, phases: bool = False,
+                 config: SupervisorConfig | None = None) -> Embedded:
     stack = AsyncExitStack()
     try:
-        sup = await stack.enter_async_context(Supervisor(specs))
+        sup = await stack.enter_async_context(Supervisor(config if config else specs))
         await sup.wait_ready(timeout=READY_TIMEOUT)
         for spec in specs:
             # wait_ready also returns on ``failed``; a call proves the plugin serves.

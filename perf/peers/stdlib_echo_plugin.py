@@ -13,6 +13,7 @@ plugin.  It deliberately imports nothing from pipevisor and uses the stdlib
 - anything else -> -32601; EOF on stdin -> exit 0
 
 Each answer is written with one ``write`` and one ``flush``.
+With ``--echo-version V`` the handshake declares ``echo`` as interface version V.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ _HANDSHAKE_RESULT = {
 
 
 def main() -> int:
+    # ``--echo-version 1.0`` declares ``echo`` as interface version 1.0, so a host
+    # with that interface validates it (the validation-cost benchmark).
+    if len(sys.argv) == 3 and sys.argv[1] == "--echo-version":
+        _HANDSHAKE_RESULT["methods"] = {"echo": {"version": sys.argv[2]}}
     readline = sys.stdin.buffer.readline
     out = sys.stdout.buffer
     write, flush = out.write, out.flush
