@@ -8,6 +8,7 @@ PIPEVISOR_REQUIRE_TOOLCHAINS=1 (CI sets it, so CI skips nothing).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -183,8 +184,10 @@ async def test_protocol_edges_over_raw_pipes_and_exit_on_eof(plugin: Path) -> No
             unknown = await raw.request(7, "pipevisor/unheard-of", {})
             assert unknown["error"]["code"] == ErrorCode.METHOD_NOT_FOUND
             await raw.send({"jsonrpc": "2.0", "id": 99, "result": {}})  # a stray response
-            big = "x" * 200_000  # longer than one pipe buffer and than ARG_MAX per argument
-            assert (await raw.request(8, "echo", {"text": big}))["result"] == {"text": big}
+            # longer than a pipe buffer and than one argument may be, full of blanks, CRLF-ended
+            big = "x " * 250_000
+            await raw.send(json.dumps(request(8, "echo", {"text": big})).encode() + b"\r")
+            assert (await raw.receive())["result"] == {"text": big}
 
             assert process.stdin is not None
             await process.stdin.aclose()  # SPEC 9.1: exit with status 0 within 2 s
