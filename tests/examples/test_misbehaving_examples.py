@@ -178,3 +178,20 @@ async def test_spinner_burns_cpu_while_idle_and_still_answers() -> None:
         sup.stop("spinner")
         await sup.runner("spinner").wait_state({PluginState.STOPPED}, DEADLINE)
         assert sup.runner("spinner").status()["last_exit"]["returncode"] == 0
+
+
+async def test_hangs_misses_its_pings_and_is_killed_and_restarted() -> None:
+    hung = PluginSpec("hangs", (str(MISBEHAVING / "pipevisor-hangs"),), autostart=False,
+                      restart=RestartPolicy(jitter=0.0),
+                      stop=StopPolicy(shutdown_grace=0.3, eof_grace=0.3, term_grace=0.3),
+                      health=HealthPolicy(handshake_timeout=DEADLINE, ping_interval=0.1,
+                                          ping_timeout=0.3))
+    async with Supervisor([hung]) as sup, sup.subscribe() as sub:
+        await started(sup, "hangs")
+        restart = await next_event(sub, "restart")
+        assert "liveness ping" in restart.detail["after"]
+        await next_event(sub, "state", to="ready")
+        status = sup.runner("hangs").status()
+        assert status["instance"] >= 2
+        # a hung plugin's stop starts at SIGTERM, which it ignores: SIGKILL it is
+        assert status["last_exit"]["returncode"] == -9, status["last_exit"]
