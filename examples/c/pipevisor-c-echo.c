@@ -5,14 +5,16 @@
  * Requests are handled one at a time: both methods are instant, so pings get a prompt
  * answer. Numbers in comments are sections of protocol/SPEC.md.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _POSIX_C_SOURCE 200809L /* ssize_t, read */
 #include <cjson/cJSON.h>
 #include <ctype.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define NAME "pipevisor-c-echo"
 #define SUPPORTED_MIN "1.0" /* the protocol versions this plugin speaks */
@@ -113,7 +115,8 @@ static cJSON *version_range(const char *min, const char *max)
 static void handshake(const cJSON *id, const cJSON *params)
 {
     const cJSON *offer = cJSON_GetObjectItemCaseSensitive(params, "protocolVersions");
-    const char *protocol = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "protocol"));
+    const char *protocol =
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(params, "protocol"));
     const cJSON *offer_min = cJSON_GetObjectItemCaseSensitive(offer, "min");
     const cJSON *offer_max = cJSON_GetObjectItemCaseSensitive(offer, "max");
     long omin[2], omax[2], low[2], high[2];
@@ -244,24 +247,68 @@ static bool blank(const char *s, size_t n)
     return true;
 }
 
+/* Reads the next line into *line (without its "\n", NUL-terminated) and returns its length;
+ * -1 at end of input; -2 for a line longer than max_line_bytes, which is read to its end but
+ * never held in memory (3.3). Input is split at the byte '\n' only (3.2), and read(2) is used
+ * directly because stdio's fread would wait for a full buffer. */
+static long read_line(char **line, size_t *capacity)
+{
+    static char in[65536];
+    static size_t pos = 0, end = 0;
+    size_t length = 0;
+    bool too_long = false;
+    for (;;) {
+        if (pos == end) {
+            ssize_t got = read(STDIN_FILENO, in, sizeof in);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got <= 0) { /* end of input (a read error ends it too) */
+                if (too_long)
+                    return -2;
+                return length > 0 ? (long)length : -1; /* an unterminated last line counts */
+            }
+            pos = 0;
+            end = (size_t)got;
+        }
+        char *newline = memchr(in + pos, '\n', end - pos);
+        size_t n = newline ? (size_t)(newline - (in + pos)) : end - pos;
+        if (!too_long && length + n > max_line_bytes) {
+            too_long = true;
+        } else if (!too_long) {
+            if (length + n + 1 > *capacity) {
+                size_t want = (length + n + 1) * 2;
+                char *bigger = realloc(*line, want);
+                if (bigger == NULL) {
+                    LOG("out of memory reading a line of %zu bytes", length + n);
+                    exit(1);
+                }
+                *line = bigger;
+                *capacity = want;
+            }
+            memcpy(*line + length, in + pos, n);
+            length += n;
+            (*line)[length] = '\0';
+        }
+        pos += n + (newline != NULL);
+        if (newline != NULL)
+            return too_long ? -2 : (long)length;
+    }
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN); /* a broken stdout then shows up as a failed write (9.1) */
     char *line = NULL;
     size_t capacity = 0;
-    ssize_t got;
+    long got;
     LOG("started, waiting for the handshake");
-    /* 3.2: getline splits at the byte '\n' only and keeps embedded bytes as they are.
-     * It does buffer a whole line, so a line over max_line_bytes is read, then refused. */
-    while ((got = getline(&line, &capacity, stdin)) != -1) {
-        size_t n = (size_t)got;
-        if (n > 0 && line[n - 1] == '\n')
-            n--;
-        if (n > max_line_bytes) {
-            LOG("skipped a line of %zu bytes, over the limit of %zu", n, max_line_bytes);
+    while ((got = read_line(&line, &capacity)) != -1) {
+        if (got == -2) {
+            LOG("skipped a line longer than %zu bytes", max_line_bytes);
             refuse(NULL, PARSE_ERROR, "Parse error: line too long");
             continue;
         }
+        size_t n = (size_t)got;
         if (n > 0 && line[n - 1] == '\r')
             n--;
         if (blank(line, n))

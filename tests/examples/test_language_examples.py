@@ -101,6 +101,13 @@ def plugin(request: pytest.FixtureRequest, build: Callable[[Example], Path]) -> 
     return build(example)
 
 
+@pytest.fixture(params=[e for e in LANGUAGES if e.lang != "bash"], ids=lambda e: e.lang)
+def bounded_plugin(request: pytest.FixtureRequest, build: Callable[[Example], Path]) -> Path:
+    """The examples that bound their line buffer (the Bash one does not, as its README says)."""
+    example: Example = request.param
+    return build(example)
+
+
 def spec(path: Path) -> PluginSpec:
     return PluginSpec("echo", (str(path),), autostart=False,
                       stop=StopPolicy(shutdown_grace=DEADLINE, eof_grace=2.0, term_grace=2.0),
@@ -197,6 +204,31 @@ async def test_protocol_edges_over_raw_pipes_and_exit_on_eof(plugin: Path) -> No
             with anyio.fail_after(DEADLINE):
                 rest = b"".join([chunk async for chunk in process.stdout])
             assert rest == b"", rest  # the stray response got no answer
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+@pytest.mark.anyio
+async def test_a_line_over_max_line_bytes_is_refused_and_skipped(bounded_plugin: Path) -> None:
+    env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+    async with await anyio.open_process([str(bounded_plugin)], env=env) as process:
+        try:
+            raw = RawPlugin(process)
+            params = dict(HANDSHAKE_PARAMS, limits={"maxLineBytes": 200})
+            assert "result" in await raw.request(1, "pipevisor/handshake", params)
+            long = json.dumps(request(2, "echo", {"text": "y" * 300})).encode()
+            assert process.stdin is not None
+            await process.stdin.send(long[:100])  # in two pieces, as a pipe may deliver it
+            await process.stdin.send(long[100:] + b"\n")
+            refused = await raw.receive()
+            assert refused["id"] is None
+            assert refused["error"]["code"] == ErrorCode.PARSE_ERROR
+            assert (await raw.request(3, "echo", {"text": "short"}))["result"] == {"text": "short"}
+            assert (await raw.request(4, "pipevisor/shutdown", {}))["result"] is None
+            with anyio.fail_after(2.0):
+                assert await process.wait() == 0
         finally:
             if process.returncode is None:
                 process.kill()
