@@ -398,6 +398,10 @@ def attach_ratios(rows: list[dict[str, Any]]) -> None:
         if base["unit"] != row["unit"]:
             row["ratio_error"] = f"unit {row['unit']!r} differs from baseline unit {base['unit']!r}"
             continue
+        if base["median"] == 0 or row["median"] == 0:
+            # An idle CPU figure can be exactly 0; a ratio against it means nothing.
+            row["ratio_error"] = "a median of 0 on either side: no ratio"
+            continue
         ratio = row["median"] / base["median"]
         row["ratio"] = ratio
         row["cost"] = 1.0 / ratio if row["higher_is_better"] else ratio
