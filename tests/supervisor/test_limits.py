@@ -22,6 +22,7 @@ from supervisor.config import HealthPolicy, PluginSpec
 from supervisor.errors import ConfigError, OverLimit
 from supervisor.events import Subscription, SupervisorEvent
 from supervisor.limits import NO_LIMITS, Limit, LimitAction, Limits, MemoryBackstop
+from supervisor.policy import RestartMode, RestartPolicy
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio
@@ -143,7 +144,8 @@ async def test_children_that_allocate_are_counted_with_the_tree() -> None:
 async def test_rlimit_backstop_stops_an_allocation_faster_than_sampling() -> None:
     config = SupervisorConfig(plugins=[
         hog("hog", "burst", "--rate", str(16 * MiB),
-            limits=Limits(memory=Limit(100 * MiB), backstop_factor=1.5)),
+            limits=Limits(memory=Limit(100 * MiB), backstop_factor=1.5),
+            restart=RestartPolicy(mode=RestartMode.NEVER)),
         hog("calm", "idle")], sample_interval=5.0)
     sup = Supervisor(config)
     async with sup, sup.subscribe() as events:
@@ -151,6 +153,7 @@ async def test_rlimit_backstop_stops_an_allocation_faster_than_sampling() -> Non
         assert ev.detail["returncode"] == 3
         assert any("MemoryError" in line for line in ev.detail["stderr"])
         assert not sup.runner("hog").breaches
+        await sup.runner("hog").wait_state({PluginState.STOPPED}, timeout=10)
         await neighbour_answers(sup)
 
 
