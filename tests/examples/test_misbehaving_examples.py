@@ -6,6 +6,7 @@ process tree's own counters, each with a deadline; none takes more than a few se
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,11 @@ from supervisor import (
     RestartPolicy,
     StopPolicy,
     Supervisor,
+    SupervisorConfig,
     SupervisorEvent,
 )
 from supervisor.events import Subscription
+from supervisor.limits import Limit, Limits
 
 pytestmark = pytest.mark.anyio
 
@@ -195,3 +198,29 @@ async def test_hangs_misses_its_pings_and_is_killed_and_restarted() -> None:
         assert status["instance"] >= 2
         # a hung plugin's stop starts at SIGTERM, which it ignores: SIGKILL it is
         assert status["last_exit"]["returncode"] == -9, status["last_exit"]
+
+
+async def test_a_memory_limit_catches_leaky() -> None:
+    leaky = dataclasses.replace(
+        spec("leaky", "--rate", "40"),
+        limits=Limits(memory=Limit(max=48 * 1024 * 1024, action="restart")))
+    config = SupervisorConfig(plugins=[leaky], sample_interval=0.1)
+    async with Supervisor(config) as sup, sup.subscribe() as sub:
+        await started(sup, "leaky")
+        breach = await next_event(sub, "limit", limit="memory")
+        assert breach.detail["value"] > 48 * 1024 * 1024
+        await next_event(sub, "restart")
+        await next_event(sub, "state", to="ready")
+        assert sup.runner("leaky").status()["instance"] >= 2
+
+
+async def test_a_cpu_limit_catches_spinner() -> None:
+    spinner = dataclasses.replace(
+        spec("spinner"), limits=Limits(cpu=Limit(max=30, action="stop"), cpu_window=0.5))
+    config = SupervisorConfig(plugins=[spinner], sample_interval=0.1)
+    async with Supervisor(config) as sup, sup.subscribe() as sub:
+        await started(sup, "spinner")
+        breach = await next_event(sub, "limit", limit="cpu")
+        assert breach.detail["value"] > 30
+        await sup.runner("spinner").wait_state({PluginState.STOPPED, PluginState.FAILED},
+                                               DEADLINE)
