@@ -10,7 +10,9 @@ process itself, which *is* the supervisor (embedded):
 - ``scale-idle-N-start``: ms from entering the supervisor to all N ready;
 - ``scale-idle-N-rss``: resident MB of the supervisor process after the window;
 - ``scale-idle-N-cpu``: percent of one core the supervisor process used over the
-  window (user + system time of all its threads / wall time).
+  window (user + system time of all its threads / wall time);
+- ``scale-idle-1000-cpu-pings-only``: the same without limits (so no sampling),
+  as a ratio against ``scale-idle-1000-cpu``: the sampler's share.
 
 The three cases of one N share one measurement: whichever runs first measures,
 the others report the same repetitions. Baselines are the N=1 rows, so the
@@ -58,25 +60,25 @@ def _limits_kwargs() -> dict[str, Any]:
     return {"limits": Limits(memory=Limit(512 * 1024 * 1024, action="warn"))}  # type: ignore[arg-type]
 
 
-def _config(binary: Path, n: int) -> SupervisorConfig:
+def _config(binary: Path, n: int, sampler: bool) -> SupervisorConfig:
     health = HealthPolicy(ping_interval=PING_INTERVAL)
-    limits = _limits_kwargs()
+    limits = _limits_kwargs() if sampler else {}
     specs = tuple(PluginSpec(f"c{i}", (str(binary),), health=health, **limits) for i in range(n))
     kwargs: dict[str, Any] = {}
     if "sample_interval" in {f.name for f in dataclasses.fields(SupervisorConfig)}:
-        kwargs["sample_interval"] = SAMPLE_INTERVAL
+        kwargs["sample_interval"] = SAMPLE_INTERVAL if sampler else 0.0
     return SupervisorConfig(plugins=specs, **kwargs)
 
 
-_MEASURED: dict[tuple[int, bool], dict[str, list[float]]] = {}
+_MEASURED: dict[tuple[int, bool, bool], dict[str, list[float]]] = {}
 _REPORTED: set[tuple[str, bool]] = set()
 
 
-async def _one(binary: Path, n: int, window: float) -> dict[str, float]:
+async def _one(binary: Path, n: int, window: float, sampler: bool) -> dict[str, float]:
     me = psutil.Process()
     async with AsyncExitStack() as stack:
         t0 = time.perf_counter()
-        sup = await stack.enter_async_context(Supervisor(_config(binary, n)))
+        sup = await stack.enter_async_context(Supervisor(_config(binary, n, sampler)))
         await sup.wait_ready(timeout=120.0)
         start_ms = (time.perf_counter() - t0) * 1000
         not_ready = [r.spec.name for r in sup.runners.values() if str(r.state) != "ready"]
@@ -92,8 +94,8 @@ async def _one(binary: Path, n: int, window: float) -> dict[str, float]:
     return {"start": start_ms, "rss": rss_mb, "cpu": 100 * used / (wall1 - wall0)}
 
 
-async def _measure(ctx: Context, n: int) -> dict[str, list[float]]:
-    key = (n, ctx.quick)
+async def _measure(ctx: Context, n: int, sampler: bool = True) -> dict[str, list[float]]:
+    key = (n, ctx.quick, sampler)
     if key in _MEASURED:
         return _MEASURED[key]
     binary = build_c(ctx, PLUGIN_SOURCE)
@@ -101,14 +103,14 @@ async def _measure(ctx: Context, n: int) -> dict[str, list[float]]:
     reps = 1 if ctx.quick else (3 if n >= 1000 else 5)
     out: dict[str, list[float]] = {"start": [], "rss": [], "cpu": []}
     for _ in range(reps):
-        got = await _one(binary, count, _window(ctx.quick))
+        got = await _one(binary, count, _window(ctx.quick), sampler)
         for k, v in got.items():
             out[k].append(v)
     _MEASURED[key] = out
     ctx.note("plugins", count)
     ctx.note("idle_window_s", _window(ctx.quick))
     ctx.note("ping_interval_s", PING_INTERVAL)
-    ctx.note("limit_sampling", bool(_limits_kwargs()))
+    ctx.note("limit_sampling", sampler and bool(_limits_kwargs()))
     ctx.note("pid", os.getpid())
     return out
 
@@ -144,3 +146,16 @@ def _register(n: int) -> None:
 
 for _n in SIZES:
     _register(_n)
+
+
+@case("scale-idle-1000-cpu-pings-only", group="scale", unit="%core",
+      baseline="scale-idle-1000-cpu", repeat=1, warmup=0, higher_is_better=False)
+async def scale_idle_1000_cpu_pings_only(ctx: Context) -> list[float]:
+    """1000 idle C plugins, pings but no limits and no sampler: what the sampler costs."""
+    if ctx.warming_up:
+        return []
+    key = (ctx.case.name, ctx.quick)
+    if key in _REPORTED:
+        return []
+    _REPORTED.add(key)
+    return (await _measure(ctx, 1000, sampler=False))["cpu"]

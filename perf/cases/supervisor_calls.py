@@ -385,3 +385,59 @@ async def restart_after_sigkill_default_policy(ctx: Context) -> float:
             await st.stack.aclose()
     finally:
         _quiet(False)
+
+
+# --------------------------------------------------------------------------- crash loop
+
+# A crash loop under backoff: no jitter so that each restart's delay is known,
+# a short first backoff so that a repetition stays well under a second, and an
+# intensity limit the benchmark never reaches.
+CRASH_LOOP = RestartPolicy(
+    max_restarts=1000, within_seconds=60.0, initial_delay=0.0, first_backoff=0.05,
+    factor=2.0, jitter=0.0, reset_after=60.0,
+)
+CRASH_LOOP_KILLS = 4
+
+
+def _policy_delay_ms(policy: RestartPolicy, streak: int) -> float:
+    """The delay the policy gives the ``streak``-th quick restart in a row (0-based)."""
+    if streak == 0:
+        return policy.initial_delay * 1000
+    return min(policy.max_delay, policy.first_backoff * policy.factor ** (streak - 1)) * 1000
+
+
+@case(
+    "restart-crash-loop-overhead",
+    group="supervisor",
+    unit="ms",
+    baseline="python-startup",
+    repeat=5,
+    warmup=1,
+)
+async def restart_crash_loop_overhead(ctx: Context) -> list[float]:
+    """A plugin killed 4 times in a row under backoff: achieved time minus the policy's delay.
+
+    Each repetition starts a fresh supervisor, then SIGKILLs the plugin as soon
+    as it answers again, four times; the policy (no jitter) asks for delays of
+    0, 50, 100 and 200 ms. One sample per kill: ms from the kill to the first
+    answer of the new instance, minus the delay the policy asked for. The
+    per-kill achieved and asked delays are in the notes.
+    """
+    _quiet(True)
+    try:
+        st = await _start([_spec("echo", CRASH_LOOP)])
+        try:
+            kills = ctx.pick(full=CRASH_LOOP_KILLS, quick=2)
+            overheads = []
+            for k in range(kills):
+                achieved = (await _kill_and_recover(st, "echo"))["total"]
+                asked = _policy_delay_ms(CRASH_LOOP, k)
+                overheads.append(achieved - asked)
+                if not ctx.warming_up:
+                    ctx.notes.setdefault(f"kill{k + 1}_delay_ms", round(asked, 1))
+                    ctx.notes.setdefault(f"kill{k + 1}_achieved_ms", []).append(round(achieved, 1))
+            return overheads
+        finally:
+            await st.stack.aclose()
+    finally:
+        _quiet(False)
