@@ -158,6 +158,9 @@ class SupervisorConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "adapters", tuple(self.adapters))
+        if self.sample_interval < 0:
+            raise ConfigError(f"sample_interval must be >= 0 (0 turns sampling off), "
+                              f"not {self.sample_interval!r}")
         seen: set[str] = set()
         for spec in self.plugins:
             if spec.name in seen:

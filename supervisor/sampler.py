@@ -99,6 +99,7 @@ def measure(track: _Track, pids: Iterable[int], want_fds: bool) -> TreeSample:
     """Read one tree; blocking (/proc), so called from a worker thread."""
     sample = TreeSample()
     seen: set[int] = set()
+    first_tick = not track.cpu
     for pid in pids:
         proc = track.procs.get(pid)
         if proc is None:
@@ -121,7 +122,7 @@ def measure(track: _Track, pids: Iterable[int], want_fds: bool) -> TreeSample:
         if previous is None:
             # a process born since the last tick used all its time within it;
             # at the first tick of an instance there is no "since" yet
-            previous = used if not track.cpu and pid == track.root else 0.0
+            previous = used if first_tick else 0.0
         sample.cpu_seconds += max(0.0, used - previous)
         track.cpu[pid] = used
         sample.rss += rss

@@ -79,6 +79,7 @@ def test_limits_default_to_none_and_rlimits_always_drop_core() -> None:
     (lambda: Limit(5, "explode"), "warn"),  # type: ignore[arg-type]
     (lambda: Limits(memory_backstop="rss"), "memory_backstop"),  # type: ignore[arg-type]
     (lambda: Limits(cpu_window=0), "cpu_window"),
+    (lambda: SupervisorConfig(sample_interval=-1), "sample_interval"),
 ])
 def test_bad_limits_are_refused_with_a_clear_error(bad: Any, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
@@ -247,3 +248,23 @@ def test_shim_applies_rlimits_in_the_plugin_only() -> None:
     import subprocess
     out = subprocess.run(argv, capture_output=True, text=True, check=True, **kwargs).stdout
     assert out.split() == ["99", str(512 * MiB)]
+
+
+async def test_a_plugin_stopped_while_throttled_is_resumed_and_stops() -> None:
+    config = SupervisorConfig(plugins=[
+        hog("hog", "cpu", limits=Limits(cpu=Limit(5, LimitAction.THROTTLE), cpu_window=0.5))],
+        sample_interval=0.05)
+    sup = Supervisor(config)
+    async with sup, sup.subscribe() as events:
+        await next_event(events, "limit", "hog")
+        runner = sup.runner("hog")
+        with anyio.fail_after(5):  # a condition with a deadline: the next pause
+            while runner.paused_since is None:
+                await anyio.sleep(0.01)
+        pid = runner.process.pid  # type: ignore[union-attr]
+        stopping = time.monotonic()
+        sup.stop("hog")
+        await runner.wait_state({PluginState.STOPPED}, timeout=5)
+        # resumed for its graceful shutdown, not left hanging until the SIGKILL step
+        assert time.monotonic() - stopping < 3
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
