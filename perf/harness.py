@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeAlias, cast
 
 PERF_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PERF_DIR.parent
 RESULTS_DIR = PERF_DIR / "results"
 SCHEMA_VERSION = 1
 
@@ -207,8 +208,9 @@ class Context:
         _LIVE.add(proc)
         return proc
 
-    def reap(self, proc: subprocess.Popen[bytes]) -> None:
-        _reap(proc)
+    def reap(self, proc: subprocess.Popen[bytes], grace: float = 1.0) -> None:
+        """Close pipes, wait ``grace`` seconds for the child to exit, then kill it."""
+        _reap(proc, grace)
 
 
 def build_c(ctx: Context, source: Path, extra_flags: Sequence[str] = ()) -> Path:
