@@ -24,11 +24,15 @@ import psutil
 
 from supervisor import _platform
 from supervisor.limits import LimitAction, Limits
+from supervisor.states import PluginState
 
 if TYPE_CHECKING:
     from supervisor.runner import PluginRunner
 
 log = logging.getLogger("pipevisor.limits")
+
+_ENDING = frozenset({PluginState.STOPPING, PluginState.STOPPED, PluginState.FAILED,
+                     PluginState.BACKOFF})
 
 _MAX_PAUSE = 1.0
 """Longest single throttle pause in seconds: keeps the plugin's answers flowing in
@@ -266,13 +270,18 @@ class Sampler:
         _platform.pause_tree(pid)
         self._paused[name] = pid
         runner.paused_since = time.monotonic()
-        tg.start_soon(self._resume_after, name, pid, pause)
+        tg.start_soon(self._resume_after, runner, pid, pause)
 
-    async def _resume_after(self, name: str, pid: int, delay: float) -> None:
+    async def _resume_after(self, runner: PluginRunner, pid: int, delay: float) -> None:
+        """Resume after ``delay``, or at once when the instance starts ending (stop,
+        restart, unload, a limit, a crash) so its shutdown is not held up."""
         try:
-            await anyio.sleep(delay)
+            with anyio.move_on_after(delay):
+                await runner.wait_state(_ENDING, timeout=delay + 1)
+        except TimeoutError:
+            pass
         finally:
-            self._resume(name, pid)
+            self._resume(runner.spec.name, pid)
 
     def _resume(self, name: str, pid: int) -> None:
         if self._paused.get(name) != pid:

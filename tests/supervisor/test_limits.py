@@ -265,6 +265,6 @@ async def test_a_plugin_stopped_while_throttled_is_resumed_and_stops() -> None:
         stopping = time.monotonic()
         sup.stop("hog")
         await runner.wait_state({PluginState.STOPPED}, timeout=5)
-        # resumed for its graceful shutdown, not left hanging until the SIGKILL step
-        assert time.monotonic() - stopping < 3
+        # resumed at once for its graceful shutdown (a pause slice alone lasts up to 1 s)
+        assert time.monotonic() - stopping < 1.5
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
