@@ -1,7 +1,8 @@
 """Smoke test for ``python -m perf --quick``: the harness runs, never how fast.
 
-Speed is measured, never asserted, so this only checks that every baseline
-produced a positive median in the same run and that ratios are anchored.
+Speed is measured, never asserted, so this only checks that every case ran
+(or, without a C compiler, was skipped), that every baseline produced a
+positive median in the same run, and that ratios are anchored.
 """
 
 from __future__ import annotations
@@ -22,6 +23,24 @@ BASELINES = {
     "raw-python-pipe-pipelined",
 }
 NEEDS_CC = {"c-pipe", "c-pipe-c2c"}
+# One case of every group of issue #8, so a group cannot silently disappear.
+REQUIRED = {
+    "asyncio-pipe",
+    "embedded-seq-stdlib",
+    "embedded-pipelined-1",
+    "embedded-pipelined-16",
+    "embedded-pipelined-256",
+    "embedded-pipelined-8-plugins",
+    "control-seq-stdlib",
+    "control-pipelined-256",
+    "restart-after-sigkill",
+    "restart-crash-loop-overhead",
+    "scale-idle-1000-start",
+    "scale-idle-1000-rss",
+    "scale-idle-1000-cpu",
+    "embedded-seq-validated",
+    "embedded-seq-1MiB",
+}
 
 
 def test_quick_run_reports_every_baseline(tmp_path: Path) -> None:
@@ -57,6 +76,16 @@ def test_quick_run_reports_every_baseline(tmp_path: Path) -> None:
         assert row["median"] > 0, row
         assert row["p90"] > 0, row
         assert row["ratio"] is not None, row
+
+    assert set(rows) >= REQUIRED, sorted(REQUIRED - set(rows))
+    for name, row in rows.items():
+        # A crashed case turns the run red above; this names it. Only the C
+        # cases may be skipped, and only without a compiler.
+        if row["status"] == "skipped":
+            assert not have_cc and (name in NEEDS_CC or name.startswith("scale-")), row
+        else:
+            assert row["status"] == "ok", row
+            assert row["n_samples"] >= 1, row
 
     for anchor in ("raw-python-pipe", "raw-python-pipe-pipelined"):
         assert rows[anchor]["baseline"] == anchor
