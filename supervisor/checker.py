@@ -222,6 +222,8 @@ class _Session:
             return answer
         if self.stdout_closed.is_set():
             self.peer.cancel(ident, notify=False)
+            with anyio.move_on_after(1.0):  # stdout closes a moment before the exit is seen
+                await self.exited.wait()
             raise _Gone(self.describe_end())
         self.peer.cancel(ident, notify=False)
         raise _Timeout(f"no answer within {timeout:g} s")
@@ -292,13 +294,13 @@ class _Checks:
         try:
             answer = await s.call(method, params, timeout)
         except _Timeout as exc:
-            self.stopped = f"the plugin stopped answering ({name}: {exc})"
+            self.stopped = f"the plugin stopped answering (see {name})"
             self.add(name, Status.FAIL, str(exc),
                      "answer every request, even with an error; a request must never go "
                      "unanswered (SPEC 4.4)")
             return
         except _Gone as exc:
-            self.stopped = str(exc)
+            self.stopped = f"the plugin is gone (see {name})"
             self.add(name, Status.FAIL, str(exc),
                      "a plugin must not exit while it is in use; answer with an error instead")
             return
@@ -442,8 +444,8 @@ async def _check_cancel(s: _Session, hs: HandshakeResult | None, opts: CheckOpti
                    "when you claim cancel, stop the work and answer -31053 promptly (SPEC 7.2)")
         return
     except _Gone as exc:
-        checks.stopped = str(exc)
-        checks.add(name, Status.FAIL, str(exc))
+        checks.stopped = f"the plugin is gone (see {name})"
+        checks.add(name, Status.FAIL, str(exc), "stop the work and answer -31053; do not exit")
         return
     r = answer.response
     if isinstance(r, ErrorResponse) and r.error.code == ErrorCode.REQUEST_CANCELLED:
@@ -473,7 +475,7 @@ async def _check_idle(s: _Session, checks: _Checks, opts: CheckOptions) -> None:
         await s.exited.wait()
     elapsed = time.monotonic() - t0
     if s.exited.is_set():
-        checks.stopped = s.describe_end()
+        checks.stopped = "the plugin is gone (see idle cpu)"
         checks.add("idle cpu", Status.FAIL, f"{s.describe_end()} while idle",
                    "stay alive until shutdown or end of input")
         checks.not_run("idle memory")

@@ -16,6 +16,7 @@ import orjson
 
 from supervisor import _platform
 from supervisor.cli_control import COMMANDS as CONTROL_COMMANDS
+from supervisor.cli_plugins import COMMANDS as PLUGIN_COMMANDS
 
 
 def _version() -> str:
@@ -58,6 +59,9 @@ def containment(as_json: bool) -> None:
 
 
 for _command in CONTROL_COMMANDS:  # status, call, start, stop, ... (the daemon's control socket)
+    main.add_command(_command)
+
+for _command in PLUGIN_COMMANDS:  # list (discovery on PATH), check (conformance checker)
     main.add_command(_command)
 
 

@@ -1,0 +1,106 @@
+"""``pipevisor list`` and ``pipevisor check``: finding plugins and judging one.
+
+Only argument parsing and output; discovery lives in :mod:`supervisor.discovery`
+and the checks in :mod:`supervisor.checker`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import anyio
+import click
+import orjson
+
+from supervisor.checker import CheckOptions, check_plugin, report_json, report_text
+from supervisor.discovery import DEFAULT_PREFIX, DiscoveryConfig, discover
+
+
+@click.command("list")
+@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True,
+              help="File name prefix that marks a plugin executable.")
+@click.option("--dir", "dirs", multiple=True, metavar="DIR",
+              help="Extra plugin folder, searched before PATH (repeatable).")
+@click.option("--no-path", is_flag=True, help="Search only the --dir folders, not PATH.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_plugins(prefix: str, dirs: tuple[str, ...], no_path: bool, as_json: bool) -> None:
+    """List plugin executables (PREFIX<name>) found in --dir folders and on PATH."""
+    try:
+        config = DiscoveryConfig(prefix=prefix, use_path=not no_path, dirs=dirs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--prefix") from exc
+    result = discover(config)
+    if as_json:
+        click.echo(orjson.dumps(result.to_json()).decode())
+        return
+    if not result.found:
+        where = ", ".join([*dirs, *(["PATH"] if not no_path else [])]) or "nowhere"
+        click.echo(f"no plugins found (looked for {prefix}* in {where})")
+    width = max((len(p.name) for p in result.found), default=0)
+    for p in result.found:
+        click.echo(f"{p.name:<{width}}  {p.path}")
+    for s in result.shadowed:
+        click.echo(f"shadowed: {s.path} (hidden by {s.shadowed_by})")
+    for w in result.warnings:
+        click.echo(f"warning: {w.path or '(empty)'}: {w.reason}")
+
+
+def _resolve(target: str) -> str:
+    """A file path as given, or a plugin name looked up like ``pipevisor list`` does."""
+    if os.sep in target or os.path.exists(target):
+        return target
+    found = discover().by_name()
+    name = target.removeprefix(DEFAULT_PREFIX)
+    if name in found:
+        return found[name].path
+    raise click.BadParameter(f"{target!r} is neither a file nor a plugin found on PATH "
+                             "(see `pipevisor list`)", param_hint="PLUGIN")
+
+
+def _json_object(ctx: click.Context, param: click.Parameter, value: str) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise click.BadParameter("must be a JSON object")
+    return obj
+
+
+@click.command("check", context_settings={"ignore_unknown_options": True,
+                                          "allow_interspersed_args": False})
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.option("--timeout", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              help="Seconds to wait for each answer.")
+@click.option("--grace", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              help="Seconds the plugin has to exit after shutdown or end of input.")
+@click.option("--skip", "skip", multiple=True, metavar="METHOD",
+              help="Declared method not to call (one that crashes or needs real params).")
+@click.option("--slow-method", metavar="METHOD",
+              help="A method that takes seconds, used to test cancellation.")
+@click.option("--slow-params", default="{}", callback=_json_object, metavar="JSON",
+              show_default=True, help="Params for --slow-method.")
+@click.argument("plugin")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def check(as_json: bool, timeout: float, grace: float, skip: tuple[str, ...],
+          slow_method: str | None, slow_params: dict[str, Any], plugin: str,
+          args: tuple[str, ...]) -> None:
+    """Run PLUGIN (a path or a discovered name) with ARGS and check it follows the protocol.
+
+    Exit status 0 when every check passes (skipped ones and warnings allowed), 1 otherwise.
+    Options after PLUGIN go to the plugin.
+    """
+    executable = _resolve(plugin)
+    opts = CheckOptions(timeout=timeout, grace=grace, skip_methods=frozenset(skip),
+                        slow_method=slow_method, slow_params=slow_params)
+    try:
+        report = anyio.run(check_plugin, (executable, *args), opts)
+    except OSError as exc:
+        raise click.ClickException(f"cannot start {executable}: {exc}") from exc
+    click.echo(report_json(report) if as_json else report_text(report))
+    if not report.ok:
+        raise SystemExit(1)
+
+
+COMMANDS = (list_plugins, check)
