@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,77 +21,16 @@ import pytest
 from protocol import ErrorCode
 from supervisor import HealthPolicy, PluginError, PluginSpec, PluginState, StopPolicy, Supervisor
 from tests.examples.test_python_stdlib_example import HANDSHAKE_PARAMS, RawPlugin
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples"
-BUILD = ROOT / "scripts" / "build-examples"
-DEADLINE = 20.0
-
-
-@dataclass(frozen=True)
-class Example:
-    lang: str
-    executable: str
-    """Path under examples/ of the plugin (for compiled ones: where the build puts it)."""
-    tools: tuple[tuple[str, str], ...]
-    """(program, how to install it) pairs the example needs, to build or to run."""
-    compiled: bool = False
-    needs_cjson: bool = False
-
-
-LANGUAGES = (
-    Example("bash", "bash-jq/pipevisor-bash-echo",
-            (("bash", "apt-get install bash"), ("jq", "apt-get install jq"))),
-    Example("node", "node/pipevisor-node-echo", (("node", "apt-get install nodejs"),)),
-    Example("go", "go/pipevisor-go-echo", (("go", "apt-get install golang-go"),), compiled=True),
-    Example("c", "c/pipevisor-c-echo",
-            (("cc", "apt-get install gcc"), ("make", "apt-get install make")),
-            compiled=True, needs_cjson=True),
+from tests.examples.toolchains import (
+    BUILD,
+    LANGUAGES,
+    ROOT,
+    Example,
+    missing_toolchain,
+    unavailable,
 )
 
-
-def missing_toolchain(example: Example, path: str | None = None) -> str | None:
-    """Why ``example`` cannot be built or run here (what to install), or None."""
-    for program, install in example.tools:
-        if shutil.which(program, path=path) is None:
-            return f"{program} not found: {install}"
-    if example.needs_cjson:
-        cc = shutil.which("cc", path=path)
-        probe = subprocess.run([str(cc), "-E", "-x", "c", "-"], input=b"#include <cjson/cJSON.h>\n",
-                               capture_output=True, check=False)
-        if probe.returncode != 0:
-            return "cJSON not found (no <cjson/cJSON.h>): apt-get install libcjson-dev"
-    return None
-
-
-def unavailable(reason: str) -> None:
-    """Skip, or fail when the toolchains are required (CI)."""
-    if os.environ.get("PIPEVISOR_REQUIRE_TOOLCHAINS") == "1":
-        pytest.fail(f"{reason} (PIPEVISOR_REQUIRE_TOOLCHAINS=1: a missing toolchain is an error)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Example], Path]:
-    """The example's executable, built at most once per session."""
-    built: dict[str, Path] = {}
-    out = tmp_path_factory.mktemp("examples")
-
-    def get(example: Example) -> Path:
-        reason = missing_toolchain(example)
-        if reason is not None:
-            unavailable(f"{example.lang} example: {reason}")
-        if not example.compiled:
-            return EXAMPLES / example.executable
-        if example.lang not in built:
-            result = subprocess.run([str(BUILD), "--out", str(out), example.lang],
-                                    capture_output=True, text=True, check=False, timeout=300)
-            assert result.returncode == 0, f"build failed:\n{result.stdout}\n{result.stderr}"
-            built[example.lang] = out / Path(example.executable).name
-        return built[example.lang]
-
-    return get
-
+DEADLINE = 20.0
 
 @pytest.fixture(params=LANGUAGES, ids=lambda e: e.lang)
 def plugin(request: pytest.FixtureRequest, build: Callable[[Example], Path]) -> Path:
