@@ -55,7 +55,7 @@ from protocol import (
     standard_error,
 )
 from supervisor import _platform
-from supervisor.process import describe_exit, pump_stderr
+from supervisor.process import SpawnError, describe_exit, pump_stderr, resolve_executable
 
 UNKNOWN_METHOD = "pipevisor_check.no_such_method"
 """Called to see a -32601 answer; not reserved, so the plugin must answer it itself."""
@@ -248,15 +248,20 @@ class _Session:
 
 
 async def _spawn(command: tuple[str, ...]) -> Process:
+    """Start the plugin. Raises :class:`SpawnError` naming the file when it cannot run."""
+    executable = resolve_executable(command[0], os.environ.get("PATH"))
     containment = _platform.detect_containment()
-    argv, kwargs = _platform.wrap_command(list(command), containment)
+    argv, kwargs = _platform.wrap_command([executable, *command[1:]], containment)
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ",
                                       "TMPDIR") if k in os.environ}
     env.update({"PIPEVISOR_PLUGIN": "1", "PIPEVISOR_PLUGIN_NAME": _plugin_name(command[0]),
                 "PIPEVISOR_PROTOCOL": f"{PROTOCOL_VERSIONS.min}..{PROTOCOL_VERSIONS.max}",
                 "PIPEVISOR_HOST_PID": str(os.getpid())})
-    return await anyio.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=env, **kwargs)
+    try:
+        return await anyio.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, env=env, **kwargs)
+    except OSError as exc:
+        raise SpawnError(f"cannot start {executable}: {exc}") from exc
 
 
 def _plugin_name(executable: str) -> str:
@@ -335,7 +340,7 @@ async def _handshake(s: _Session, command: tuple[str, ...], opts: CheckOptions,
     try:
         answer = await s.call(HANDSHAKE, _handshake_params(command), opts.timeout)
     except (_Timeout, _Gone) as exc:
-        checks.stopped = f"no handshake ({exc})"
+        checks.stopped = "no handshake"
         checks.add(label, Status.FAIL, f"no handshake answer: {exc}",
                    "read one line from stdin, answer pipevisor/handshake on stdout with "
                    "a newline at the end, and flush (SPEC 6)")
@@ -612,7 +617,7 @@ async def check_plugin(command: tuple[str, ...] | list[str],
     """Run every check against ``command`` (executable and its arguments).
 
     Raises:
-        OSError: the executable cannot be started at all.
+        SpawnError: the executable is missing, not executable, or cannot be started.
     """
     opts = options or CheckOptions()
     cmd = tuple(command)

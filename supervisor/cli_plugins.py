@@ -15,6 +15,7 @@ import orjson
 
 from supervisor.checker import CheckOptions, check_plugin, report_json, report_text
 from supervisor.discovery import DEFAULT_PREFIX, DiscoveryConfig, discover
+from supervisor.process import SpawnError
 
 
 @click.command("list")
@@ -49,7 +50,7 @@ def list_plugins(prefix: str, dirs: tuple[str, ...], no_path: bool, as_json: boo
 def _resolve(target: str) -> str:
     """A file path as given, or a plugin name looked up like ``pipevisor list`` does."""
     if os.sep in target or os.path.exists(target):
-        return target
+        return target if os.sep in target else os.path.join(os.curdir, target)
     found = discover().by_name()
     name = target.removeprefix(DEFAULT_PREFIX)
     if name in found:
@@ -96,8 +97,8 @@ def check(as_json: bool, timeout: float, grace: float, skip: tuple[str, ...],
                         slow_method=slow_method, slow_params=slow_params)
     try:
         report = anyio.run(check_plugin, (executable, *args), opts)
-    except OSError as exc:
-        raise click.ClickException(f"cannot start {executable}: {exc}") from exc
+    except SpawnError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(report_json(report) if as_json else report_text(report))
     if not report.ok:
         raise SystemExit(1)

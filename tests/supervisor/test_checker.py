@@ -271,6 +271,13 @@ def test_cli_check_unknown_plugin_is_a_usage_error(monkeypatch: pytest.MonkeyPat
     assert res.exit_code == 2 and "pipevisor list" in res.output
 
 
+@pytest.mark.parametrize("target", ["examples/c/pipevisor-c-echo.c", "examples"])
+def test_cli_check_refuses_what_cannot_run(target: str) -> None:
+    res = CliRunner().invoke(main, ["check", str(ROOT / target)])
+    assert res.exit_code == 1
+    assert "not an executable file" in res.output and target in res.output
+
+
 def test_cli_list_text_and_json(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["list", "--no-path", "--dir", str(MISBEHAVING),
                                     "--dir", str(tmp_path / "missing")])
