@@ -59,6 +59,13 @@ async def test_fake_plugin_passes_and_honours_cancel() -> None:
     assert _status(report, "method crash") is Status.SKIP
 
 
+async def test_a_slow_method_that_is_not_slow_warns_instead_of_failing() -> None:
+    opts = CheckOptions(skip_methods=FAKE_SKIP, slow_method="echo", idle_seconds=0.3)
+    report = await _check(*FAKE_CMD, opts=opts)
+    assert report.ok, report.failed()
+    assert _status(report, "cancel") is Status.WARN
+
+
 async def test_cancel_without_slow_method_is_not_tested_with_a_hint() -> None:
     report = await _check(*FAKE_CMD)
     c = report.get("cancel")
