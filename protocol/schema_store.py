@@ -9,17 +9,19 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
-from referencing import Registry, Resource
+if TYPE_CHECKING:  # imported lazily below: jsonschema costs ~50 ms, too much for plugin start-up
+    from jsonschema import Draft202012Validator
+    from referencing import Registry
 
 _BASE = "https://pipevisor.dev/schemas/protocol/"
 
 
 @functools.cache
 def _registry() -> tuple[Registry[Any], dict[str, dict[str, Any]]]:
+    from referencing import Registry, Resource
+
     schemas: dict[str, dict[str, Any]] = {}
     for entry in resources.files("protocol").joinpath("schemas").iterdir():
         if entry.name.endswith(".json"):
@@ -41,12 +43,16 @@ def schema(name: str) -> dict[str, Any]:
 
 @functools.cache
 def validator(name: str) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     registry, schemas = _registry()
     return Draft202012Validator(schemas[name], registry=registry)
 
 
 def first_error(name: str, instance: Any) -> str | None:
     """None when valid, else one readable sentence with the JSON path of the fault."""
+    from jsonschema.exceptions import best_match
+
     error = best_match(validator(name).iter_errors(instance))
     if error is None:
         return None
