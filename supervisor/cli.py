@@ -58,6 +58,22 @@ def containment(as_json: bool) -> None:
         click.echo(f"mechanism: {c.mechanism}\nshim:      {c.shim or '-'}\ndetail:    {c.detail}")
 
 
+@main.command()
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
+              help="TOML configuration file (docs/configuration.md); default: discover "
+                   "pipevisor-* executables on PATH with default policies.")
+@click.option("--socket", "socket_path", metavar="PATH",
+              help="Control socket (default: $PIPEVISOR_SOCKET, the file's daemon.socket, "
+                   "then $XDG_RUNTIME_DIR/pipevisor/control.sock).")
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help="Log lines on stderr (default: the file's daemon.log_format, else text).")
+def run(config_path: str | None, socket_path: str | None, log_format: str | None) -> None:
+    """Run the supervisor in the foreground: SIGTERM/SIGINT stop it, SIGHUP reloads."""
+    from supervisor.daemon import run_daemon
+
+    raise SystemExit(run_daemon(config_path, socket_path, log_format))
+
+
 for _command in CONTROL_COMMANDS:  # status, call, start, stop, ... (the daemon's control socket)
     main.add_command(_command)
 

@@ -1,0 +1,364 @@
+"""``pipevisor run``: the supervisor as a long-running, foreground service.
+
+Foreground on purpose (no double fork, no pid file): systemd, containers and
+terminals all want the process they started to be the daemon. Lifecycle:
+
+- the control socket is bound first, so a second daemon is refused before it
+  could touch the first one's plugins or leftover records;
+- plugins start; READY=1 is sent once each is serving or given up on;
+- SIGTERM/SIGINT stop every plugin gracefully and concurrently, exit 0;
+- SIGHUP (or ``pipevisor reload``) re-reads the file and rediscovers: new
+  plugins start, removed ones stop, changed ones restart, untouched ones keep
+  running with their in-flight calls. A bad file is refused and logged and
+  the running set stays as it was.
+
+Exit codes: 0 clean stop, 1 could not start (socket taken ...), 2 bad config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+from typing import Any
+
+import anyio
+import orjson
+
+from supervisor import config_file, paths
+from supervisor.config import PluginSpec
+from supervisor.config_file import DaemonConfig, LogFormat
+from supervisor.control import ControlSocketError, serve_control
+from supervisor.errors import ConfigError
+from supervisor.states import SERVING, PluginState
+from supervisor.supervisor import Supervisor
+from supervisor.systemd import Notifier
+
+log = logging.getLogger("pipevisor.daemon")
+
+EXIT_OK, EXIT_START_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+
+
+# ============================================================ logging
+
+_JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
+                     logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+def _plugin_of(record: logging.LogRecord) -> str | None:
+    prefix = "pipevisor.plugin."
+    return record.name[len(prefix):] if record.name.startswith(prefix) else None
+
+
+class JournalFormatter(logging.Formatter):
+    """``<N>`` priority prefixes that journald turns into log levels; no timestamp
+    (the journal adds its own)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _JOURNAL_PRIORITY.get(record.levelno, 6)
+        plugin = _plugin_of(record)
+        who = f"[{plugin}]" if plugin else record.name.removeprefix("pipevisor.")
+        text = f"<{prio}>{who}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text.replace("\n", f"\n<{prio}>")
+
+
+class TextFormatter(logging.Formatter):
+    """Timestamped lines for a terminal; a plugin's stderr lines are tagged ``[name]``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%H:%M:%S", time.localtime(record.created))
+        plugin = _plugin_of(record)
+        who = f"[{plugin}]" if plugin else record.name.removeprefix("pipevisor.")
+        text = f"{ts}.{int(record.msecs):03d} {record.levelname:<7} {who}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": record.created, "level": record.levelname.lower(),
+            "logger": record.name, "msg": record.getMessage(),
+        }
+        plugin = _plugin_of(record)
+        if plugin:
+            doc["plugin"] = plugin
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc, default=str).decode()
+
+
+def setup_logging(fmt: LogFormat, level: str, environ: dict[str, str] | None = None) -> None:
+    env = os.environ if environ is None else environ
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt is LogFormat.JSON:
+        handler.setFormatter(JsonFormatter())
+    elif env.get("JOURNAL_STREAM"):
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+# ============================================================ the daemon
+
+def _version() -> str:
+    try:
+        return metadata.version("pipevisor")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class Daemon:
+    """The running daemon: its configuration, supervisor and the hooks the control
+    socket calls (``supervisor.control.DaemonHooks``)."""
+
+    config_path: str | None
+    config: DaemonConfig
+    socket_path: str
+    notifier: Notifier = field(default_factory=Notifier)
+    sup: Supervisor | None = None
+    managed: set[str] = field(default_factory=set)
+    """Plugins that come from the configuration; ones loaded at run time are left
+    alone by a reload."""
+    started_at: float = field(default_factory=time.time)
+    _reload_lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    # ------------------------------------------------------------ DaemonHooks
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the file, rediscover, and apply the difference."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                try:
+                    new = with_runtime_defaults(config_file.load(self.config_path))
+                except ConfigError as exc:
+                    log.error("reload refused, keeping the running plugins: %s", exc)
+                    return {"started": [], "stopped": [], "restarted": [], "unchanged": [],
+                            "errors": [str(exc)]}
+                summary = await self._apply(new)
+                log.info("reloaded: started %s, stopped %s, restarted %s, unchanged %d",
+                         summary["started"] or "none", summary["stopped"] or "none",
+                         summary["restarted"] or "none", len(summary["unchanged"]))
+                return summary
+            finally:
+                self.notifier.ready(self._status_line())
+
+    def resolve_plugin(self, name_or_path: str) -> PluginSpec:
+        configured = {s.name: s for s in self.config.supervisor.plugins}
+        if name_or_path in configured:
+            return configured[name_or_path]
+        if os.sep in name_or_path or os.path.isfile(name_or_path):
+            path = os.path.abspath(name_or_path)
+            if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+                raise ConfigError(f"{name_or_path!r} is not an executable file")
+            base = os.path.basename(path)
+            name = base.removeprefix(self.config.discovery.prefix)
+            return config_file.plugin_spec(name, (path,), {}, self.config.defaults,
+                                           f"plugin {path}")
+        fresh = config_file.load(self.config_path)  # discovery may know a new one
+        for spec in fresh.supervisor.plugins:
+            if spec.name == name_or_path:
+                return spec
+        raise ConfigError(f"{name_or_path!r} is neither configured nor discovered "
+                          f"({self.config.discovery.prefix}{name_or_path} not found), "
+                          "and not a path to an executable")
+
+    def info(self) -> dict[str, Any]:
+        sup = self.sup
+        return {
+            "pid": os.getpid(), "version": _version(), "started_at": self.started_at,
+            "config": self.config_path, "socket": self.socket_path,
+            "containment": (sup._containment.mechanism
+                            if sup is not None and sup._containment is not None else None),
+            "managed": sorted(self.managed),
+        }
+
+    # ------------------------------------------------------------ work
+
+    async def _apply(self, new: DaemonConfig) -> dict[str, Any]:
+        assert self.sup is not None
+        sup = self.sup
+        if replace(new.supervisor, plugins=()) != replace(self.config.supervisor, plugins=()):
+            log.warning("[supervisor] settings changed; they take effect at the next start")
+        wanted = {s.name: s for s in new.supervisor.plugins}
+        started: list[str] = []
+        stopped = sorted(self.managed - wanted.keys())
+        restarted: list[str] = []
+        unchanged: list[str] = []
+        errors: list[str] = []
+        for name, spec in wanted.items():
+            runner = sup.runners.get(name)
+            if runner is None:
+                started.append(name)
+            elif name not in self.managed:
+                errors.append(f"{name}: a plugin loaded at run time has this name; "
+                              "unload it for the configured one to start")
+            elif runner.spec != spec:
+                restarted.append(name)
+            else:
+                unchanged.append(name)
+
+        async def unload(name: str) -> None:
+            if name in sup.runners:
+                await sup.unload(name)
+
+        async with anyio.create_task_group() as tg:
+            for name in stopped + restarted:
+                tg.start_soon(unload, name)
+        self.managed -= set(stopped)
+        for name in started + restarted:
+            try:
+                await sup.load(wanted[name])
+                self.managed.add(name)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        self.config = new
+        await self._wait_ready(started + restarted)
+        return {"started": started, "stopped": stopped, "restarted": restarted,
+                "unchanged": unchanged, "errors": errors}
+
+    async def _wait_ready(self, names: list[str]) -> None:
+        assert self.sup is not None
+        deadline = anyio.current_time() + self.config.daemon.ready_timeout
+        for name in names:
+            runner = self.sup.runners.get(name)
+            left = deadline - anyio.current_time()
+            if runner is None or left <= 0:
+                continue
+            try:
+                await runner.wait_state(SERVING | {PluginState.FAILED}, left)
+            except TimeoutError:
+                log.warning("plugin %s is not ready after %.0f s (state %s); carrying on",
+                            name, self.config.daemon.ready_timeout, runner.state)
+
+    def _status_line(self) -> str:
+        if self.sup is None:
+            return "starting"
+        states = [r.state for r in self.sup.runners.values()]
+        ready = sum(1 for s in states if s in SERVING)
+        failed = sum(1 for s in states if s is PluginState.FAILED)
+        other = len(states) - ready - failed
+        text = f"{ready} plugin{'s' if ready != 1 else ''} ready"
+        if failed:
+            text += f", {failed} failed"
+        if other:
+            text += f", {other} other"
+        return text
+
+    async def _watchdog(self, interval: float) -> None:
+        """Pings only while the event loop runs this task: a wedged loop stops them
+        and systemd restarts the daemon."""
+        while True:
+            self.notifier.watchdog()
+            await anyio.sleep(interval)
+
+    async def run(self) -> None:
+        sup = Supervisor(replace(self.config.supervisor, plugins=()))
+        self.sup = sup
+        async with anyio.create_task_group() as outer:
+            # bound before any plugin starts: a second daemon stops here, harmlessly
+            await outer.start(lambda task_status: serve_control(
+                sup, self.socket_path, self, task_status=task_status))
+            if self.notifier.watchdog_interval:
+                outer.start_soon(self._watchdog, self.notifier.watchdog_interval)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
+                                            signal.SIGHUP) as signals:
+                async with sup, anyio.create_task_group() as work:
+                    work.start_soon(self._start_plugins)
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            log.info("SIGHUP: reloading %s",
+                                     self.config_path or "the built-in configuration")
+                            work.start_soon(self.reload)
+                            continue
+                        log.info("%s: stopping %d plugins",
+                                 signal.Signals(signum).name, len(sup.runners))
+                        self.notifier.stopping()
+                        work.cancel_scope.cancel()
+                        break
+            outer.cancel_scope.cancel()
+        log.info("stopped")
+
+    async def _start_plugins(self) -> None:
+        assert self.sup is not None
+        async with self._reload_lock:  # a SIGHUP now waits for the first start
+            for spec in self.config.supervisor.plugins:
+                await self.sup.load(spec)
+                self.managed.add(spec.name)
+            self._log_discovery()
+            await self._wait_ready(list(self.managed))
+        status = self._status_line()
+        log.info("pipevisor %s running (%s); control socket %s",
+                 _version(), status, self.socket_path)
+        self.notifier.ready(status)
+
+    def _log_discovery(self) -> None:
+        found = self.config.discovered
+        if found is None:
+            return
+        for w in found.warnings:
+            log.warning("discovery skipped %s: %s", w.path, w.reason)
+        for s in found.shadowed:
+            log.info("discovery: %s is shadowed by %s", s.path, s.shadowed_by)
+
+
+def _first(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def with_runtime_defaults(config: DaemonConfig) -> DaemonConfig:
+    """The daemon records its plugins' process trees (to clean up after a crash of its
+    own) in the runtime directory unless the file says otherwise."""
+    if config.supervisor.state_dir is not None:
+        return config
+    return replace(config, supervisor=replace(config.supervisor,
+                                              state_dir=paths.runtime_dir()))
+
+
+def run_daemon(config_path: str | None, socket: str | None, log_format: str | None) -> int:
+    """The body of ``pipevisor run``; returns the exit code."""
+    try:
+        config = config_file.load(config_path)
+    except ConfigError as exc:
+        sys.stderr.write(f"pipevisor run: configuration refused: {exc}\n")
+        return EXIT_BAD_CONFIG
+    fmt = LogFormat(log_format) if log_format else config.daemon.log_format
+    setup_logging(fmt, config.daemon.log_level.value)
+    config = with_runtime_defaults(config)
+    sock = config_file.socket_path(socket, config)
+    os.makedirs(os.path.dirname(sock) or ".", mode=0o700, exist_ok=True)
+    daemon = Daemon(os.path.abspath(config_path) if config_path else None, config, sock)
+    try:
+        anyio.run(daemon.run)
+    except ControlSocketError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_START_FAILED
+    except BaseExceptionGroup as group:
+        refused, rest = group.split(ControlSocketError)
+        if refused is None or rest is not None:
+            raise
+        log.error("cannot start: %s", _first(refused))
+        return EXIT_START_FAILED
+    except KeyboardInterrupt:  # a second Ctrl-C during the stop
+        return 130
+    finally:
+        daemon.notifier.close()
+    return EXIT_OK
