@@ -301,6 +301,10 @@ class Plugin:
                 value = req.params.get("graceSeconds")
                 if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
                     grace = float(value)
+            if self._shutting_down:  # a second shutdown, or one after EOF: nothing more to do
+                self._answer(req.id, None)
+                return
+            self._shutting_down = True  # now, not in the task: the next line may be a call
             assert self._loop is not None
             self._loop.create_task(self._shutdown(req.id, grace))
         else:
@@ -427,10 +431,6 @@ class Plugin:
             await asyncio.wait(pending, timeout=1.0)
 
     async def _shutdown(self, ident: Any, grace: float) -> None:
-        if self._shutting_down:  # a second shutdown, or one after EOF: nothing more to do
-            self._answer(ident, None)
-            return
-        self._shutting_down = True
         await self._wind_down(grace)
         self._answer(ident, None)
         assert self._done is not None

@@ -1,0 +1,107 @@
+"""A plugin built with plugin_kit exercising every path the tests check."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+from plugin_kit import Context, Plugin, PluginError
+
+plugin = Plugin("kit-test", version="2.3.4", threads=2)
+release = threading.Event()  # set by the "release" method: lets a blocked sync call finish
+
+
+@plugin.method("echo", version="1.2")
+def echo(text: str) -> dict[str, str]:
+    return {"text": text}
+
+
+@plugin.method("add")
+def add(a: float, b: float = 0) -> float:
+    return a + b
+
+
+@plugin.method("kwonly")
+def kwonly(*, flag: bool) -> bool:
+    return flag
+
+
+@plugin.method("sleep")
+async def sleep(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+@plugin.method("spin")
+def spin(ctx: Context, seconds: float) -> str:
+    """Sync work that polls its cancel flag."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ctx.check_cancelled()
+        release.wait(0.01)
+    return "spun"
+
+
+@plugin.method("block")
+def block() -> str:
+    """Sync work that ignores cancellation until released."""
+    release.wait(30)
+    return "released"
+
+
+@plugin.method("release")
+async def release_blocked() -> None:
+    release.set()
+
+
+@plugin.method("fail")
+def fail() -> None:
+    raise PluginError(-32001, "deliberate", {"why": "test"})
+
+
+@plugin.method("boom")
+async def boom() -> None:
+    raise KeyError("missing-thing")
+
+
+@plugin.method("unjson")
+def unjson() -> Any:
+    return {1, 2}
+
+
+@plugin.method("chatty")
+def chatty() -> str:
+    print("this must not reach stdout")
+    logging.getLogger("kit.test").warning("careful: %s", 42)
+    return "ok"
+
+
+@plugin.method("steps")
+async def steps(ctx: Context, n: int) -> int:
+    for i in range(1, n + 1):
+        ctx.progress(i, total=n, message=f"step {i}")
+    return n
+
+
+@plugin.method("ask_host")
+async def ask_host(ctx: Context, method: str, timeout: float = 5) -> Any:
+    return await ctx.call_host(method, {"q": "?"}, timeout=timeout)
+
+
+@plugin.method("ask_host_sync")
+def ask_host_sync(ctx: Context, method: str) -> Any:
+    return ctx.call_host_blocking(method, {"q": "?"}, timeout=5)
+
+
+@plugin.method("typed", params_schema={"type": "object", "required": ["n"],
+                                       "properties": {"n": {"type": "integer"}}},
+               result_schema={"type": "string"})
+def typed(n: int) -> Any:
+    return "ok" if n >= 0 else n
+
+
+if __name__ == "__main__":
+    plugin.run()
