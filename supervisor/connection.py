@@ -69,6 +69,15 @@ def _asyncio_writer(stream: ByteSendStream) -> asyncio.StreamWriter | None:
     return writer if isinstance(writer, asyncio.StreamWriter) else None
 
 
+def _asyncio_reader(stream: ByteReceiveStream) -> asyncio.StreamReader | None:
+    """The asyncio reader under anyio's process stream, when it is one we can hook."""
+    reader = getattr(stream, "_stream", None)
+    if isinstance(reader, asyncio.StreamReader) and isinstance(
+            getattr(reader, "_buffer", None), bytearray):
+        return reader
+    return None
+
+
 class _Slot:
     __slots__ = ("event", "local", "response")
 
@@ -276,6 +285,11 @@ class Connection:
     async def read_loop(self, tg: TaskGroup) -> None:
         """Runs until stdout closes; then every pending call is failed."""
         try:
+            reader = _asyncio_reader(self._stdout)
+            if reader is not None and self._writer is not None:
+                await self._read_in_callbacks(reader, self._writer, tg)
+                self._handle(self.peer.receive_eof(), tg)
+                return
             while True:
                 try:
                     data = await self._stdout.receive(_READ_CHUNK)
@@ -288,6 +302,46 @@ class Connection:
             self._handle(self.peer.receive_eof(), tg)
         finally:
             self.eof.set()
+
+    async def _read_in_callbacks(self, reader: asyncio.StreamReader,
+                                 writer: asyncio.StreamWriter, tg: TaskGroup) -> None:
+        """Handle stdout data in the transport's callback instead of in this task.
+
+        The stream reader normally buffers the bytes and wakes this task, which
+        then settles the caller's future: two event-loop iterations between the
+        answer arriving and the caller running. Handling the bytes where they
+        arrive settles the caller in the first one. This task then only waits
+        for EOF (the reader still gets it, and transport errors, as usual).
+        """
+        failure: list[BaseException] = []
+
+        def feed(data: bytes) -> None:
+            if not data or failure:
+                return
+            try:
+                self._handle(self.peer.receive_data(data), tg)
+                out = self.peer.take_output()
+                if out and not writer.is_closing():
+                    writer.write(out)
+            except BaseException as exc:  # re-raised from the task, not in the transport
+                failure.append(exc)
+                reader.feed_eof()
+
+        pending: bytearray = reader._buffer  # type: ignore[attr-defined]  # see _asyncio_reader
+        buffered = bytes(pending)  # anything that came before this task ran
+        pending.clear()
+        # an instance attribute shadows the method; deleted again below
+        reader.feed_data = feed  # type: ignore[method-assign,assignment]
+        try:
+            feed(buffered)
+            try:
+                await reader.read()
+            except (ConnectionError, OSError, anyio.ClosedResourceError):
+                pass
+        finally:
+            del reader.feed_data
+        if failure:
+            raise failure[0]
 
     def _handle(self, events: list[Any], tg: TaskGroup) -> None:
         for event in events:
