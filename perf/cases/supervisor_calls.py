@@ -441,3 +441,27 @@ async def restart_crash_loop_overhead(ctx: Context) -> list[float]:
             await st.stack.aclose()
     finally:
         _quiet(False)
+
+
+# --------------------------------------------------------------------------- plugin_kit echo
+
+KIT_ECHO = PEERS.parent.parent / "examples" / "python-plugin-kit" / "pipevisor-kit-echo"
+
+
+async def _setup_kit(ctx: Context) -> Embedded:
+    if not KIT_ECHO.is_file():
+        ctx.skip(f"{KIT_ECHO} is not there (plugin_kit example not in this checkout)")
+    return await _start([PluginSpec("echo", (sys.executable, str(KIT_ECHO)))])
+
+
+@case(
+    "embedded-seq-kit",
+    group="supervisor",
+    unit="us/call",
+    baseline="raw-python-pipe",
+    setup=_setup_kit,
+    teardown=_stop,
+)
+async def embedded_seq_kit(ctx: Context) -> float:
+    """Sequential sup.call() to the plugin_kit echo example: the SDK's plugin-side cost."""
+    return await embedded_seq_stdlib(ctx)
