@@ -129,17 +129,17 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         return value
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        arms = typing.get_args(tp)
-        errors: list[str] = []
+        arms = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(arms) == 1:  # X | None: None is spelled by leaving the key out
+            return _convert(value, arms[0], where)
         for arm in arms:
-            if arm is type(None):
-                continue
             try:
                 return _convert(value, arm, where)
             except _Bad as exc:
-                errors.append(str(exc))
-        raise _Bad(where, "expected " + " or ".join(
-            _type_name(a) for a in arms if a is not type(None)) + f", got {value!r}")
+                if str(exc).startswith((f"{where}.", f"{where}[")):
+                    raise  # the value had the right shape; the problem is inside it
+        raise _Bad(where, "expected " + " or ".join(_type_name(a) for a in arms)
+                   + f", got {value!r}")
     if origin in (tuple, Sequence, list) or tp in (tuple, list):
         args = typing.get_args(tp)
         if not isinstance(value, list):
@@ -277,11 +277,10 @@ def parse(data: Mapping[str, Any], *, source: str | None = None,
             where = f"plugins.{name}"
             if not isinstance(table, dict):
                 raise _Bad(where, f"expected a table ([{where}]), got {table!r}")
-            enabled = _convert(table.get("enabled", True), bool, f"{where}.enabled")
+            if not _convert(table.get("enabled", True), bool, f"{where}.enabled"):
+                continue  # switched off: may name a plugin that is not installed here
             command = _command(name, table, where, base, by_name)
-            spec = plugin_spec(name, command, table, defaults, where)
-            if enabled:
-                specs.append(spec)
+            specs.append(plugin_spec(name, command, table, defaults, where))
         specs.extend(plugin_spec(p.name, (p.path,), {}, defaults,
                                  f"discovered plugin {p.name} ({p.path})")
                      for p in by_name.values() if p.name not in tables)
