@@ -46,7 +46,14 @@ class Pipes:
         return msg
 
     async def answer_to(self, ident: Any) -> dict[str, Any]:
-        """Read until the response with ``ident``; other messages are kept in ``lines``."""
+        """The response with ``ident``: one read earlier, or the next one to come.
+
+        Messages read on the way are kept in ``lines``, so answers that arrive
+        in another order than asked for are not lost.
+        """
+        for msg in self.lines:
+            if msg.get("id") == ident and "method" not in msg:
+                return msg
         while True:
             msg = await self.read()
             if msg.get("id") == ident and "method" not in msg:
