@@ -80,6 +80,24 @@ class DaemonConfig:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     """The raw ``[defaults]`` table (already checked), applied to run-time ``load``s too."""
     discovered: DiscoveryResult | None = None
+    tables: Mapping[str, Any] = field(default_factory=dict)
+    """The raw ``[plugins.*]`` tables, disabled ones included (for ``load`` by name)."""
+
+    def loadable(self, name: str) -> PluginSpec | None:
+        """The spec ``pipevisor load NAME`` gets: a configured plugin, or a discovered one
+        (even one switched off with ``enabled = false``) with its table and the defaults."""
+        for spec in self.supervisor.plugins:
+            if spec.name == name:
+                return spec
+        found = self.discovered.by_name().get(name) if self.discovered else None
+        if found is None:
+            return None
+        table = self.tables.get(name, {})
+        try:
+            return plugin_spec(name, (found.path, *table.get("args", ())), table,
+                               self.defaults, f"plugins.{name}")
+        except _Bad as exc:
+            raise ConfigError(f"{self.source or '<built-in default>'}: {exc}") from None
 
 
 _TOP_KEYS = {"supervisor", "daemon", "discovery", "defaults", "plugins"}
@@ -289,7 +307,7 @@ def parse(data: Mapping[str, Any], *, source: str | None = None,
         raise ConfigError(f"{label}: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{label}: {exc}") from None
-    return DaemonConfig(supervisor, daemon, disc, source, defaults, found)
+    return DaemonConfig(supervisor, daemon, disc, source, defaults, found, tables)
 
 
 def _command(name: str, table: Mapping[str, Any], where: str, base: str | None,

@@ -160,9 +160,9 @@ class Daemon:
                 self.notifier.ready(self._status_line())
 
     def resolve_plugin(self, name_or_path: str) -> PluginSpec:
-        configured = {s.name: s for s in self.config.supervisor.plugins}
-        if name_or_path in configured:
-            return configured[name_or_path]
+        known = self.config.loadable(name_or_path)
+        if known is not None:
+            return known
         if os.sep in name_or_path or os.path.isfile(name_or_path):
             path = os.path.abspath(name_or_path)
             if not (os.path.isfile(path) and os.access(path, os.X_OK)):
@@ -172,9 +172,9 @@ class Daemon:
             return config_file.plugin_spec(name, (path,), {}, self.config.defaults,
                                            f"plugin {path}")
         fresh = config_file.load(self.config_path)  # discovery may know a new one
-        for spec in fresh.supervisor.plugins:
-            if spec.name == name_or_path:
-                return spec
+        known = fresh.loadable(name_or_path)
+        if known is not None:
+            return known
         raise ConfigError(f"{name_or_path!r} is neither configured nor discovered "
                           f"({self.config.discovery.prefix}{name_or_path} not found), "
                           "and not a path to an executable")

@@ -188,3 +188,15 @@ def _to_toml(value: object) -> object:
     if isinstance(value, (dict, MappingProxyType)):
         return {k: _to_toml(v) for k, v in value.items() if v is not None}
     return value
+
+
+def test_a_switched_off_plugin_stays_loadable_by_name(tmp_path: Path) -> None:
+    cfg = parse({"defaults": {"calls": {"timeout": 3}},
+                 "plugins": {"hangs": {"enabled": False, "stop": {"term_grace": 0.5}}}},
+                path_env=plugin_dir(tmp_path, "hangs", "crashy"))
+    assert [s.name for s in cfg.supervisor.plugins] == ["crashy"]
+    spec = cfg.loadable("hangs")
+    assert spec is not None and spec.command == (str(tmp_path / "bin" / "pipevisor-hangs"),)
+    assert spec.stop.term_grace == 0.5 and spec.calls.timeout == 3
+    assert cfg.loadable("crashy") is cfg.supervisor.plugins[0]
+    assert cfg.loadable("nothing") is None

@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from supervisor.client import Client
+from supervisor.client import Client, ControlError
 from tests.daemon.control_helpers import sock_dir
 from tests.daemon.daemon_helpers import ECHO, ROOT, fake_table, running_daemon, write_config
 
@@ -144,6 +144,14 @@ def test_default_config_discovers_plugins_on_path(sock_dir: str) -> None:
             assert client.call("echo", "echo", {"text": "hi"}) is not None
             info = client.status()["daemon"]
             assert info["config"] is None and info["socket"] == d.socket
+            # load: a path (named after the file), a name discovered since the start
+            os.symlink(ECHO, os.path.join(sock_dir, "pipevisor-other"))
+            assert client.load(os.path.join(sock_dir, "pipevisor-other"), wait=20)[
+                "name"] == "other"
+            os.symlink(ECHO, os.path.join(bin_dir, "pipevisor-late"))
+            assert client.load("late", wait=20)["state"] == "ready"
+            with pytest.raises(ControlError, match="'nothing' is neither configured"):
+                client.load("nothing")
         assert d.stop() == 0
         assert "[echo]: pipevisor-echo" in d.stderr()  # plugin stderr, tagged
     assert os.path.isdir(os.path.join(sock_dir, "pipevisor"))  # state dir under XDG_RUNTIME_DIR
