@@ -471,8 +471,21 @@ class PluginRunner:
             "PIPEVISOR_HOST_PID": str(os.getpid()),
         }
 
+    def _bring_up_state(self, new: PluginState, reason: str | None = None) -> bool:
+        """Advance the bring-up unless the instance is already ending.
+
+        A stop, restart, unload or exit can land while the spawn or the handshake is
+        awaited; the ending owns the state from then on, so bring-up must step aside
+        instead of moving ``stopping`` back to ``handshaking`` or ``ready``.
+        """
+        if self._end_info is not None:
+            return False
+        self._set_state(new, reason)
+        return True
+
     async def _bring_up(self, conn: Connection, tg: TaskGroup) -> None:
-        self._set_state(S.HANDSHAKING)
+        if not self._bring_up_state(S.HANDSHAKING):
+            return
         if self.spec.mode is PluginMode.RAW:
             await self._go_raw(conn, "configured with mode = raw")
             return
@@ -534,11 +547,11 @@ class PluginRunner:
             return
         self.ready_at = time.monotonic()
         if disabled:
-            self._set_state(S.DEGRADED, "; ".join(f"{b.method} disabled: {b.reason}"
-                                                  for b in disabled))
+            up = self._bring_up_state(S.DEGRADED, "; ".join(
+                f"{b.method} disabled: {b.reason}" for b in disabled))
         else:
-            self._set_state(S.READY)
-        if self.spec.health.ping_interval > 0:
+            up = self._bring_up_state(S.READY)
+        if up and self.spec.health.ping_interval > 0:
             tg.start_soon(self._health_loop, conn)
 
     def _negotiate(self, result: HandshakeResult) -> list[Binding]:
@@ -576,7 +589,7 @@ class PluginRunner:
         if not await self._run_start_sequence(conn):
             return
         self.ready_at = time.monotonic()
-        self._set_state(S.DEGRADED, f"raw mode: {why}")
+        self._bring_up_state(S.DEGRADED, f"raw mode: {why}")
 
     async def _run_start_sequence(self, conn: Connection) -> bool:
         """Send the configured start sequence; False (the instance is ending) on failure."""

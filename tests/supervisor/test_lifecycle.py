@@ -97,6 +97,27 @@ async def test_slow_start_calls_wait_for_ready() -> None:
         assert await sup.call("slow", "echo", ["hi"], timeout=20) == ["hi"]
 
 
+async def test_stop_while_the_handshake_is_pending_does_not_fight_the_stop() -> None:
+    """The handshake answer arriving during the stop must not move stopping -> ready."""
+    async with Supervisor([fake_spec("slow", "--slow-start", "0.5")]) as sup:
+        runner = sup.runner("slow")
+        await runner.wait_state({PluginState.HANDSHAKING}, 10)
+        sup.stop("slow")
+        # the plugin wakes up, answers the handshake, then sees stdin closed and exits
+        assert await runner.wait_state({PluginState.STOPPED, PluginState.FAILED},
+                                        10) is PluginState.STOPPED
+        assert runner.last_exit is not None and runner.last_exit["returncode"] == 0
+        sup.start("slow")
+        assert await sup.call("slow", "echo", ["again"], timeout=20) == ["again"]
+
+
+async def test_close_while_spawning_exits_cleanly() -> None:
+    """Leaving the supervisor while an instance is being spawned stops it, no exception."""
+    async with Supervisor([fake_spec("fresh")]) as sup:
+        await sup.runner("fresh").wait_state({PluginState.STARTING}, 10)
+    assert sup.status() == []
+
+
 async def test_not_ready_in_time_gives_a_clear_error() -> None:
     async with Supervisor([fake_spec("slow", "--slow-start", "3")]) as sup:
         with pytest.raises(PluginUnavailable) as info:
