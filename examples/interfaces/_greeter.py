@@ -12,6 +12,21 @@ from typing import Any
 Handler = Callable[[Any], Any]
 
 
+class InvalidParams(Exception):
+    """Params a method cannot use (a member missing or of the wrong type). The greeter answers
+    it as -32602 and keeps serving: bad input from one caller must not end the plugin for all."""
+
+
+def member(obj: Any, key: str, where: str = "params") -> Any:
+    """``obj[key]``, or InvalidParams naming the missing member by its path (e.g. params.who.name),
+    so the caller learns what to fix instead of the plugin dying on a KeyError."""
+    if not isinstance(obj, dict):
+        raise InvalidParams(f"{where} must be an object, got {type(obj).__name__}")
+    if key not in obj:
+        raise InvalidParams(f"missing field {where}.{key}")
+    return obj[key]
+
+
 def serve(name: str, methods: dict[str, tuple[str | None, Handler]]) -> None:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints go to the log, never into the protocol
@@ -44,6 +59,14 @@ def serve(name: str, methods: dict[str, tuple[str | None, Handler]]) -> None:
             return
         elif method in methods:
             print(f"{name}: {method} got {json.dumps(params)}", file=sys.stderr, flush=True)
-            send({"id": ident, "result": methods[method][1](params)})
+            try:
+                result = methods[method][1](params)
+            except InvalidParams as e:
+                send({"id": ident, "error": {"code": -32602, "message": f"Invalid params: {e}"}})
+            except Exception as e:  # a bug in a method answers that call; the plugin lives on
+                print(f"{name}: {method} failed: {e!r}", file=sys.stderr, flush=True)
+                send({"id": ident, "error": {"code": -32603, "message": f"{method} failed: {e!r}"}})
+            else:
+                send({"id": ident, "result": result})
         else:
             send({"id": ident, "error": {"code": -32601, "message": f"no method {method}"}})

@@ -82,13 +82,6 @@ def _good_examples() -> list[Path]:
     return sorted(found | BUILT)
 
 
-KNOWN_BAD = {
-    # greet {} raises KeyError and the process exits instead of answering -32602
-    "pipevisor-greeter-v1": "greet with {} params crashes the plugin (KeyError: 'name')",
-    "pipevisor-greeter-v2": "greet with {} params crashes the plugin (KeyError: 'name')",
-}
-
-
 def _missing_runtime(exe: Path) -> str | None:
     if not exe.exists():
         return f"{exe.relative_to(ROOT)} is not built (run scripts/build-examples)"
@@ -104,17 +97,24 @@ def _missing_runtime(exe: Path) -> str | None:
     return None
 
 
-@pytest.mark.parametrize(
-    "exe",
-    [pytest.param(p, id=p.name, marks=[pytest.mark.xfail(reason=KNOWN_BAD[p.name], strict=True)]
-                  if p.name in KNOWN_BAD else []) for p in _good_examples()],
-)
+@pytest.mark.parametrize("exe", [pytest.param(p, id=p.name) for p in _good_examples()])
 async def test_every_good_example_passes(exe: Path) -> None:
     why = _missing_runtime(exe)
     if why is not None:
         pytest.skip(why)
     report = await _check(exe, opts=CheckOptions(idle_seconds=0.5))
     assert report.ok, report.failed()
+
+
+@pytest.mark.parametrize(("exe", "field"), [("pipevisor-greeter-v1", "params.name"),
+                                           ("pipevisor-greeter-v2", "params.who")])
+async def test_greeters_answer_greet_without_params_naming_the_missing_field(
+        exe: str, field: str) -> None:
+    report = await _check(EXAMPLES / "interfaces" / exe, opts=CheckOptions(idle_seconds=0.3))
+    greet = report.get("method greet")
+    assert greet.status is Status.PASS and "-32602" in greet.detail, greet.detail
+    assert f"missing field {field}" in greet.detail
+    assert _status(report, "method about") is Status.PASS  # it kept serving after the bad call
 
 
 def test_good_example_list_is_not_empty() -> None:
