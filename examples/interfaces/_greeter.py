@@ -35,6 +35,7 @@ def serve(name: str, methods: dict[str, tuple[str | None, Handler]]) -> None:
         out.write(json.dumps({"jsonrpc": "2.0", **message}).encode() + b"\n")
         out.flush()
 
+    ready = False  # SPEC 6.1: a second handshake is refused, the first one stands
     for line in sys.stdin.buffer:
         try:
             msg = json.loads(line)
@@ -44,7 +45,11 @@ def serve(name: str, methods: dict[str, tuple[str | None, Handler]]) -> None:
         method, ident, params = msg.get("method"), msg.get("id"), msg.get("params")
         if ident is None:
             continue  # notifications: nothing to do for a greeter
-        if method == "pipevisor/handshake":
+        if method == "pipevisor/handshake" and ready:
+            send({"id": ident, "error": {"code": -32600,
+                                         "message": "Invalid Request: the handshake happens once"}})
+        elif method == "pipevisor/handshake":
+            ready = True
             offered = params.get("interfaces", {}).get("greet")
             print(f"{name}: the host offers greet {offered}", file=sys.stderr, flush=True)
             send({"id": ident, "result": {
