@@ -2,8 +2,8 @@
 
 Commands today: ``demo`` (embedded supervisor with the example plugins),
 ``spec`` (print the wire protocol spec), ``containment`` (what this machine
-gives for keeping plugin trees contained). The daemon and its control
-commands come with the daemon issue.
+gives for keeping plugin trees contained), ``run`` (the daemon,
+supervisor/daemon.py) and the control commands that talk to it.
 """
 
 from __future__ import annotations
