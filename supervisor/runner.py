@@ -141,6 +141,7 @@ class PluginRunner:
         self.started_at: float | None = None
         self.ready_at: float | None = None
         self.last_exit: dict[str, Any] | None = None
+        self._exit_published = False  # this instance's `exit` event is out (one per instance)
         self.reason: str | None = None
         self.faults = 0
         self.stderr_suppressed = 0
@@ -419,6 +420,7 @@ class PluginRunner:
         self.instance += 1
         self._end_info = None
         self._end_event = anyio.Event()
+        self._exit_published = False
         self.handshake = None
         self.ready_at = None
         self.bindings, self._routes, self.raw, self._first_stdout = {}, {}, False, None
@@ -651,7 +653,11 @@ class PluginRunner:
         tail = self.stderr.last(_CRASH_TAIL_LINES)
         self.last_exit = {"returncode": code, "description": how, "time": time.time(),
                           "stderr": tail}
-        self._hub.publish(SupervisorEvent(self.spec.name, "exit", dict(self.last_exit)))
+        self._exit_published = True
+        detail = dict(self.last_exit)
+        if self._end_info is not None:  # it exited while being stopped or killed: say why
+            detail["reason"] = self._end_info.detail
+        self._hub.publish(SupervisorEvent(self.spec.name, "exit", detail))
         failed = code != 0
         if self._end_info is None:
             message = f"plugin {self.spec.name!r} {how}"
@@ -686,6 +692,16 @@ class PluginRunner:
             self.last_exit = {"returncode": process.returncode,
                               "description": describe_exit(process.returncode),
                               "time": time.time(), "stderr": self.stderr.last(_CRASH_TAIL_LINES)}
+        if not self._exit_published:
+            # Stopped, restarted, unloaded or killed (hung, limit, protocol fault): the process
+            # ended here, and _watch_exit may be cancelled before it reports it, so report it
+            # here, once, with why it was ended.
+            self._exit_published = True
+            info = {"returncode": process.returncode,
+                    "description": describe_exit(process.returncode),
+                    "time": time.time(), "stderr": self.stderr.last(_CRASH_TAIL_LINES),
+                    "reason": end.detail}
+            self._hub.publish(SupervisorEvent(self.spec.name, "exit", info))
 
     async def _graceful(self, process: Process, conn: Connection) -> None:
         stop = self.spec.stop
