@@ -7,6 +7,7 @@ supervisor stays responsive while it samples, throttles and stops the hog.
 from __future__ import annotations
 
 import resource
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -18,6 +19,7 @@ import psutil
 import pytest
 
 from supervisor import PluginState, Supervisor, SupervisorConfig, _platform
+from supervisor import sampler as S
 from supervisor.config import HealthPolicy, PluginSpec
 from supervisor.errors import ConfigError, OverLimit
 from supervisor.events import Subscription, SupervisorEvent
@@ -268,3 +270,89 @@ async def test_a_plugin_stopped_while_throttled_is_resumed_and_stops() -> None:
         # resumed at once for its graceful shutdown (a pause slice alone lasts up to 1 s)
         assert time.monotonic() - stopping < 1.5
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+
+_TREE_SCRIPT = r"""
+import os, subprocess, sys, threading, time
+def spin(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+if sys.argv[1] == "leaf":
+    spin(0.1)  # exits and is reaped: its time shows in the parent's children times
+    sys.exit(0)
+if sys.argv[1] == "child":
+    subprocess.run([sys.executable, __file__, "leaf"], check=True)
+    hoard = bytearray(32 << 20)
+    hoard[::4096] = b"x" * len(hoard[::4096])
+    spin(0.1)
+    files = [open(os.devnull) for _ in range(7)]
+    print("ready", flush=True)
+    sys.stdin.read()
+    sys.exit(0)
+child = subprocess.Popen([sys.executable, __file__, "child"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+for _ in range(3):
+    threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+assert child.stdout.readline() == "ready\n"
+print("ready", flush=True)
+sys.stdin.read()
+child.stdin.close()
+child.wait()
+"""
+
+
+@pytest.mark.skipif(not _platform.IS_LINUX, reason="the /proc fast path is Linux only")
+def test_proc_fast_path_and_psutil_give_the_same_figures_for_a_real_tree(
+        tmp_path: Path) -> None:
+    """The Linux fast path (one read of /proc/PID/stat per process) and psutil (the
+    portable path) must agree on the tree and on every figure of every member."""
+    script = tmp_path / "tree.py"
+    script.write_text(_TREE_SCRIPT)
+    root = subprocess.Popen([sys.executable, str(script), "root"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert root.stdout is not None and root.stdin is not None
+    try:
+        # the tree is built and quiet once "ready" arrives (EOF instead if it broke)
+        assert root.stdout.readline() == "ready\n"
+        stats = S.read_proc_stats()
+        fast_tree = sorted(S.tree_of(root.pid, S.parent_map(stats)))
+        slow_tree = sorted(S.tree_of(root.pid, S.parent_map(None)))
+        assert fast_tree == slow_tree == sorted(_platform.tree_pids(root.pid))
+        assert len(fast_tree) == 2
+        # wait (with a deadline) until the tree has settled: two passes in a row agree
+        deadline, previous = time.monotonic() + 10, None
+        while True:
+            stats = S.read_proc_stats()
+            now = [S.figures_from_stat(pid, stats[pid], want_fds=True) for pid in fast_tree]
+            if now == previous or time.monotonic() > deadline:
+                break
+            previous = now
+        rows = []
+        for pid in fast_tree:
+            fast = S.figures_from_stat(pid, stats[pid], want_fds=True)
+            slow = S.figures_by_psutil(psutil.Process(pid), want_fds=True)
+            assert fast is not None and slow is not None
+            assert fast[0] == pytest.approx(slow[0], abs=0.02), pid  # CPU s, both from stat
+            assert fast[1] == slow[1], pid  # RSS, exact (statm) both ways
+            approx = S.figures_from_stat(pid, stats[pid], want_fds=False, exact_rss=False)
+            assert approx is not None  # stat's own RSS: the kernel's batched estimate
+            assert abs(approx[1] - slow[1]) <= max(4 << 20, slow[1] // 20), pid
+            assert fast[2:] == slow[2:], pid  # threads, fds
+            rows.append(fast)
+        # the figures are the ones the tree really has (so a wrong field cannot agree by luck)
+        assert sum(r[0] for r in rows) > 0.15  # the child's spin + the reaped leaf's
+        assert sum(r[1] for r in rows) > 32 << 20
+        assert sum(r[2] for r in rows) >= 5  # root: main + 3 sleepers; child: 1
+        assert sum(r[3] for r in rows) >= 3 + 7
+        # and summed per tree by the sampler, both ways
+        fast_sample = S.measure(S._Track(root.pid), fast_tree, True, S.read_proc_stats())
+        slow_sample = S.measure(S._Track(root.pid), fast_tree, True, None)
+        assert (fast_sample.pids, fast_sample.processes, fast_sample.fds) == \
+            (slow_sample.pids, slow_sample.processes, slow_sample.fds) == \
+            (2, sum(r[2] for r in rows), sum(r[3] for r in rows))
+        assert fast_sample.rss == slow_sample.rss
+    finally:
+        root.stdin.close()
+        root.wait(10)
