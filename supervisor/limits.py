@@ -94,7 +94,8 @@ class Limits:
     @property
     def any(self) -> bool:
         """Whether the sampler has anything to watch."""
-        return any(x is not None for x in (self.memory, self.cpu, self.fds, self.processes))
+        return (self.memory is not None or self.cpu is not None or self.fds is not None
+                or self.processes is not None)
 
     def rlimits(self) -> dict[str, int]:
         """Kernel limits to set in the child before exec, by short name (core, nofile,

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ import anyio
 import psutil
 
 from supervisor import _platform
-from supervisor.limits import LimitAction, Limits
+from supervisor.limits import Limit, LimitAction, Limits
 from supervisor.states import PluginState
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ class _Track:
     cpu: dict[int, float] = field(default_factory=dict)
     window: deque[tuple[float, float]] = field(default_factory=deque)
     """(monotonic time, cpu seconds used since the previous entry)."""
+    window_cpu: float = 0.0
+    """Sum of the CPU seconds in ``window``, kept as entries come and go."""
     first: float = field(default_factory=time.monotonic)
     over: set[str] = field(default_factory=set)
     """Limits currently passed (warn is published once per excursion)."""
@@ -156,7 +158,8 @@ def figures_from_stat(pid: int, rest: bytes, want_fds: bool,
     ``exact_rss``: the RSS in ``stat`` is the kernel's cheap per-CPU-batched
     approximation (Linux 6.2+; a few hundred KB low on a 2-core box, more with many
     CPUs), while ``statm`` sums it exactly, as psutil reports it. A memory limit is
-    enforced against the exact figure, at one more small read per process."""
+    enforced against the exact figure whenever the estimate is near the limit
+    (``measure``)."""
     f = rest.split(b" ")
     # indexes are stat(5) field numbers minus 3: state=0, ppid=1, utime=11, stime=12,
     # cutime=13, cstime=14, num_threads=17, rss=21 (pages)
@@ -167,17 +170,45 @@ def figures_from_stat(pid: int, rest: bytes, want_fds: bool,
             fds = count_fds(pid)
         except OSError:
             return None
-    pages = int(f[21])
+    rss = int(f[21]) * _PAGE_SIZE
     if exact_rss:
-        try:
-            fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
-            try:
-                pages = int(os.read(fd, 256).split(b" ", 2)[1])
-            finally:
-                os.close(fd)
-        except (OSError, IndexError, ValueError):
+        exact = statm_rss(pid)
+        if exact is None:
             return None
-    return ticks / _CLOCK_TICKS, pages * _PAGE_SIZE, int(f[17]), fds
+        rss = exact
+    return ticks / _CLOCK_TICKS, rss, int(f[17]), fds
+
+
+def statm_rss(pid: int) -> int | None:
+    """Exact resident bytes of ``pid`` from ``/proc/PID/statm``; None if it is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+        try:
+            return int(os.read(fd, 256).split(b" ", 2)[1]) * _PAGE_SIZE
+        finally:
+            os.close(fd)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _possible_cpus() -> int:
+    try:
+        with open("/sys/devices/system/cpu/possible") as f:
+            return int(f.read().strip().split(",")[-1].split("-")[-1]) + 1
+    except (OSError, ValueError):
+        return 2 * (os.cpu_count() or 1)
+
+
+def _stat_rss_slack() -> int:
+    """Most bytes by which one process's RSS in ``stat`` can be off: the kernel keeps
+    three RSS counters (file, anon, shmem) as per-CPU counters, each CPU holding back
+    fewer than ``max(32, 2 * CPUs)`` pages before folding them into the total that
+    ``stat`` shows (``statm`` sums the per-CPU parts)."""
+    cpus = _possible_cpus()
+    return 3 * cpus * max(32, 2 * cpus) * _PAGE_SIZE
+
+
+STAT_RSS_SLACK = _stat_rss_slack() if _platform.IS_LINUX else 0
 
 
 def figures_by_psutil(proc: psutil.Process, want_fds: bool) -> ProcFigures | None:
@@ -194,9 +225,15 @@ def figures_by_psutil(proc: psutil.Process, want_fds: bool) -> ProcFigures | Non
 
 
 def measure(track: _Track, pids: Iterable[int], want_fds: bool,
-            stats: dict[int, bytes] | None = None, exact_rss: bool = True) -> TreeSample:
+            stats: dict[int, bytes] | None = None,
+            rss_limit: float | None = None) -> TreeSample:
     """Read one tree; blocking (/proc), so called from a worker thread. With ``stats``
-    (Linux) the figures come from that one pass; without, from psutil."""
+    (Linux) the figures come from that one pass; without, from psutil.
+
+    On the fast path the tree's RSS is stat's estimate unless it is within the
+    estimate's error (``STAT_RSS_SLACK`` per process) of ``rss_limit``: then each
+    member's exact RSS is read, so a memory limit is decided on the same figure as
+    psutil's (``rss_limit=0`` always reads it)."""
     sample = TreeSample()
     seen: set[int] = set()
     first_tick = not track.cpu
@@ -205,7 +242,7 @@ def measure(track: _Track, pids: Iterable[int], want_fds: bool,
         if stats is not None:
             rest = stats.get(pid)
             figures = (None if rest is None
-                       else figures_from_stat(pid, rest, want_fds, exact_rss))
+                       else figures_from_stat(pid, rest, want_fds, exact_rss=False))
         else:
             proc = track.procs.get(pid)
             if proc is None:
@@ -229,6 +266,9 @@ def measure(track: _Track, pids: Iterable[int], want_fds: bool,
         sample.fds += fds
         sample.processes += threads
         sample.pids += 1
+    if (stats is not None and rss_limit is not None
+            and sample.rss + STAT_RSS_SLACK * sample.pids >= rss_limit):
+        sample.rss = sum(statm_rss(pid) or 0 for pid in seen)
     if len(track.cpu) != len(seen):
         for gone in set(track.cpu) - seen:
             del track.cpu[gone]
@@ -290,7 +330,8 @@ class Sampler:
             children = parent_map(stats)
             out = [measure(track, tree_of(track.root, children),
                            runner.spec.limits.fds is not None, stats,
-                           runner.spec.limits.memory is not None)
+                           None if runner.spec.limits.memory is None
+                           else runner.spec.limits.memory.max)
                    for (runner, _), track in zip(targets, tracks, strict=True)]
             self.last_tick_seconds = time.perf_counter() - started
             return out
@@ -305,44 +346,55 @@ class Sampler:
     def _enforce(self, runner: PluginRunner, track: _Track, sample: TreeSample, now: float,
                  tg: anyio.abc.TaskGroup | None) -> None:
         limits = runner.spec.limits
-        track.window.append((now, sample.cpu_seconds))
-        while track.window and track.window[0][0] < now - limits.cpu_window:
-            track.window.popleft()
+        window = track.window
+        window.append((now, sample.cpu_seconds))
+        track.window_cpu += sample.cpu_seconds
+        horizon = now - limits.cpu_window
+        while window[0][0] < horizon:
+            track.window_cpu -= window.popleft()[1]
+        if not window:
+            track.window_cpu = 0.0
         span = min(limits.cpu_window, now - track.first)
-        cpu_percent = 100.0 * sum(c for _, c in track.window) / span if span > 0 else 0.0
+        cpu_percent = 100.0 * max(0.0, track.window_cpu) / span if span > 0 else 0.0
         runner.resources = {"rss": sample.rss, "cpu_percent": round(cpu_percent, 1),
                             "fds": sample.fds if limits.fds is not None else None,
                             "processes": sample.processes, "pids": sample.pids,
                             "throttled": runner.paused_since is not None,
                             "sampled_at": time.time()}
-        checks: list[tuple[str, float, float | None, LimitAction | None, str]] = []
-        if limits.memory is not None:
-            checks.append(("memory", sample.rss, limits.memory.max, limits.memory.action,
-                           f"resident memory {sample.rss} bytes > {int(limits.memory.max)}"))
-        if limits.fds is not None:
-            checks.append(("fds", sample.fds, limits.fds.max, limits.fds.action,
-                           f"{sample.fds} open file descriptors > {int(limits.fds.max)}"))
-        if limits.processes is not None:
-            checks.append(("processes", sample.processes, limits.processes.max,
-                           limits.processes.action, f"{sample.processes} processes and "
-                           f"threads > {int(limits.processes.max)}"))
+        # the breach texts are only formatted once a limit is passed: this runs for every
+        # limited plugin on every tick, on the event loop
+        if limits.memory is not None and self._check(
+                runner, track, "memory", sample.rss, limits.memory,
+                lambda m: f"resident memory {sample.rss} bytes > {int(m)}"):
+            return
+        if limits.fds is not None and self._check(
+                runner, track, "fds", sample.fds, limits.fds,
+                lambda m: f"{sample.fds} open file descriptors > {int(m)}"):
+            return
+        if limits.processes is not None and self._check(
+                runner, track, "processes", sample.processes, limits.processes,
+                lambda m: f"{sample.processes} processes and threads > {int(m)}"):
+            return
         if limits.cpu is not None:
             if limits.cpu.action is LimitAction.THROTTLE:
                 self._throttle(runner, track, sample, now, cpu_percent, tg)
             elif now - track.first >= limits.cpu_window:
-                checks.append(("cpu", round(cpu_percent, 1), limits.cpu.max, limits.cpu.action,
-                               f"{cpu_percent:.1f}% of a core over {limits.cpu_window:g} s "
-                               f"> {limits.cpu.max:g}%"))
-        for name, value, maximum, action, text in checks:
-            assert maximum is not None and action is not None
-            if value > maximum:
-                if name not in track.over or action is not LimitAction.WARN:
-                    track.over.add(name)
-                    runner.on_breach(name, value, maximum, action, text)
-                if action is not LimitAction.WARN:
-                    return
-            else:
-                track.over.discard(name)
+                self._check(runner, track, "cpu", round(cpu_percent, 1), limits.cpu,
+                            lambda m: f"{cpu_percent:.1f}% of a core over "
+                                      f"{limits.cpu_window:g} s > {m:g}%")
+
+    @staticmethod
+    def _check(runner: PluginRunner, track: _Track, name: str, value: float, limit: Limit,
+               text: Callable[[float], str]) -> bool:
+        """Compare one figure; on a breach tell the runner (a warning once per excursion).
+        True when the action ends the instance, so nothing else needs checking."""
+        if value <= limit.max:
+            track.over.discard(name)
+            return False
+        if name not in track.over or limit.action is not LimitAction.WARN:
+            track.over.add(name)
+            runner.on_breach(name, value, limit.max, limit.action, text(limit.max))
+        return limit.action is not LimitAction.WARN
 
     # ============================================================ throttle
 
