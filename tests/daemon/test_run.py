@@ -165,5 +165,6 @@ def test_a_second_daemon_on_the_same_socket_exits_1(sock_dir: str) -> None:
             cwd=ROOT, env={**os.environ, "NOTIFY_SOCKET": ""})
         assert second.returncode == 1, second.stderr
         assert "cannot start" in second.stderr
+        assert d.socket in second.stderr and f"pid {d.proc.pid}" in second.stderr
         with Client(d.socket) as client:
             assert client.call("alpha", "echo", {"n": 1}) == {"n": 1}
