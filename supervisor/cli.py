@@ -8,26 +8,32 @@ supervisor/daemon.py) and the control commands that talk to it.
 
 from __future__ import annotations
 
-from importlib import metadata, resources
-
-import anyio
 import click
 import orjson
 
-from supervisor import _platform
 from supervisor.cli_control import COMMANDS as CONTROL_COMMANDS
 from supervisor.cli_plugins import COMMANDS as PLUGIN_COMMANDS
 
 
 def _version() -> str:
+    from importlib import metadata  # here, not at the top: only --version needs it
+
     try:
         return metadata.version("pipevisor")
     except metadata.PackageNotFoundError:  # running from a checkout without install
         return "0+unknown"
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """--version, looked up only when asked for (the package metadata costs ~10 ms to load)."""
+    if value and not ctx.resilient_parsing:
+        click.echo(f"pipevisor, version {_version()}")
+        ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(_version(), prog_name="pipevisor")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Show the version and exit.")
 def main() -> None:
     """pipevisor: run plugins in any language as supervised child processes."""
 
@@ -35,6 +41,8 @@ def main() -> None:
 @main.command()
 def demo() -> None:
     """Run the example plugins under an embedded supervisor and show a crash being survived."""
+    import anyio
+
     from supervisor.demo import run_demo
 
     anyio.run(run_demo, click.echo)
@@ -43,6 +51,8 @@ def demo() -> None:
 @main.command()
 def spec() -> None:
     """Print the wire protocol specification (protocol/SPEC.md) for plugin authors."""
+    from importlib import resources
+
     click.echo(resources.files("protocol").joinpath("SPEC.md").read_text("utf-8"))
 
 
@@ -50,6 +60,8 @@ def spec() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def containment(as_json: bool) -> None:
     """Show how plugin process trees are contained on this machine."""
+    from supervisor import _platform
+
     c = _platform.detect_containment()
     if as_json:
         click.echo(orjson.dumps({"mechanism": c.mechanism, "shim": c.shim,

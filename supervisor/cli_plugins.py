@@ -9,17 +9,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import anyio
 import click
 import orjson
 
-from supervisor.checker import CheckOptions, check_plugin, report_json, report_text
-from supervisor.discovery import DEFAULT_PREFIX, DiscoveryConfig, discover
-from supervisor.process import SpawnError
+# discovery and the checker are imported in the command bodies: they pull in the engine
+# (anyio, psutil, jsonschema via the config), and every other pipevisor command, which
+# registers these, would pay for that at start-up.
+_DEFAULT_PREFIX = "pipevisor-"
+"""The file name prefix shown in --help (supervisor.discovery.DEFAULT_PREFIX; a test
+checks the two agree)."""
 
 
 @click.command("list")
-@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True,
+@click.option("--prefix", default=_DEFAULT_PREFIX, show_default=True,
               help="File name prefix that marks a plugin executable.")
 @click.option("--dir", "dirs", multiple=True, metavar="DIR",
               help="Extra plugin folder, searched before PATH (repeatable).")
@@ -27,6 +29,8 @@ from supervisor.process import SpawnError
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_plugins(prefix: str, dirs: tuple[str, ...], no_path: bool, as_json: bool) -> None:
     """List plugin executables (PREFIX<name>) found in --dir folders and on PATH."""
+    from supervisor.discovery import DiscoveryConfig, discover
+
     try:
         config = DiscoveryConfig(prefix=prefix, use_path=not no_path, dirs=dirs)
     except ValueError as exc:
@@ -49,6 +53,8 @@ def list_plugins(prefix: str, dirs: tuple[str, ...], no_path: bool, as_json: boo
 
 def _resolve(target: str) -> str:
     """A file path as given, or a plugin name looked up like ``pipevisor list`` does."""
+    from supervisor.discovery import DEFAULT_PREFIX, discover
+
     if os.sep in target or os.path.exists(target):
         return target if os.sep in target else os.path.join(os.curdir, target)
     found = discover().by_name()
@@ -92,6 +98,11 @@ def check(as_json: bool, timeout: float, grace: float, skip: tuple[str, ...],
     Exit status 0 when every check passes (skipped ones and warnings allowed), 1 otherwise.
     Options after PLUGIN go to the plugin.
     """
+    import anyio
+
+    from supervisor.checker import CheckOptions, check_plugin, report_json, report_text
+    from supervisor.process import SpawnError
+
     executable = _resolve(plugin)
     opts = CheckOptions(timeout=timeout, grace=grace, skip_methods=frozenset(skip),
                         slow_method=slow_method, slow_params=slow_params)
