@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -57,6 +57,9 @@ class _Track:
     """What the sampler remembers about one plugin instance between ticks."""
 
     root: int
+    root_is_shim: bool = False
+    """The root is pipevisor's own pvinit shim: small, single-threaded and steady, so
+    on the Linux fast path its stat line is refreshed only on full passes."""
     procs: dict[int, psutil.Process] = field(default_factory=dict)
     cpu: dict[int, float] = field(default_factory=dict)
     window: deque[tuple[float, float]] = field(default_factory=deque)
@@ -79,29 +82,52 @@ ProcFigures = tuple[float, int, int, int]
 fds is 0 unless asked for): what the sampler needs of one process."""
 
 
-def read_proc_stats() -> dict[int, bytes]:
+def _read_stat(pid: int | str) -> bytes | None:
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # the command name may contain spaces and parentheses: cut after the last ')'
+    return data[data.rfind(b")") + 2:]
+
+
+def read_proc_stats(previous: dict[int, bytes] | None = None,
+                    hot: Collection[int] = ()) -> dict[int, bytes]:
     """pid -> the fields of ``/proc/PID/stat`` after the command name, for every process:
     one ``open``/``read``/``close`` each and no other file, the whole Linux fast path.
 
-    Raw bytes are kept and only the trees' members are parsed in full (by
-    ``figures_from_stat``); every entry's parent pid is parsed by ``parent_map``."""
+    With ``previous`` (the last pass), only ``hot`` pids (members of limited trees)
+    and pids not in it (new processes, which may be a tree's new children) are read;
+    the others keep their line from ``previous``. That is safe because a process
+    outside every tree cannot move into one (it is only ever re-parented to init or
+    a subreaper above it), except by its pid being reused between two passes, which
+    takes a wrap of the pid space; the sampler still reads everything every
+    ``FULL_PASS_EVERY`` ticks. Raw bytes are kept and only the trees' members are
+    parsed in full (``figures_from_stat``)."""
     table: dict[int, bytes] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            fd = os.open(f"/proc/{name}/stat", os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            data = os.read(fd, 4096)
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-        # the command name may contain spaces and parentheses: cut after the last ')'
-        table[int(name)] = data[data.rfind(b")") + 2:]
+        pid = int(name)
+        if previous is not None and pid not in hot:
+            rest = previous.get(pid)
+            if rest is not None:
+                table[pid] = rest
+                continue
+        rest = _read_stat(pid)
+        if rest is not None:
+            table[pid] = rest
     return table
+
+
+FULL_PASS_EVERY = 10
+"""Ticks between passes that read every process's stat (see ``read_proc_stats``)."""
 
 
 def parent_map(stats: dict[int, bytes] | None = None) -> dict[int, list[int]]:
@@ -286,6 +312,9 @@ class Sampler:
         self.last_tick_seconds = 0.0
         """Wall time the last tick's /proc reading took (for perf/)."""
         self._paused: dict[str, int] = {}
+        self._stats: dict[int, bytes] | None = None
+        """The last pass over /proc/*/stat (Linux fast path), reused for quiet pids."""
+        self._passes = 0
         self.fast = True
         """On Linux, read every figure from one pass over /proc/*/stat (False: psutil,
         the portable path, kept for comparison)."""
@@ -319,14 +348,25 @@ class Sampler:
         for runner, pid in targets:
             track = self._tracks.get(runner.spec.name)
             if track is None or track.root != pid:
-                track = self._tracks[runner.spec.name] = _Track(pid)
+                track = self._tracks[runner.spec.name] = _Track(
+                    pid, root_is_shim=_platform.IS_LINUX and _platform._is_shim(pid))
                 if runner.spec.limits.cpu is not None:
                     track.tokens = _bucket_size(runner.spec.limits)
             tracks.append(track)
 
         def read_all() -> list[TreeSample]:
             started = time.perf_counter()
-            stats = read_proc_stats() if _platform.IS_LINUX and self.fast else None
+            stats = None
+            if _platform.IS_LINUX and self.fast:
+                if self._passes % FULL_PASS_EVERY == 0:
+                    self._stats = None
+                self._passes += 1
+                hot: set[int] = set()
+                for track in tracks:
+                    hot.update(track.cpu)
+                    if track.root_is_shim:
+                        hot.discard(track.root)
+                stats = self._stats = read_proc_stats(self._stats, hot)
             children = parent_map(stats)
             out = [measure(track, tree_of(track.root, children),
                            runner.spec.limits.fds is not None, stats,

@@ -6,6 +6,7 @@ supervisor stays responsive while it samples, throttles and stops the hog.
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -193,12 +194,20 @@ async def test_cpu_spinner_is_throttled_to_its_share_and_not_declared_hung() -> 
         assert ev.detail["action"] == "throttle" and ev.detail["value"] > share
         pid = sup.runner("hog").process.pid  # type: ignore[union-attr]
         before, start = tree_cpu(pid), time.monotonic()
-        for _ in range(10):  # ~3 s of throttling, calls to the neighbour all along
+        # At least 3 s of throttling with calls to the neighbour all along, and until the
+        # spinner has had a quarter of its share over that time: on a loaded machine it
+        # gets less than its share, so "not starved" is a condition with a deadline, not
+        # a fixed window. Load only lowers its CPU, so the upper bound holds either way.
+        least, deadline = 3.0 * share / 4 / 100, start + 30.0
+        while True:
             await neighbour_answers(sup)
             await anyio.sleep(0.3)
-        used = (tree_cpu(pid) - before) / (time.monotonic() - start) * 100
+            elapsed, grown = time.monotonic() - start, tree_cpu(pid) - before
+            if (elapsed >= 3.0 and grown >= least) or time.monotonic() > deadline:
+                break
+        used = grown / elapsed * 100
         assert used < share * 2, f"throttled spinner used {used:.0f}% of a core"
-        assert used > share / 4, f"throttled spinner starved: {used:.0f}% of a core"
+        assert grown >= least, f"throttled spinner starved: {grown:.2f} CPU s in {elapsed:.0f} s"
         runner = sup.runner("hog")
         assert runner.state is PluginState.READY and runner.instance == 1
         assert await sup.call("hog", "echo", {"x": 1}, timeout=5) == {"x": 1}
@@ -357,3 +366,24 @@ def test_proc_fast_path_and_psutil_give_the_same_figures_for_a_real_tree(
     finally:
         root.stdin.close()
         root.wait(10)
+
+
+@pytest.mark.skipif(not _platform.IS_LINUX, reason="the /proc fast path is Linux only")
+def test_between_full_passes_only_tree_members_and_new_processes_are_read() -> None:
+    """The incremental pass keeps the last line of quiet pids but always reads the hot
+    ones (members of limited trees) and any pid it has not seen (a possible new child)."""
+    first = S.read_proc_stats()
+    stale = dict.fromkeys(first, b"S 0 stale")
+    newcomer = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                stdin=subprocess.PIPE)
+    try:
+        me, quiet = os.getpid(), os.getppid()  # both alive throughout
+        again = S.read_proc_stats(stale, hot={me})
+        assert again[quiet] == b"S 0 stale"
+        assert again[me] != b"S 0 stale" and int(again[me].split()[1]) == os.getppid()
+        assert int(again[newcomer.pid].split()[1]) == me
+        assert newcomer.pid in S.parent_map(again)[me]
+    finally:
+        assert newcomer.stdin is not None
+        newcomer.stdin.close()
+        newcomer.wait(10)
