@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -15,6 +16,8 @@ from click.testing import CliRunner
 
 from supervisor.checker import CheckOptions, CheckReport, Status, check_plugin
 from supervisor.cli import main
+from tests.examples.conftest import build  # noqa: F401  (session fixture: compiles go/c once)
+from tests.examples.toolchains import LANGUAGES, Example, unavailable
 from tests.supervisor.fake import FAKE
 
 pytestmark = pytest.mark.anyio
@@ -72,19 +75,20 @@ async def test_cancel_without_slow_method_is_not_tested_with_a_hint() -> None:
     assert c.status is Status.SKIP and "--slow-method" in c.hint
 
 
-BUILT = {EXAMPLES / "go" / "pipevisor-go-echo", EXAMPLES / "c" / "pipevisor-c-echo"}
-"""Examples that exist only after scripts/build-examples: listed so they skip, not vanish."""
+LANGUAGE_EXAMPLES = {EXAMPLES / ex.executable: ex for ex in LANGUAGES}
+"""Examples with a toolchain (bash/jq, node, go, c): run through the session build fixture,
+which compiles go/c into a temporary folder (not in place), so a fresh checkout checks them
+too; a missing toolchain skips, or fails with PIPEVISOR_REQUIRE_TOOLCHAINS=1 (CI)."""
 
 
 def _good_examples() -> list[Path]:
     found = {p for p in EXAMPLES.glob("*/pipevisor-*")
              if p.parent.name != "misbehaving" and not p.suffix}
-    return sorted(found | BUILT)
+    return sorted(found | set(LANGUAGE_EXAMPLES))  # compiled ones are listed even unbuilt
 
 
-def _missing_runtime(exe: Path) -> str | None:
-    if not exe.exists():
-        return f"{exe.relative_to(ROOT)} is not built (run scripts/build-examples)"
+def _missing_interpreter(exe: Path) -> str | None:
+    """For the script examples not in LANGUAGES: the #! interpreter, if it is not installed."""
     with exe.open("rb") as f:
         first = f.readline(200)
     if first.startswith(b"#!"):
@@ -92,16 +96,17 @@ def _missing_runtime(exe: Path) -> str | None:
         tool = words[1] if words and words[0].endswith("/env") and len(words) > 1 else words[0]
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
-    if "bash-jq" in str(exe) and shutil.which("jq") is None:
-        return "jq is not installed"
     return None
 
 
 @pytest.mark.parametrize("exe", [pytest.param(p, id=p.name) for p in _good_examples()])
-async def test_every_good_example_passes(exe: Path) -> None:
-    why = _missing_runtime(exe)
-    if why is not None:
-        pytest.skip(why)
+async def test_every_good_example_passes(
+        exe: Path, build: Callable[[Example], Path]) -> None:  # noqa: F811
+    example = LANGUAGE_EXAMPLES.get(exe)
+    if example is not None:
+        exe = build(example)  # skips, or fails under PIPEVISOR_REQUIRE_TOOLCHAINS=1
+    elif (why := _missing_interpreter(exe)) is not None:
+        unavailable(f"{exe.relative_to(ROOT)}: {why}")
     report = await _check(exe, opts=CheckOptions(idle_seconds=0.5))
     assert report.ok, report.failed()
 
