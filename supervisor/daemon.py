@@ -184,8 +184,8 @@ class Daemon:
         return {
             "pid": os.getpid(), "version": _version(), "started_at": self.started_at,
             "config": self.config_path, "socket": self.socket_path,
-            "containment": (sup._containment.mechanism
-                            if sup is not None and sup._containment is not None else None),
+            "containment": (sup.containment.mechanism
+                            if sup is not None and sup.containment is not None else None),
             "managed": sorted(self.managed),
         }
 
@@ -337,13 +337,14 @@ def run_daemon(config_path: str | None, socket: str | None, log_format: str | No
     """The body of ``pipevisor run``; returns the exit code."""
     try:
         config = config_file.load(config_path)
+        # the runtime directory is checked here too (paths.private_dir): refused, not used
+        config = with_runtime_defaults(config)
+        sock = config_file.socket_path(socket, config)
     except ConfigError as exc:
         sys.stderr.write(f"pipevisor run: configuration refused: {exc}\n")
         return EXIT_BAD_CONFIG
     fmt = LogFormat(log_format) if log_format else config.daemon.log_format
     setup_logging(fmt, config.daemon.log_level.value)
-    config = with_runtime_defaults(config)
-    sock = config_file.socket_path(socket, config)
     os.makedirs(os.path.dirname(sock) or ".", mode=0o700, exist_ok=True)
     daemon = Daemon(os.path.abspath(config_path) if config_path else None, config, sock)
     try:

@@ -175,6 +175,12 @@ class Supervisor:
                 await runner.wait_state({PluginState.STOPPED, PluginState.FAILED}, 3600)
                 await anyio.lowlevel.checkpoint()  # let the lifetime task remove it
 
+    @property
+    def containment(self) -> _platform.Containment | None:
+        """How plugin process trees are contained (pid namespace, subreaper, ...; see
+        docs/process-containment.md), detected on entry; None before ``async with``."""
+        return self._containment
+
     def runner(self, name: str) -> PluginRunner:
         try:
             return self.runners[name]
