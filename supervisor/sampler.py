@@ -57,9 +57,11 @@ class _Track:
     """What the sampler remembers about one plugin instance between ticks."""
 
     root: int
-    root_is_shim: bool = False
-    """The root is pipevisor's own pvinit shim: small, single-threaded and steady, so
-    on the Linux fast path its stat line is refreshed only on full passes."""
+    shims: set[int] = field(default_factory=set)
+    """Members that are pipevisor's own pvinit shim (the root, and with a pid namespace
+    the namespace's init below it): small, single-threaded and steady, so on the Linux
+    fast path their stat lines are refreshed only on full passes."""
+    shim_checked: set[int] = field(default_factory=set)
     procs: dict[int, psutil.Process] = field(default_factory=dict)
     cpu: dict[int, float] = field(default_factory=dict)
     window: deque[tuple[float, float]] = field(default_factory=deque)
@@ -348,8 +350,9 @@ class Sampler:
         for runner, pid in targets:
             track = self._tracks.get(runner.spec.name)
             if track is None or track.root != pid:
-                track = self._tracks[runner.spec.name] = _Track(
-                    pid, root_is_shim=_platform.IS_LINUX and _platform._is_shim(pid))
+                track = self._tracks[runner.spec.name] = _Track(pid)
+                if _platform.IS_LINUX and _platform._is_shim(pid):
+                    track.shims.add(pid)
                 if runner.spec.limits.cpu is not None:
                     track.tokens = _bucket_size(runner.spec.limits)
             tracks.append(track)
@@ -364,10 +367,12 @@ class Sampler:
                 hot: set[int] = set()
                 for track in tracks:
                     hot.update(track.cpu)
-                    if track.root_is_shim:
-                        hot.discard(track.root)
+                    hot.difference_update(track.shims)
                 stats = self._stats = read_proc_stats(self._stats, hot)
             children = parent_map(stats)
+            if stats is not None:
+                for track in tracks:
+                    _find_inner_shim(track, children)
             out = [measure(track, tree_of(track.root, children),
                            runner.spec.limits.fds is not None, stats,
                            None if runner.spec.limits.memory is None
@@ -486,6 +491,19 @@ class Sampler:
         if runner is not None:
             runner.paused_since = None
             runner.resumed_at = time.monotonic()
+
+
+def _find_inner_shim(track: _Track, children: dict[int, list[int]]) -> None:
+    """With a pid namespace, the root shim's child is a second pvinit (the namespace's
+    init) whose child is the plugin. Only a shim image that already has a child counts:
+    a plugin between fork and exec is a shim image too, but has no children yet."""
+    if track.root not in track.shims or len(track.shims) > 1:
+        return
+    for pid in children.get(track.root, ()):
+        if pid not in track.shim_checked and children.get(pid):
+            track.shim_checked.add(pid)
+            if _platform._is_shim(pid):
+                track.shims.add(pid)
 
 
 def _bucket_size(limits: Limits) -> float:
