@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import pytest
 
 from supervisor import PluginSpec, Supervisor
 from supervisor.control import MAX_IN_FLIGHT, serve_control
@@ -36,16 +33,6 @@ class FakeHooks:
 
     def info(self) -> dict[str, Any]:
         return {"version": "test"}
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    """A short directory: Unix socket paths are limited to ~107 bytes, pytest's tmp_path is long."""
-    d = tempfile.mkdtemp(prefix="pvc-", dir="/tmp")
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @asynccontextmanager

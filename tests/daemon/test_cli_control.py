@@ -21,11 +21,10 @@ from supervisor.cli_control import (
     EXIT_UNKNOWN_PLUGIN,
     EXIT_USAGE,
 )
-from tests.daemon.control_helpers import FakeHooks, running, sock_dir, wait_for
+from tests.daemon.control_helpers import FakeHooks, running, wait_for
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio
-__all__ = ["sock_dir"]
 
 
 async def cli(*args: str, socket: str | None = None, stdin: bytes | None = None,

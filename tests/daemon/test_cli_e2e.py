@@ -30,10 +30,7 @@ from supervisor.cli_control import (
     EXIT_UNKNOWN_PLUGIN,
     EXIT_USAGE,
 )
-from tests.daemon.control_helpers import sock_dir
 from tests.daemon.daemon_helpers import ECHO, ROOT, Daemon, fake_table, running_daemon, write_config
-
-__all__ = ["sock_dir"]
 
 
 def cli(d: Daemon, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

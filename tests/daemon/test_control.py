@@ -17,11 +17,10 @@ from supervisor.client import AsyncClient, ControlError
 from supervisor.control import ControlSocketError, serve_control
 from supervisor.errors import CallTimeout, PluginCrashed, PluginError, PluginUnavailable
 from supervisor.states import PluginState
-from tests.daemon.control_helpers import FakeHooks, running, sock_dir, wait_for
+from tests.daemon.control_helpers import FakeHooks, running, wait_for
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio
-__all__ = ["sock_dir"]
 
 
 async def _raw(path: str) -> anyio.abc.SocketStream:

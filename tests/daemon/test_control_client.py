@@ -13,11 +13,10 @@ import pytest
 from protocol import ErrorCode
 from supervisor.client import Client, DaemonNotRunning
 from supervisor.errors import CallTimeout, PluginCrashed, PluginError, PluginUnavailable
-from tests.daemon.control_helpers import running, sock_dir
+from tests.daemon.control_helpers import running
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio
-__all__ = ["sock_dir"]
 
 
 def _in_thread(fn: Any, *args: Any) -> Any:

@@ -15,10 +15,7 @@ import psutil
 import pytest
 
 from supervisor.client import Client, ControlError
-from tests.daemon.control_helpers import sock_dir
 from tests.daemon.daemon_helpers import ECHO, ROOT, fake_table, running_daemon, write_config
-
-__all__ = ["sock_dir"]
 
 
 def pids(client: Client) -> dict[str, int]:
