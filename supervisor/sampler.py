@@ -1,14 +1,15 @@
 """One task that samples every limited plugin's process tree and enforces its limits.
 
 Why one task and one pass: with hundreds of plugins a task per plugin would mean
-hundreds of timers and /proc scans. Each tick finds every tree from a single
-parent map, reads each process once (``psutil.Process.oneshot``), reusing
-``Process`` objects across ticks for CPU deltas. The /proc reading runs in a
-worker thread so the event loop never waits on it; acting on the figures
-(events, ends, throttling) happens back on the loop. Plugins without limits are
-skipped before anything is read, so they cost nothing.
+hundreds of timers and /proc scans. On Linux each tick lists /proc once and reads
+one ``/proc/PID/stat`` per limited plugin process (parent, CPU times, threads and
+RSS are all in that line; see ``read_proc_stats``), since the kernel producing
+/proc files is most of the cost; elsewhere psutil does it, reusing ``Process``
+objects across ticks for CPU deltas. The reading runs in a worker thread so the
+event loop never waits on it; acting on the figures (events, ends, throttling)
+happens back on the loop. Plugins without limits are skipped before anything is
+read. docs/limits.md has the figures.
 """
-
 from __future__ import annotations
 
 import logging
@@ -62,6 +63,8 @@ class _Track:
     the namespace's init below it): small, single-threaded and steady, so on the Linux
     fast path their stat lines are refreshed only on full passes."""
     shim_checked: set[int] = field(default_factory=set)
+    parsed: dict[int, tuple[bytes, ProcFigures]] = field(default_factory=dict)
+    """Last parsed stat line per pid (fast path), reused while the line is unchanged."""
     procs: dict[int, psutil.Process] = field(default_factory=dict)
     cpu: dict[int, float] = field(default_factory=dict)
     window: deque[tuple[float, float]] = field(default_factory=deque)
@@ -269,8 +272,15 @@ def measure(track: _Track, pids: Iterable[int], want_fds: bool,
         figures: ProcFigures | None
         if stats is not None:
             rest = stats.get(pid)
-            figures = (None if rest is None
-                       else figures_from_stat(pid, rest, want_fds, exact_rss=False))
+            if rest is None:
+                continue
+            hit = track.parsed.get(pid)
+            if hit is not None and hit[0] is rest and not want_fds:
+                figures = hit[1]  # a line kept from an earlier pass (a shim): same figures
+            else:
+                figures = figures_from_stat(pid, rest, want_fds, exact_rss=False)
+                if figures is not None:
+                    track.parsed[pid] = (rest, figures)
         else:
             proc = track.procs.get(pid)
             if proc is None:
@@ -301,6 +311,7 @@ def measure(track: _Track, pids: Iterable[int], want_fds: bool,
         for gone in set(track.cpu) - seen:
             del track.cpu[gone]
             track.procs.pop(gone, None)
+            track.parsed.pop(gone, None)
     return sample
 
 
