@@ -187,7 +187,7 @@ def figures_from_stat(pid: int, rest: bytes, want_fds: bool,
     they do through psutil.
 
     ``exact_rss``: the RSS in ``stat`` is the kernel's cheap per-CPU-batched
-    approximation (Linux 6.2+; a few hundred KB low on a 2-core box, more with many
+    approximation (seen on 6.18; a few hundred KB off on a 2-core box, more with many
     CPUs), while ``statm`` sums it exactly, as psutil reports it. A memory limit is
     enforced against the exact figure whenever the estimate is near the limit
     (``measure``)."""
