@@ -300,12 +300,24 @@ def unload(plugin: str, socket_path: str | None, as_json: bool) -> None:
 def reload(socket_path: str | None, as_json: bool) -> None:
     """Re-read the daemon's configuration and apply it (like SIGHUP)."""
     result = _with_client(socket_path, as_json, lambda c: c.reload())
+    errors = [str(e) for e in result.get("errors") or ()] if isinstance(result, dict) else []
+    # The daemon answers a refused file with a summary (nothing changed, the reason in
+    # "errors") rather than an error, so SIGHUP and the socket share one code path;
+    # scripts need the refusal as an exit code, hence the check here.
+    applied = isinstance(result, dict) and any(
+        result.get(key) for key in ("started", "stopped", "restarted"))
     if as_json:
         click.echo(_dump(result))
-        return
-    lines = [f"{key}: {', '.join(map(str, value)) if isinstance(value, list) else value}"
-             for key, value in result.items()] if isinstance(result, dict) else [str(result)]
-    click.echo("\n".join(["reloaded", *lines]))
+    elif applied or not errors:
+        lines = [f"{key}: {', '.join(map(str, value)) if isinstance(value, list) else value}"
+                 for key, value in result.items() if key != "errors"
+                 ] if isinstance(result, dict) else [str(result)]
+        click.echo("\n".join(["reloaded" if not errors else "reloaded in part", *lines]))
+    if errors:
+        what = ("reload partly applied" if applied
+                else "reload refused, the running plugins are kept")
+        _fail(EXIT_USAGE, f"{what}: " + "\n".join(errors), as_json,
+              {"message": what, "errors": errors})
 
 
 # ================================================================ following

@@ -200,12 +200,35 @@ def test_reload_by_command_and_by_sighup(daemon: Daemon) -> None:
     assert set(plugins(d)) == {"alpha", "echo", "gamma"}
 
 
-@pytest.mark.xfail(strict=True, reason="docs/cli.md says a refused reload exits 2; "
-                   "cli_control.reload prints the summary's errors and exits 0")
-def test_a_refused_reload_exits_2_with_the_reason_on_stderr(daemon: Daemon) -> None:
-    write_config(daemon.config, "[plugins.broken]\n")
-    refused = cli(daemon, "reload")
-    assert refused.returncode == EXIT_USAGE and "plugins.broken" in refused.stderr
+def test_a_refused_reload_exits_2_with_the_reason_on_stderr(daemon: Daemon,
+                                                            sock_dir: str) -> None:
+    d = daemon
+    with open(d.config) as f:
+        good = f.read()
+    before = plugins(d)
+    write_config(d.config, "[plugins.broken]\n")
+    refused = cli(d, "reload")
+    assert refused.returncode == EXIT_USAGE and "plugins.broken" in refused.stderr, refused
+    assert "refused" in refused.stderr and refused.stdout == ""
+    # --json: the daemon's summary on stdout (nothing changed), the error line on stderr
+    as_json = cli(d, "reload", "--json")
+    assert as_json.returncode == EXIT_USAGE, as_json
+    summary = orjson.loads(as_json.stdout)
+    assert summary["started"] == summary["stopped"] == summary["restarted"] == []
+    err = orjson.loads(as_json.stderr)
+    assert err["exit"] == EXIT_USAGE and "plugins.broken" in err["error"]["errors"][0]
+    assert {n: p["pid"] for n, p in plugins(d).items()} == {
+        n: p["pid"] for n, p in before.items()}
+
+    # applied in part: gamma starts, but "other" (loaded at run time) keeps its name
+    other = os.path.join(sock_dir, "pipevisor-other")
+    os.symlink(ECHO, other)
+    assert ok_json(d, "load", other)["name"] == "other"
+    write_config(d.config, good + fake_table("gamma") + fake_table("other"))
+    partial = cli(d, "reload")
+    assert partial.returncode == EXIT_USAGE, partial
+    assert "started: gamma" in partial.stdout and "other" in partial.stderr, partial
+    assert set(plugins(d)) == {"alpha", "beta", "echo", "gamma", "other"}
 
 
 def test_logs_and_events_follow_a_crash_and_restart(daemon: Daemon) -> None:
