@@ -226,6 +226,9 @@ static bool handle(const char *line, size_t length)
             handshake(id, params);
         else
             refuse(id, NOT_INITIALIZED, "not initialized"); /* 6.1 */
+    } else if (strcmp(method->valuestring, "pipevisor/handshake") == 0) {
+        /* 6.1: once per process; the first handshake's version and limits stay in force */
+        refuse(id, INVALID_REQUEST, "Invalid Request: the handshake happens once");
     } else if (strcmp(method->valuestring, "pipevisor/ping") == 0) {
         answer(id, cJSON_CreateObject());
     } else if (strcmp(method->valuestring, "pipevisor/shutdown") == 0) { /* 7.3 */

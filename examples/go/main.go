@@ -221,6 +221,8 @@ func (p *plugin) handle(line []byte) bool {
 		return true
 	}
 	switch handler, known := methods[method]; {
+	case method == "pipevisor/handshake": // 6.1: once per process; the first one stays in force
+		p.refuse(rawID, &rpcError{Code: -32600, Message: "Invalid Request: the handshake happens once"})
 	case method == "pipevisor/ping":
 		p.answer(rawID, map[string]any{})
 	case method == "pipevisor/shutdown": // 7.3: answer, then exit 0

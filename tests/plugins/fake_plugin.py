@@ -233,9 +233,16 @@ def main() -> None:
                     waiter[0].set()
 
 
+handshake_done = False
+
+
 def handshake(ident: Any, params: Any, supported: VersionRange) -> None:
+    global handshake_done
     if args.no_handshake:
         fail(ident, ErrorCode.METHOD_NOT_FOUND, "Method not found")
+        return
+    if handshake_done:  # SPEC 6.1: answered -32600, the first handshake stays in force
+        fail(ident, ErrorCode.INVALID_REQUEST, "Invalid Request: the handshake happens once")
         return
     from protocol import HandshakeError, HandshakeParams, choose_version
 
@@ -257,6 +264,7 @@ def handshake(ident: Any, params: Any, supported: VersionRange) -> None:
                                     "fds", "reserved_error", "max_active")},
         "capabilities": caps,
     })
+    handshake_done = True
 
 
 if __name__ == "__main__":
