@@ -9,7 +9,8 @@ and "works under the supervisor" mean the same thing.
 Two runs, each a fresh process in the same containment the supervisor uses:
 
 1. handshake, ``pipevisor/ping``, an unknown method, every declared method
-   with ``{}`` params, cancellation (with ``--slow-method``), one idle second
+   with ``{}`` params, a second handshake (answered -32600, or a warning),
+   cancellation (with ``--slow-method``), one idle second
    watched with psutil (CPU, memory growth), then the way out:
    ``pipevisor/shutdown`` if the plugin claims it, else closing stdin;
 2. only when the plugin claims ``shutdown``: handshake, then close stdin, to
@@ -404,6 +405,7 @@ async def _main_checks(s: _Session, command: tuple[str, ...], opts: CheckOptions
 
         await checks.request(f"method {m}", s, m, {}, opts.timeout, method_judge)
 
+    await _check_second_handshake(s, command, opts, checks)
     await _check_cancel(s, hs, opts, checks)
     await _check_idle(s, checks, opts)
 
@@ -418,6 +420,28 @@ async def _main_checks(s: _Session, command: tuple[str, ...], opts: CheckOptions
     else:
         checks.not_run("shutdown")
     _check_output(s, checks)
+
+
+async def _check_second_handshake(s: _Session, command: tuple[str, ...], opts: CheckOptions,
+                                  checks: _Checks) -> None:
+    """SPEC 6.1: a repeated handshake is answered -32600 and changes nothing.
+
+    A host never sends one, so a wrong answer is a warning, not a failure; an unanswered
+    one still fails, as any unanswered request does. Run after the method checks so that
+    a plugin that mishandles it has already been judged on everything a host does send;
+    the checks after it (cancel, idle, shutdown) show whether anything changed."""
+    hint = ("answer a pipevisor/handshake after the first one with error -32600 Invalid "
+            "Request and keep the first handshake's version and limits (SPEC 6.1)")
+
+    def judge(a: ResponseReceived) -> tuple[Status, str, str]:
+        r = a.response
+        if isinstance(r, ErrorResponse) and r.error.code == ErrorCode.INVALID_REQUEST:
+            return Status.PASS, "answered -32600 Invalid Request", ""
+        got = _error_text(a) if isinstance(r, ErrorResponse) else "a result"
+        return Status.WARN, f"a second pipevisor/handshake answered with {got}", hint
+
+    await checks.request("second handshake", s, HANDSHAKE, _handshake_params(command),
+                         opts.timeout, judge)
 
 
 async def _check_cancel(s: _Session, hs: HandshakeResult | None, opts: CheckOptions,

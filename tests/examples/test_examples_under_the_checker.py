@@ -22,7 +22,8 @@ async def test_each_language_example_passes_the_checker(
     report = await check_plugin([str(build(example))], FAST)
     assert report.ok, report.failed()
     for name in ("handshake", "ping", "unknown method", "method echo", "method add",
-                 "shutdown", "exit on end of input", "stdout is protocol only"):
+                 "second handshake", "shutdown", "exit on end of input",
+                 "stdout is protocol only"):
         assert report.get(name).status is Status.PASS, report.get(name)
 
 

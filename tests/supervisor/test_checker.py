@@ -60,6 +60,7 @@ async def test_fake_plugin_passes_and_honours_cancel() -> None:
     assert "-31053" in report.get("cancel").detail
     assert _status(report, "method echo") is Status.PASS
     assert _status(report, "method crash") is Status.SKIP
+    assert _status(report, "second handshake") is Status.PASS
 
 
 async def test_a_slow_method_that_is_not_slow_warns_instead_of_failing() -> None:
@@ -109,6 +110,8 @@ async def test_every_good_example_passes(
         unavailable(f"{exe.relative_to(ROOT)}: {why}")
     report = await _check(exe, opts=CheckOptions(idle_seconds=0.5))
     assert report.ok, report.failed()
+    second = report.get("second handshake")  # SPEC 6.1: -32600, not even a warning
+    assert second.status is Status.PASS, second
 
 
 @pytest.mark.parametrize(("exe", "field"), [("pipevisor-greeter-v1", "params.name"),
@@ -204,6 +207,7 @@ def _script(tmp_path: Path, body: str) -> Path:
             sys.stdout.write(json.dumps(obj) + "\\n"); sys.stdout.flush()
         HS = {"protocolVersion": "1.0", "plugin": {"name": "tiny", "version": "1"},
               "methods": {}, "capabilities": {}}
+        seen = False  # for bodies that tell the first handshake from a second one
         for line in sys.stdin:
             msg = json.loads(line)
             if "id" not in msg:
@@ -230,6 +234,46 @@ async def test_unknown_method_answered_with_a_result_fails(tmp_path: Path) -> No
     report = await _check(exe)
     assert report.failed() == ["unknown method"]
     assert "-32601" in report.get("unknown method").hint
+
+
+@pytest.mark.parametrize("again", [
+    'send({"jsonrpc": "2.0", "id": msg["id"], "result": HS})',
+    'send({"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32601, "message": "no"}})',
+], ids=["result", "-32601"])
+async def test_a_second_handshake_not_answered_32600_is_a_warning(tmp_path: Path,
+                                                                   again: str) -> None:
+    exe = _script(tmp_path, f"""\
+        if msg["method"] == "pipevisor/handshake" and not seen:
+            seen = True
+            send({{"jsonrpc": "2.0", "id": msg["id"], "result": HS}})
+        elif msg["method"] == "pipevisor/handshake":
+            {again}
+        elif msg["method"] == "pipevisor/ping":
+            send({{"jsonrpc": "2.0", "id": msg["id"], "result": {{}}}})
+        else:
+            send({{"jsonrpc": "2.0", "id": msg["id"],
+                  "error": {{"code": -32601, "message": "no"}}}})
+        """)
+    report = await _check(exe)
+    second = report.get("second handshake")
+    assert second.status is Status.WARN and "-32600" in second.hint, second
+    assert report.ok, report.failed()  # a host never sends it: not a failure
+    assert _status(report, "ping") is Status.PASS
+
+
+async def test_a_second_handshake_left_unanswered_fails(tmp_path: Path) -> None:
+    exe = _script(tmp_path, """\
+        if msg["method"] == "pipevisor/handshake" and not seen:
+            seen = True
+            send({"jsonrpc": "2.0", "id": msg["id"], "result": HS})
+        elif msg["method"] == "pipevisor/ping":
+            send({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
+        elif msg["method"] != "pipevisor/handshake":
+            send({"jsonrpc": "2.0", "id": msg["id"],
+                  "error": {"code": -32601, "message": "no"}})
+        """)
+    report = await _check(exe, opts=CheckOptions(timeout=1.0, idle_seconds=0.3))
+    assert report.failed() == ["second handshake"], report.failed()
 
 
 async def test_json_on_stderr_is_a_warning_not_a_failure(tmp_path: Path) -> None:
