@@ -8,8 +8,9 @@ backstop for what grows faster than one sampling interval. See docs/limits.md.
 
 from __future__ import annotations
 
+import math
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from supervisor.errors import ConfigError
@@ -43,6 +44,9 @@ class Limit:
     """One ceiling and what to do when it is passed."""
 
     max: float
+    """An int for memory, fds and processes and a float for cpu once it is part of
+    :class:`Limits`, which normalises it (so events, status and logs print ``104857600``,
+    not ``104857600.0``, whatever the configuration file or caller wrote)."""
     action: LimitAction = LimitAction.STOP
 
     def __post_init__(self) -> None:
@@ -51,8 +55,10 @@ class Limit:
         except ValueError:
             raise ConfigError(f"limit action must be one of {[a.value for a in LimitAction]}, "
                               f"not {self.action!r}") from None
-        if not isinstance(self.max, (int, float)) or isinstance(self.max, bool) or self.max <= 0:
-            raise ConfigError(f"limit max must be a positive number, not {self.max!r}")
+        if (not isinstance(self.max, (int, float)) or isinstance(self.max, bool)
+                or not math.isfinite(self.max) or self.max <= 0):
+            raise ConfigError(f"limit max must be a positive number, not {self.max!r} "
+                              "(leave the limit out for none)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +93,21 @@ class Limits:
             raise ConfigError("limits: backstop_factor must be at least 1")
         for name in ("memory", "fds", "processes"):
             limit = getattr(self, name)
-            if limit is not None and limit.action is LimitAction.THROTTLE:
+            if limit is None:
+                continue
+            if limit.action is LimitAction.THROTTLE:
                 raise ConfigError(f"limits: {name} cannot be throttled (only cpu can); "
                                   "use warn, restart or stop")
+            if type(limit.max) is not int:
+                # bytes and counts are measured as whole numbers, so dropping the fraction
+                # of the maximum changes no comparison (n <= 10.5 exactly when n <= 10)
+                whole = int(limit.max)
+                if whole < 1:
+                    raise ConfigError(f"limits: {name} max must be at least 1, "
+                                      f"not {limit.max!r}")
+                object.__setattr__(self, name, replace(limit, max=whole))
+        if self.cpu is not None and type(self.cpu.max) is not float:
+            object.__setattr__(self, "cpu", replace(self.cpu, max=float(self.cpu.max)))
 
     @property
     def any(self) -> bool:

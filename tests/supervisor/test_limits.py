@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import psutil
 import pytest
 
@@ -87,6 +88,57 @@ def test_limits_default_to_none_and_rlimits_always_drop_core() -> None:
 def test_bad_limits_are_refused_with_a_clear_error(bad: Any, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         bad()
+
+
+def test_maxima_of_counts_and_bytes_are_ints_and_cpu_a_float() -> None:
+    limits = Limits(memory=Limit(1.5 * MiB), fds=Limit(64.0), processes=Limit(10.9),
+                    cpu=Limit(50))
+    assert limits.memory is not None and limits.fds is not None
+    assert limits.processes is not None and limits.cpu is not None
+    assert (type(limits.memory.max), limits.memory.max) == (int, 1536 * 1024)
+    assert (type(limits.fds.max), limits.fds.max) == (int, 64)
+    assert (type(limits.processes.max), limits.processes.max) == (int, 10)  # 11 > 10.9
+    assert (type(limits.cpu.max), limits.cpu.max) == (float, 50.0)
+    with pytest.raises(ConfigError, match="fds max must be at least 1"):
+        Limits(fds=Limit(0.5))
+    with pytest.raises(ConfigError, match="positive number"):
+        Limit(float("inf"))
+
+
+async def test_maxima_from_a_config_file_print_as_integers(tmp_path: Path) -> None:
+    """The TOML converter makes every ``max`` a float (the field is a float); events,
+    status, the CLI's event line and OverLimit data must still say 1048576, not 1048576.0."""
+    from supervisor.cli_control import _event_line
+    from supervisor.config_file import load
+
+    cfg = tmp_path / "pipevisor.toml"
+    cfg.write_text(
+        '[supervisor]\nsample_interval = 0.1\n[discovery]\nenabled = false\n'
+        f'[plugins.hog]\ncommand = ["{sys.executable}", "{HOG}", "idle"]\n'
+        'limits.memory = { max = "1MiB", action = "warn" }\n'
+        'limits.fds = { max = 2, action = "warn" }\n'
+        'limits.processes = { max = 100000, action = "warn" }\n'
+        'limits.cpu = { max = 90, action = "warn" }\n'
+        'limits.memory_backstop = "none"\n')  # a 2 MiB RLIMIT_DATA stops Python starting
+    config = load(str(cfg)).supervisor
+    limits = config.plugins[0].limits
+    assert limits.memory is not None and limits.fds is not None
+    assert limits.processes is not None and limits.cpu is not None
+    assert [type(limit.max) for limit in (limits.memory, limits.fds, limits.processes,
+                                          limits.cpu)] == [int, int, int, float]
+    sup = Supervisor(config)
+    async with sup, sup.subscribe() as events:
+        seen = {}
+        while set(seen) != {"memory", "fds"}:
+            ev = await next_event(events, "limit", "hog")
+            seen[ev.detail["limit"]] = ev
+        assert b'"max":1048576,' in orjson.dumps(seen["memory"].detail)
+        assert "max=1048576 " in _event_line({"plugin": "hog", "kind": "limit",
+                                                 **seen["memory"].detail})
+        assert "max=2 " in _event_line({"plugin": "hog", "kind": "limit",
+                                          **seen["fds"].detail})
+        [status] = sup.status()
+        assert {type(b["max"]) for b in status["breaches"]} == {int}
 
 
 # ================================================================ memory
