@@ -16,7 +16,6 @@ from click.testing import CliRunner
 
 from supervisor.checker import CheckOptions, CheckReport, Status, check_plugin
 from supervisor.cli import main
-from tests.examples.conftest import build  # noqa: F401  (session fixture: compiles go/c once)
 from tests.examples.toolchains import LANGUAGES, Example, unavailable
 from tests.supervisor.fake import FAKE
 
@@ -77,9 +76,10 @@ async def test_cancel_without_slow_method_is_not_tested_with_a_hint() -> None:
 
 
 LANGUAGE_EXAMPLES = {EXAMPLES / ex.executable: ex for ex in LANGUAGES}
-"""Examples with a toolchain (bash/jq, node, go, c): run through the session build fixture,
-which compiles go/c into a temporary folder (not in place), so a fresh checkout checks them
-too; a missing toolchain skips, or fails with PIPEVISOR_REQUIRE_TOOLCHAINS=1 (CI)."""
+"""Examples with a toolchain (bash/jq, node, go, c): run through the session build fixture
+of tests/conftest.py (shared with tests/examples), which compiles go/c into a temporary
+folder (not in place), so a fresh checkout checks them too; a missing toolchain skips, or
+fails with PIPEVISOR_REQUIRE_TOOLCHAINS=1 (CI)."""
 
 
 def _good_examples() -> list[Path]:
@@ -102,7 +102,7 @@ def _missing_interpreter(exe: Path) -> str | None:
 
 @pytest.mark.parametrize("exe", [pytest.param(p, id=p.name) for p in _good_examples()])
 async def test_every_good_example_passes(
-        exe: Path, build: Callable[[Example], Path]) -> None:  # noqa: F811
+        exe: Path, build: Callable[[Example], Path]) -> None:
     example = LANGUAGE_EXAMPLES.get(exe)
     if example is not None:
         exe = build(example)  # skips, or fails under PIPEVISOR_REQUIRE_TOOLCHAINS=1
