@@ -1,14 +1,15 @@
 """One task that samples every limited plugin's process tree and enforces its limits.
 
 Why one task and one pass: with hundreds of plugins a task per plugin would mean
-hundreds of timers and /proc scans. On Linux each tick lists /proc once and reads
-one ``/proc/PID/stat`` per limited plugin process (parent, CPU times, threads and
-RSS are all in that line; see ``read_proc_stats``), since the kernel producing
-/proc files is most of the cost; elsewhere psutil does it, reusing ``Process``
-objects across ticks for CPU deltas. The reading runs in a worker thread so the
-event loop never waits on it; acting on the figures (events, ends, throttling)
-happens back on the loop. Plugins without limits are skipped before anything is
-read. docs/limits.md has the figures.
+hundreds of timers and /proc scans. On Linux a tick re-reads one ``/proc/PID/stat``
+line per limited plugin process (parent, CPU times, threads and RSS are all in that
+line) and finds new processes through the kernel's pid cursor (``proctable.py``),
+since the kernel producing /proc files is most of the cost; elsewhere psutil does
+it, reusing ``Process`` objects across ticks for CPU deltas. The reading runs in a
+worker thread so the event loop never waits on it; acting on the figures (events,
+ends, throttling) happens back on the loop, and a tree whose figures did not move
+since the last tick costs one comparison there. Plugins without limits are skipped
+before anything is read. docs/limits.md has the figures.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,9 +26,12 @@ import psutil
 
 from supervisor import _platform
 from supervisor.limits import Limit, LimitAction, Limits
+from supervisor.proctable import ProcTable
 from supervisor.states import PluginState
 
 if TYPE_CHECKING:
+    from anyio.abc import Process
+
     from supervisor.runner import PluginRunner
 
 log = logging.getLogger("pipevisor.limits")
@@ -65,6 +69,14 @@ class _Track:
     shim_checked: set[int] = field(default_factory=set)
     parsed: dict[int, tuple[bytes, ProcFigures]] = field(default_factory=dict)
     """Last parsed stat line per pid (fast path), reused while the line is unchanged."""
+    members: list[int] = field(default_factory=list)
+    """The tree's pids at the last tick (fast path: re-walked only when the process
+    table says membership may have changed)."""
+    last: TreeSample | None = None
+    """The sample the last full check was made on (``Sampler._enforce``)."""
+    last_cpu_percent: float = -1.0
+    last_lines: list[bytes | None] = field(default_factory=list)
+    """The members' stat lines at the last tick (fast path): equal lines, equal figures."""
     procs: dict[int, psutil.Process] = field(default_factory=dict)
     cpu: dict[int, float] = field(default_factory=dict)
     window: deque[tuple[float, float]] = field(default_factory=deque)
@@ -87,63 +99,10 @@ ProcFigures = tuple[float, int, int, int]
 fds is 0 unless asked for): what the sampler needs of one process."""
 
 
-def _read_stat(pid: int | str) -> bytes | None:
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    # the command name may contain spaces and parentheses: cut after the last ')'
-    return data[data.rfind(b")") + 2:]
-
-
-def read_proc_stats(previous: dict[int, bytes] | None = None,
-                    hot: Collection[int] = ()) -> dict[int, bytes]:
-    """pid -> the fields of ``/proc/PID/stat`` after the command name, for every process:
-    one ``open``/``read``/``close`` each and no other file, the whole Linux fast path.
-
-    With ``previous`` (the last pass), only ``hot`` pids (members of limited trees)
-    and pids not in it (new processes, which may be a tree's new children) are read;
-    the others keep their line from ``previous``. That is safe because a process
-    outside every tree cannot move into one (it is only ever re-parented to init or
-    a subreaper above it), except by its pid being reused between two passes, which
-    takes a wrap of the pid space; the sampler still reads everything every
-    ``FULL_PASS_EVERY`` ticks. Raw bytes are kept and only the trees' members are
-    parsed in full (``figures_from_stat``)."""
-    table: dict[int, bytes] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        if previous is not None and pid not in hot:
-            rest = previous.get(pid)
-            if rest is not None:
-                table[pid] = rest
-                continue
-        rest = _read_stat(pid)
-        if rest is not None:
-            table[pid] = rest
-    return table
-
-
-FULL_PASS_EVERY = 10
-"""Ticks between passes that read every process's stat (see ``read_proc_stats``)."""
-
-
-def parent_map(stats: dict[int, bytes] | None = None) -> dict[int, list[int]]:
-    """ppid -> children for every process: from ``stats`` (``read_proc_stats``) on
-    Linux, else from psutil."""
+def parent_map() -> dict[int, list[int]]:
+    """ppid -> children for every process, through psutil (the portable path; on Linux
+    the fast path keeps a ``ProcTable`` instead)."""
     children: dict[int, list[int]] = {}
-    if stats is not None:
-        for pid, rest in stats.items():
-            # rest = "STATE PPID ...": the parent is the second field
-            children.setdefault(int(rest.split(b" ", 2)[1]), []).append(pid)
-        return children
     for proc in psutil.process_iter(["ppid"]):
         children.setdefault(proc.info["ppid"] or 0, []).append(proc.pid)
     return children
@@ -182,7 +141,7 @@ def count_fds(pid: int) -> int:
 
 def figures_from_stat(pid: int, rest: bytes, want_fds: bool,
                       exact_rss: bool = True) -> ProcFigures | None:
-    """One process's figures from its stat line (``read_proc_stats``); None if it is
+    """One process's figures from its stat line (``ProcTable.lines``); None if it is
     gone by the time its fds or statm are read. Zombies count (RSS 0, one thread), as
     they do through psutil.
 
@@ -265,6 +224,17 @@ def measure(track: _Track, pids: Iterable[int], want_fds: bool,
     estimate's error (``STAT_RSS_SLACK`` per process) of ``rss_limit``: then each
     member's exact RSS is read, so a memory limit is decided on the same figure as
     psutil's (``rss_limit=0`` always reads it)."""
+    last = track.last
+    if stats is not None and not want_fds:
+        lines = [stats.get(pid) for pid in pids]
+        if (last is not None and lines == track.last_lines
+                and (rss_limit is None
+                     or last.rss + 2 * STAT_RSS_SLACK * last.pids < rss_limit)):
+            # not a byte moved in the tree (an idle plugin): the figures are the last
+            # ones, with no CPU used since. Near the memory limit the exact RSS (statm)
+            # can move under an unchanged stat line, so it is read again there.
+            return TreeSample(last.rss, 0.0, last.fds, last.processes, last.pids)
+        track.last_lines = lines
     sample = TreeSample()
     seen: set[int] = set()
     first_tick = not track.cpu
@@ -275,8 +245,8 @@ def measure(track: _Track, pids: Iterable[int], want_fds: bool,
             if rest is None:
                 continue
             hit = track.parsed.get(pid)
-            if hit is not None and hit[0] is rest and not want_fds:
-                figures = hit[1]  # a line kept from an earlier pass (a shim): same figures
+            if hit is not None and hit[0] == rest and not want_fds:
+                figures = hit[1]  # an idle process: the same line, the same figures
             else:
                 figures = figures_from_stat(pid, rest, want_fds, exact_rss=False)
                 if figures is not None:
@@ -325,9 +295,8 @@ class Sampler:
         self.last_tick_seconds = 0.0
         """Wall time the last tick's /proc reading took (for perf/)."""
         self._paused: dict[str, int] = {}
-        self._stats: dict[int, bytes] | None = None
-        """The last pass over /proc/*/stat (Linux fast path), reused for quiet pids."""
-        self._passes = 0
+        self.table = ProcTable() if _platform.IS_LINUX else None
+        """The process table of the Linux fast path, kept between ticks."""
         self.fast = True
         """On Linux, read every figure from one pass over /proc/*/stat (False: psutil,
         the portable path, kept for comparison)."""
@@ -342,15 +311,17 @@ class Sampler:
         finally:
             for name, pid in list(self._paused.items()):
                 self._resume(name, pid)
+            if self.table is not None:
+                self.table.close()
 
-    def _targets(self) -> list[tuple[PluginRunner, int]]:
+    def _targets(self) -> list[tuple[PluginRunner, Process, int]]:
         out = []
         for runner in self._runners.values():
             process = runner.process
             if process is None or not runner.spec.limits.any or process.returncode is not None:
                 self._tracks.pop(runner.spec.name, None)
                 continue
-            out.append((runner, process.pid))
+            out.append((runner, process, process.pid))
         return out
 
     async def tick(self, tg: anyio.abc.TaskGroup | None = None) -> None:
@@ -358,7 +329,7 @@ class Sampler:
         if not targets:
             return
         tracks = []
-        for runner, pid in targets:
+        for runner, _, pid in targets:
             track = self._tracks.get(runner.spec.name)
             if track is None or track.root != pid:
                 track = self._tracks[runner.spec.name] = _Track(pid)
@@ -370,32 +341,42 @@ class Sampler:
 
         def read_all() -> list[TreeSample]:
             started = time.perf_counter()
+            table = self.table if self.fast else None
             stats = None
-            if _platform.IS_LINUX and self.fast:
-                if self._passes % FULL_PASS_EVERY == 0:
-                    self._stats = None
-                self._passes += 1
+            if table is not None:
                 hot: set[int] = set()
                 for track in tracks:
-                    hot.update(track.cpu)
+                    hot.update(track.members)
                     hot.difference_update(track.shims)
-                stats = self._stats = read_proc_stats(self._stats, hot)
-            children = parent_map(stats)
-            if stats is not None:
+                table.refresh(hot)
+                stats = table.lines
+                children = None
+                fresh: list[int] = []
                 for track in tracks:
-                    _find_inner_shim(track, children)
-            out = [measure(track, tree_of(track.root, children),
-                           runner.spec.limits.fds is not None, stats,
+                    if table.changed or not track.members:
+                        if children is None:
+                            children = table.children()
+                        _find_inner_shim(track, children)
+                        if not track.members:
+                            fresh.extend(tree_of(track.root, children))
+                        track.members = tree_of(track.root, children)
+                if fresh:
+                    table.read_now(fresh)
+            else:
+                children = parent_map()
+                for track in tracks:
+                    track.members = tree_of(track.root, children)
+            out = [measure(track, track.members, runner.spec.limits.fds is not None, stats,
                            None if runner.spec.limits.memory is None
                            else runner.spec.limits.memory.max)
-                   for (runner, _), track in zip(targets, tracks, strict=True)]
+                   for (runner, _, _), track in zip(targets, tracks, strict=True)]
             self.last_tick_seconds = time.perf_counter() - started
             return out
 
         samples = await anyio.to_thread.run_sync(read_all)
         now = time.monotonic()
-        for (runner, pid), track, sample in zip(targets, tracks, samples, strict=True):
-            if runner.process is None or runner.process.pid != pid or sample.pids == 0:
+        for (runner, process, _), track, sample in zip(targets, tracks, samples, strict=True):
+            if runner.process is not process or sample.pids == 0:
                 continue  # ended while we were reading
             self._enforce(runner, track, sample, now, tg)
 
@@ -403,15 +384,26 @@ class Sampler:
                  tg: anyio.abc.TaskGroup | None) -> None:
         limits = runner.spec.limits
         window = track.window
-        window.append((now, sample.cpu_seconds))
-        track.window_cpu += sample.cpu_seconds
+        if sample.cpu_seconds:  # a tick without CPU adds nothing to the window's sum
+            window.append((now, sample.cpu_seconds))
+            track.window_cpu += sample.cpu_seconds
         horizon = now - limits.cpu_window
-        while window[0][0] < horizon:
+        while window and window[0][0] < horizon:
             track.window_cpu -= window.popleft()[1]
         if not window:
             track.window_cpu = 0.0
         span = min(limits.cpu_window, now - track.first)
         cpu_percent = 100.0 * max(0.0, track.window_cpu) / span if span > 0 else 0.0
+        resources = runner.resources
+        if (sample == track.last and cpu_percent == track.last_cpu_percent
+                and resources is not None and resources["throttled"] is False
+                and runner.paused_since is None and self._bucket_full(track, limits)):
+            # nothing moved since the last tick, so every comparison below would come out
+            # the same (an idle plugin, most of them at scale): only the time is new
+            resources["sampled_at"] = time.time()
+            track.last_refill = now
+            return
+        track.last, track.last_cpu_percent = sample, cpu_percent
         runner.resources = {"rss": sample.rss, "cpu_percent": round(cpu_percent, 1),
                             "fds": sample.fds if limits.fds is not None else None,
                             "processes": sample.processes, "pids": sample.pids,
@@ -438,6 +430,14 @@ class Sampler:
                 self._check(runner, track, "cpu", round(cpu_percent, 1), limits.cpu,
                             lambda m: f"{cpu_percent:.1f}% of a core over "
                                       f"{limits.cpu_window:g} s > {m:g}%")
+
+    @staticmethod
+    def _bucket_full(track: _Track, limits: Limits) -> bool:
+        """Whether a throttled tree's token bucket has nothing left to refill (always
+        true without a CPU throttle), so skipping a refill loses nothing."""
+        cpu = limits.cpu
+        return (cpu is None or cpu.action is not LimitAction.THROTTLE
+                or track.tokens >= _bucket_size(limits))
 
     @staticmethod
     def _check(runner: PluginRunner, track: _Track, name: str, value: float, limit: Limit,

@@ -9,7 +9,8 @@ Usage: hog.py MODE [--rate N] [--children N]
   files    open /dev/null without end; reports "EMFILE after N" on stderr when refused
   idle     do nothing (a well-behaved neighbour)
 The hogging starts after the handshake, on a thread, so requests keep being answered.
-Methods: echo, pid, hold (never answered: a call left in flight).
+Methods: echo, pid, hold (never answered: a call left in flight), alloc {"bytes": N}
+(touch N more bytes on the main thread, then answer).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def main() -> int:
         if method == "pipevisor/handshake":
             send({"jsonrpc": "2.0", "id": ident, "result": {
                 "protocolVersion": "1.0", "plugin": {"name": "hog", "version": "1.0.0"},
-                "methods": {m: {} for m in ("echo", "pid", "hold")},
+                "methods": {m: {} for m in ("echo", "pid", "hold", "alloc")},
                 "capabilities": {"shutdown": True}}})
             threading.Thread(target=HOGS[MODE], daemon=True).start()
         elif method == "pipevisor/shutdown":
@@ -113,6 +114,9 @@ def main() -> int:
             send({"jsonrpc": "2.0", "id": ident, "result": os.getpid()})
         elif method == "hold":
             pass
+        elif method == "alloc":
+            held.append(bytearray(b"\x01") * int(params["bytes"]))  # written, so resident
+            send({"jsonrpc": "2.0", "id": ident, "result": len(held)})
         else:
             send({"jsonrpc": "2.0", "id": ident,
                   "error": {"code": -32601, "message": f"Method not found: {method}"}})

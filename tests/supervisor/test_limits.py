@@ -6,7 +6,6 @@ supervisor stays responsive while it samples, throttles and stops the hog.
 
 from __future__ import annotations
 
-import os
 import resource
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from supervisor.errors import ConfigError, OverLimit
 from supervisor.events import Subscription, SupervisorEvent
 from supervisor.limits import NO_LIMITS, Limit, LimitAction, Limits, MemoryBackstop
 from supervisor.policy import RestartMode, RestartPolicy
+from supervisor.proctable import ProcTable
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio
@@ -377,15 +377,17 @@ def test_proc_fast_path_and_psutil_give_the_same_figures_for_a_real_tree(
     try:
         # the tree is built and quiet once "ready" arrives (EOF instead if it broke)
         assert root.stdout.readline() == "ready\n"
-        stats = S.read_proc_stats()
-        fast_tree = sorted(S.tree_of(root.pid, S.parent_map(stats)))
-        slow_tree = sorted(S.tree_of(root.pid, S.parent_map(None)))
+        table = ProcTable()
+        table.refresh(())
+        fast_tree = sorted(S.tree_of(root.pid, table.children()))
+        slow_tree = sorted(S.tree_of(root.pid, S.parent_map()))
         assert fast_tree == slow_tree == sorted(_platform.tree_pids(root.pid))
         assert len(fast_tree) == 2
         # wait (with a deadline) until the tree has settled: two passes in a row agree
         deadline, previous = time.monotonic() + 10, None
         while True:
-            stats = S.read_proc_stats()
+            table.refresh(fast_tree)
+            stats = table.lines
             now = [S.figures_from_stat(pid, stats[pid], want_fds=True) for pid in fast_tree]
             if now == previous or time.monotonic() > deadline:
                 break
@@ -408,7 +410,8 @@ def test_proc_fast_path_and_psutil_give_the_same_figures_for_a_real_tree(
         assert sum(r[2] for r in rows) >= 5  # root: main + 3 sleepers; child: 1
         assert sum(r[3] for r in rows) >= 3 + 7
         # and summed per tree by the sampler, both ways
-        fast_sample = S.measure(S._Track(root.pid), fast_tree, True, S.read_proc_stats(),
+        table.refresh(fast_tree)
+        fast_sample = S.measure(S._Track(root.pid), fast_tree, True, table.lines,
                                 rss_limit=0)  # near any limit: exact RSS
         slow_sample = S.measure(S._Track(root.pid), fast_tree, True, None)
         assert (fast_sample.pids, fast_sample.processes, fast_sample.fds) == \
@@ -418,24 +421,3 @@ def test_proc_fast_path_and_psutil_give_the_same_figures_for_a_real_tree(
     finally:
         root.stdin.close()
         root.wait(10)
-
-
-@pytest.mark.skipif(not _platform.IS_LINUX, reason="the /proc fast path is Linux only")
-def test_between_full_passes_only_tree_members_and_new_processes_are_read() -> None:
-    """The incremental pass keeps the last line of quiet pids but always reads the hot
-    ones (members of limited trees) and any pid it has not seen (a possible new child)."""
-    first = S.read_proc_stats()
-    stale = dict.fromkeys(first, b"S 0 stale")
-    newcomer = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                                stdin=subprocess.PIPE)
-    try:
-        me, quiet = os.getpid(), os.getppid()  # both alive throughout
-        again = S.read_proc_stats(stale, hot={me})
-        assert again[quiet] == b"S 0 stale"
-        assert again[me] != b"S 0 stale" and int(again[me].split()[1]) == os.getppid()
-        assert int(again[newcomer.pid].split()[1]) == me
-        assert newcomer.pid in S.parent_map(again)[me]
-    finally:
-        assert newcomer.stdin is not None
-        newcomer.stdin.close()
-        newcomer.wait(10)
