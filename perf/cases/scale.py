@@ -16,10 +16,11 @@ process itself, which *is* the supervisor (embedded):
 
 The three cases of one N share one measurement: whichever runs first measures,
 the others report the same repetitions. Baselines are the N=1 rows, so the
-ratios say how each figure grows with N. Pings run every ``PING_INTERVAL`` s,
-five times the default rate, so the window holds several rounds; every plugin
+ratios say how each figure grows with N. Everything runs at the defaults a user
+gets (liveness ping every 10 s, limit sampling every 1 s), and the window is
+longer than the ping interval so that every plugin is pinged in it; every plugin
 has a memory limit (action ``warn``, far above its use) so the sampler has to
-read every tree on every tick.
+watch every tree on every tick.
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ from supervisor import PluginSpec, Supervisor
 from supervisor.config import HealthPolicy, SupervisorConfig
 
 PLUGIN_SOURCE = Path(__file__).resolve().parent.parent / "plugins" / "c_echo_plugin.c"
-PING_INTERVAL = 2.0
-SAMPLE_INTERVAL = 1.0
+PING_INTERVAL = HealthPolicy().ping_interval
+SAMPLE_INTERVAL = SupervisorConfig().sample_interval
 SIZES = (1, 100, 1000)
 QUICK_SIZES = {1: 1, 100: 4, 1000: 8}
 
 
 def _window(quick: bool) -> float:
-    return 0.3 if quick else 6.0
+    return 0.3 if quick else PING_INTERVAL + 2.0
 
 
 def _limits_kwargs() -> dict[str, Any]:
@@ -100,7 +101,7 @@ async def _measure(ctx: Context, n: int, sampler: bool = True) -> dict[str, list
         return _MEASURED[key]
     binary = build_c(ctx, PLUGIN_SOURCE)
     count = QUICK_SIZES[n] if ctx.quick else n
-    reps = 1 if ctx.quick else (3 if n >= 1000 else 5)
+    reps = 1 if ctx.quick else 3
     out: dict[str, list[float]] = {"start": [], "rss": [], "cpu": []}
     for _ in range(reps):
         got = await _one(binary, count, _window(ctx.quick), sampler)
@@ -110,6 +111,7 @@ async def _measure(ctx: Context, n: int, sampler: bool = True) -> dict[str, list
     ctx.note("plugins", count)
     ctx.note("idle_window_s", _window(ctx.quick))
     ctx.note("ping_interval_s", PING_INTERVAL)
+    ctx.note("sample_interval_s", SAMPLE_INTERVAL if sampler else 0.0)
     ctx.note("limit_sampling", sampler and bool(_limits_kwargs()))
     ctx.note("pid", os.getpid())
     return out
