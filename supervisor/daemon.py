@@ -6,13 +6,15 @@ terminals all want the process they started to be the daemon. Lifecycle:
 - the control socket is bound first, so a second daemon is refused before it
   could touch the first one's plugins or leftover records;
 - plugins start; READY=1 is sent once each is serving or given up on;
-- SIGTERM/SIGINT stop every plugin gracefully and concurrently, exit 0;
+- SIGTERM/SIGINT stop every plugin gracefully and concurrently, exit 0; the
+  same signal again during that stop SIGKILLs every plugin tree at once, exit 130;
 - SIGHUP (or ``pipevisor reload``) re-reads the file and rediscovers: new
   plugins start, removed ones stop, changed ones restart, untouched ones keep
   running with their in-flight calls. A bad file is refused and logged and
   the running set stays as it was.
 
-Exit codes: 0 clean stop, 1 could not start (socket taken ...), 2 bad config.
+Exit codes: 0 clean stop, 1 could not start (socket taken ...), 2 bad config,
+130 stopped by force (a second stop signal).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any
@@ -29,7 +32,7 @@ from typing import Any
 import anyio
 import orjson
 
-from supervisor import config_file, paths
+from supervisor import _platform, config_file, paths
 from supervisor.config import PluginSpec
 from supervisor.config_file import DaemonConfig, LogFormat
 from supervisor.control import ControlSocketError, serve_control
@@ -40,7 +43,7 @@ from supervisor.systemd import Notifier
 
 log = logging.getLogger("pipevisor.daemon")
 
-EXIT_OK, EXIT_START_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_START_FAILED, EXIT_BAD_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 # ============================================================ logging
@@ -136,6 +139,8 @@ class Daemon:
     """Plugins that come from the configuration; ones loaded at run time are left
     alone by a reload."""
     started_at: float = field(default_factory=time.time)
+    forced = False
+    """Set when a second stop signal killed the plugins instead of stopping them."""
     _reload_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     # ------------------------------------------------------------ DaemonHooks
@@ -287,13 +292,31 @@ class Daemon:
                                      self.config_path or "the built-in configuration")
                             work.start_soon(self.reload)
                             continue
-                        log.info("%s: stopping %d plugins",
+                        log.info("%s: stopping %d plugins (send it again to kill them now)",
                                  signal.Signals(signum).name, len(sup.runners))
                         self.notifier.stopping()
+                        outer.start_soon(self._force_on_second_signal, signals, sup)
                         work.cancel_scope.cancel()
                         break
             outer.cancel_scope.cancel()
         log.info("stopped")
+
+    async def _force_on_second_signal(self, signals: AsyncIterator[int],
+                                      sup: Supervisor) -> None:
+        """A second SIGTERM/SIGINT during the graceful stop (an impatient Ctrl-C, or a
+        service manager's second request) SIGKILLs every plugin tree at once instead of
+        waiting out their grace periods; the daemon then exits 130."""
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                continue  # no reload while stopping
+            live = [r.process.pid for r in list(sup.runners.values())
+                    if r.process is not None and r.process.returncode is None]
+            log.warning("%s again: killing %d plugins now (SIGKILL), without waiting for "
+                        "their graceful stop", signal.Signals(signum).name, len(live))
+            self.forced = True
+            for pid in live:
+                _platform.kill_tree(pid)
+            return
 
     async def _start_plugins(self) -> None:
         assert self.sup is not None
@@ -358,8 +381,8 @@ def run_daemon(config_path: str | None, socket: str | None, log_format: str | No
             raise
         log.error("cannot start: %s", _first(refused))
         return EXIT_START_FAILED
-    except KeyboardInterrupt:  # a second Ctrl-C during the stop
-        return 130
+    except KeyboardInterrupt:  # a Ctrl-C before the signal handlers were in place
+        return EXIT_INTERRUPTED
     finally:
         daemon.notifier.close()
-    return EXIT_OK
+    return EXIT_INTERRUPTED if daemon.forced else EXIT_OK

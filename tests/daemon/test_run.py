@@ -110,6 +110,23 @@ def test_sigint_stops_too(sock_dir: str) -> None:
         assert d.proc.wait(30) == 0
 
 
+def test_a_second_stop_signal_kills_the_plugins_at_once(sock_dir: str) -> None:
+    """A plugin that ignores shutdown, EOF and SIGTERM holds a graceful stop for its
+    whole grace periods (two minutes here); a second signal ends it now, exit 130."""
+    stubborn = fake_table("stubborn", "--no-shutdown-cap", "--ignore-eof", "--ignore-sigterm",
+                          extra="stop = { eof_grace = 60.0, term_grace = 60.0 }")
+    with running_daemon(sock_dir, BASE + stubborn + fake_table("calm")) as d:
+        with Client(d.socket) as client:
+            plugin_pids = pids(client)
+        d.proc.send_signal(signal.SIGTERM)
+        d.notify.wait_for("STOPPING")
+        assert not gone(plugin_pids["stubborn"])  # it ignores all of it for a minute
+        d.proc.send_signal(signal.SIGINT)
+        assert d.proc.wait(30) == 130
+        assert all(gone(p) for p in plugin_pids.values())
+        assert "SIGINT again: killing" in d.stderr()
+
+
 @pytest.mark.parametrize(("text", "where"), [
     ('[plugins.echo]\ncommand = ["x"]\nrestart = { max_restart = 1 }\n',
      "plugins.echo.restart.max_restart: unknown key"),
