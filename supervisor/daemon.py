@@ -141,6 +141,8 @@ class Daemon:
     started_at: float = field(default_factory=time.time)
     forced = False
     """Set when a second stop signal killed the plugins instead of stopping them."""
+    log_format_override: LogFormat | None = None
+    """``--log-format`` given on the command line: it wins over the file, reloads too."""
     _reload_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     # ------------------------------------------------------------ DaemonHooks
@@ -199,8 +201,7 @@ class Daemon:
     async def _apply(self, new: DaemonConfig) -> dict[str, Any]:
         assert self.sup is not None
         sup = self.sup
-        if replace(new.supervisor, plugins=()) != replace(self.config.supervisor, plugins=()):
-            log.warning("[supervisor] settings changed; they take effect at the next start")
+        self._apply_settings(new)
         wanted = {s.name: s for s in new.supervisor.plugins}
         started: list[str] = []
         stopped = sorted(self.managed - wanted.keys())
@@ -237,6 +238,35 @@ class Daemon:
         await self._wait_ready(started + restarted)
         return {"started": started, "stopped": stopped, "restarted": restarted,
                 "unchanged": unchanged, "errors": errors}
+
+    def _apply_settings(self, new: DaemonConfig) -> None:
+        """Settings a reload can apply to the running daemon: the log format and level
+        and the sampling interval; the others (socket, containment, state dir,
+        interfaces, adapters, host identity) are named in a warning and wait for the
+        next start, because changing them under running plugins would mean restarting
+        every plugin behind the user's back."""
+        assert self.sup is not None
+        old_d, new_d = self.config.daemon, new.daemon
+        if (old_d.log_level, old_d.log_format) != (new_d.log_level, new_d.log_format):
+            setup_logging(self.log_format_override or new_d.log_format, new_d.log_level.value)
+            log.info("reload: logging is now %s at level %s",
+                     (self.log_format_override or new_d.log_format).value, new_d.log_level.value)
+        later = [f"daemon.{key}" for key in ("socket",)
+                 if getattr(old_d, key) != getattr(new_d, key)]
+        old_s, new_s = self.config.supervisor, new.supervisor
+        sampler = self.sup.sampler
+        if old_s.sample_interval != new_s.sample_interval:
+            if old_s.sample_interval > 0 and new_s.sample_interval > 0:
+                sampler.interval = new_s.sample_interval
+                log.info("reload: limits are now sampled every %g s", new_s.sample_interval)
+            else:
+                later.append("supervisor.sample_interval (turning sampling on or off)")
+        later.extend(f"supervisor.{key}" for key in (
+            "containment", "state_dir", "interfaces", "adapters", "host_name", "host_version")
+            if getattr(old_s, key) != getattr(new_s, key))
+        if later:
+            log.warning("reload: %s changed; that takes effect at the next start of "
+                        "pipevisor run", ", ".join(later))
 
     async def _wait_ready(self, names: list[str]) -> None:
         assert self.sup is not None
@@ -369,7 +399,8 @@ def run_daemon(config_path: str | None, socket: str | None, log_format: str | No
     fmt = LogFormat(log_format) if log_format else config.daemon.log_format
     setup_logging(fmt, config.daemon.log_level.value)
     os.makedirs(os.path.dirname(sock) or ".", mode=0o700, exist_ok=True)
-    daemon = Daemon(os.path.abspath(config_path) if config_path else None, config, sock)
+    daemon = Daemon(os.path.abspath(config_path) if config_path else None, config, sock,
+                    log_format_override=LogFormat(log_format) if log_format else None)
     try:
         anyio.run(daemon.run)
     except ControlSocketError as exc:

@@ -11,6 +11,7 @@ import sys
 import threading
 from typing import Any
 
+import orjson
 import psutil
 import pytest
 
@@ -83,6 +84,28 @@ def test_a_bad_file_on_reload_is_refused_and_the_plugins_keep_running(sock_dir: 
         assert pids(client) == first
         assert client.call("alpha", "echo", {"still": "here"}) == {"still": "here"}
         assert "reload refused" in d.stderr()
+
+
+def test_a_reload_applies_log_settings_and_the_sampling_interval(sock_dir: str) -> None:
+    """Logging and the sampling interval change in place; settings that would need
+    every plugin restarted are named in a warning and wait for the next start."""
+    with running_daemon(sock_dir, BASE + fake_table("alpha")) as d, Client(d.socket) as client:
+        first = pids(client)
+        write_config(d.config, '[daemon]\nlog_format = "json"\nlog_level = "debug"\n'
+                     '[supervisor]\nsample_interval = 0.5\nhost_name = "other"\n'
+                     + BASE + fake_table("alpha"))
+        summary = client.reload()
+        assert summary["errors"] == [] and summary["unchanged"] == ["alpha"]
+        assert pids(client) == first
+        records = [orjson.loads(line) for line in d.stderr().splitlines()
+                   if line.startswith("{")]
+        messages = [r["msg"] for r in records]
+        assert "reload: limits are now sampled every 0.5 s" in messages
+        assert "reload: logging is now json at level debug" in messages
+        assert any("supervisor.host_name changed" in m and r["level"] == "warning"
+                   for r, m in zip(records, messages, strict=True))
+        assert not any("sample_interval" in m for r, m in zip(records, messages, strict=True)
+                       if r["level"] == "warning")  # applied, so not postponed
 
 
 def test_sigterm_stops_every_plugin_and_exits_0(sock_dir: str) -> None:
