@@ -16,11 +16,12 @@ by default).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any
@@ -273,6 +274,169 @@ def _absorb(events: list[Any], ident: RequestId, pending: deque[dict[str, Any]])
     return subscribed
 
 
+# ================================================================ links (both ends)
+
+
+def asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None under another anyio backend (the portable path)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+_LINK_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError)
+"""What a link's ``send`` raises once the other end is gone."""
+
+
+class TransportLink(asyncio.Protocol):
+    """One end of a control connection on asyncio, driven from the transport's callbacks.
+
+    Used by the daemon's server (``supervisor.control``) and by
+    :class:`AsyncClient`. anyio's socket stream costs several event-loop
+    iterations per message (a reader task woken for each chunk, the socket
+    registered with epoll again for each read, a checkpoint in each send and
+    lock); here bytes are handed to ``received`` where they arrive, and a
+    message is one synchronous ``transport.write``. The transport's flow
+    control takes the place of locks: writers wait only while the other end
+    is not reading.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, received: Callable[[bytes], bytes],
+                 lost: Callable[[], None] | None = None, *,
+                 high_water: int = 64 * 1024) -> None:
+        self._received = received
+        self._lost = lost
+        self._high_water = high_water
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.failure: Exception | None = None
+        """An exception ``received`` raised; the connection was aborted because of it."""
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(self._high_water)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        try:
+            out = self._received(data)
+        except Exception as exc:  # a bug: the owner re-raises it from a task, not here
+            self.failure = exc
+            self.transport.abort()
+            return
+        if out:
+            self.transport.write(out)
+
+    def eof_received(self) -> bool:
+        return False  # the other end is done: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._writable.set()  # blocked writers wake up and find the transport closed
+        if self._lost is not None:
+            self._lost()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def send(self, data: bytes) -> None:
+        """Write whole messages; waits while the other end is not reading.
+        Raises anyio.BrokenResourceError once the connection is closed."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise anyio.BrokenResourceError
+        transport.write(data)
+        if not self._writable.is_set():
+            await self._writable.wait()
+            if transport.is_closing():
+                raise anyio.BrokenResourceError
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class StreamLink:
+    """The portable path (anyio backends other than asyncio): an anyio socket stream,
+    read by a task of its owner; ``wait_readable`` is where that task pauses."""
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream = stream
+        self._lock = anyio.Lock()
+        self._room: anyio.Event | None = None
+
+    async def send(self, data: bytes) -> None:
+        async with self._lock:
+            await self.stream.send(data)
+
+    def pause_reading(self) -> None:
+        if self._room is None:
+            self._room = anyio.Event()
+
+    def resume_reading(self) -> None:
+        room, self._room = self._room, None
+        if room is not None:
+            room.set()
+
+    async def wait_readable(self) -> None:
+        room = self._room
+        if room is not None:
+            await room.wait()
+
+
+async def wrap_socket(sock: socket.socket) -> anyio.abc.SocketStream:
+    """A connected socket as a transport-based anyio stream (the portable path).
+
+    Not anyio's raw UNIXSocketStream, which can hit an InvalidStateError when a
+    read is cancelled just as the other end hangs up. Closes ``sock`` on failure.
+    """
+    try:
+        return await anyio.abc.SocketStream.from_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+class _Waiter:
+    """The portable stand-in for an asyncio future: ``done``, ``set_result``, await."""
+
+    __slots__ = ("_event", "_result")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._result: ResponseReceived | None = None
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set_result(self, result: ResponseReceived | None) -> None:
+        self._result = result
+        self._event.set()
+
+    def __await__(self) -> Generator[Any, None, ResponseReceived | None]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> ResponseReceived | None:
+        await self._event.wait()
+        return self._result
+
+
 # ================================================================ async
 
 
@@ -284,99 +448,125 @@ class AsyncClient:
 
     Cancelling a ``call`` (a timeout scope, task group cancel) tells the daemon,
     which cancels the plugin call.
+
+    On asyncio the connection is driven from the transport's callbacks: an
+    answer settles its caller's future where it arrives, so a call costs two
+    event-loop iterations on this side (the write, the wake-up). Other
+    backends read with a task.
     """
 
     def __init__(self, socket_path: str | None = None, *, connect_timeout: float = 5.0) -> None:
         self.socket_path = resolve_socket_path(socket_path)
         self._connect_timeout = connect_timeout
         self._peer = Peer()
-        self._stream: anyio.abc.SocketStream | None = None
+        self._link: TransportLink | StreamLink | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._send_lock = anyio.Lock()
-        self._waiting: dict[RequestId, tuple[anyio.Event, list[ResponseReceived]]] = {}
+        self._waiting: dict[RequestId, asyncio.Future[ResponseReceived | None] | _Waiter] = {}
         self._lost: str | None = None
 
-    async def _connect(self) -> anyio.abc.SocketStream:
-        # Connected blocking (instant for a local socket) and wrapped as a transport
-        # stream: anyio's raw UNIXSocketStream can hit an InvalidStateError when a
-        # read is cancelled just as the daemon hangs up.
-        sock = await anyio.to_thread.run_sync(
+    async def _connect_socket(self) -> socket.socket:
+        # connected blocking in a worker thread: instant for a local socket
+        return await anyio.to_thread.run_sync(
             _blocking_connect, self.socket_path, self._connect_timeout)
-        try:
-            return await anyio.abc.SocketStream.from_socket(sock)
-        except BaseException:
-            sock.close()
-            raise
+
+    async def _connect(self) -> anyio.abc.SocketStream:
+        return await wrap_socket(await self._connect_socket())
 
     async def __aenter__(self) -> AsyncClient:
-        self._stream = await self._connect()
+        sock = await self._connect_socket()
+        loop = asyncio_loop()
+        if loop is not None:
+            link = TransportLink(loop, self._on_data, self._on_lost)
+            try:
+                await loop.create_unix_connection(lambda: link, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+            self._loop, self._link = loop, link
+            return self
+        stream = await wrap_socket(sock)
+        self._link = StreamLink(stream)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._read)
+        self._tg.start_soon(self._read, stream)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool | None:
-        assert self._tg is not None and self._stream is not None
+        link = self._link
+        assert link is not None
+        self._on_lost("the client was closed")
+        if isinstance(link, TransportLink):
+            link.abort()
+            return None
+        assert self._tg is not None
         self._tg.cancel_scope.cancel()
         try:
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
-            await self._stream.aclose()
+            await link.stream.aclose()
 
-    async def _read(self) -> None:
-        assert self._stream is not None
+    def _on_data(self, data: bytes) -> bytes:
+        waiting = self._waiting
+        for event in self._peer.receive_data(data):
+            if isinstance(event, ResponseReceived):
+                waiter = waiting.get(event.response.id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(event)
+        return b""
+
+    def _on_lost(self, reason: str = "the daemon closed the connection") -> None:
+        """Every caller still waiting learns at once that no answer will come."""
+        if self._lost is None:
+            failure = self._link.failure if isinstance(self._link, TransportLink) else None
+            self._lost = reason if failure is None else f"client error: {failure!r}"
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _read(self, stream: anyio.abc.SocketStream) -> None:
         try:
             while True:
                 try:
-                    data = await self._stream.receive()
+                    data = await stream.receive()
                 except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
-                    self._lost = "the daemon closed the connection"
                     break
-                for event in self._peer.receive_data(data):
-                    if isinstance(event, ResponseReceived):
-                        slot = self._waiting.get(event.response.id)
-                        if slot is not None:
-                            slot[1].append(event)
-                            slot[0].set()
+                self._on_data(data)
         finally:
-            self._lost = self._lost or "the client was closed"
-            for done, _ in self._waiting.values():
-                done.set()
+            self._on_lost("the daemon closed the connection")
 
     async def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        if self._stream is None:
+        link = self._link
+        if link is None:
             raise RuntimeError("use AsyncClient as 'async with AsyncClient(...) as client'")
         if self._lost is not None:
             raise DaemonConnectionLost(self.socket_path, self._lost)
         ident, data = self._peer.send_request(method, params)
-        done = anyio.Event()
-        box: list[ResponseReceived] = []
-        self._waiting[ident] = (done, box)
+        loop = self._loop
+        waiter = loop.create_future() if loop is not None else _Waiter()
+        self._waiting[ident] = waiter
         try:
             try:
-                async with self._send_lock:
-                    await self._stream.send(data)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError) as e:
+                await link.send(data)
+            except _LINK_ERRORS as e:
                 raise DaemonConnectionLost(self.socket_path, str(e) or "send failed") from None
             try:
-                await done.wait()
+                event = await waiter
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
                     cancel = self._peer.cancel(ident)
                     if cancel and self._lost is None:
                         try:
-                            async with self._send_lock:
-                                await self._stream.send(cancel)
-                        except (anyio.BrokenResourceError, anyio.ClosedResourceError,
-                                ConnectionError):
+                            await link.send(cancel)
+                        except _LINK_ERRORS:
                             pass
                 raise
         finally:
             del self._waiting[ident]
-        if not box:
+        if event is None:
             raise DaemonConnectionLost(self.socket_path, self._lost or "no answer")
-        return _settle(method, box[0])
+        return _settle(method, event)
 
     # -------------------------------------------------------- the API
 
