@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.abc
@@ -38,6 +38,8 @@ from protocol import (
 from protocol.messages import ErrorResponse, RequestId
 from supervisor.errors import CallError, PipevisorError, error_from_object
 from supervisor.paths import default_socket_path
+
+T = TypeVar("T")
 
 SOCKET_ENV = "PIPEVISOR_SOCKET"
 EVENT = "event"
@@ -413,28 +415,28 @@ async def wrap_socket(sock: socket.socket) -> anyio.abc.SocketStream:
         raise
 
 
-class _Waiter:
+class Waiter(Generic[T]):
     """The portable stand-in for an asyncio future: ``done``, ``set_result``, await."""
 
     __slots__ = ("_event", "_result")
 
     def __init__(self) -> None:
         self._event = anyio.Event()
-        self._result: ResponseReceived | None = None
+        self._result: T | None = None
 
     def done(self) -> bool:
         return self._event.is_set()
 
-    def set_result(self, result: ResponseReceived | None) -> None:
+    def set_result(self, result: T) -> None:
         self._result = result
         self._event.set()
 
-    def __await__(self) -> Generator[Any, None, ResponseReceived | None]:
+    def __await__(self) -> Generator[Any, None, T]:
         return self._wait().__await__()
 
-    async def _wait(self) -> ResponseReceived | None:
+    async def _wait(self) -> T:
         await self._event.wait()
-        return self._result
+        return self._result  # type: ignore[return-value]  # set before the event
 
 
 # ================================================================ async
@@ -462,7 +464,8 @@ class AsyncClient:
         self._link: TransportLink | StreamLink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._waiting: dict[RequestId, asyncio.Future[ResponseReceived | None] | _Waiter] = {}
+        self._waiting: dict[RequestId, asyncio.Future[ResponseReceived | None]
+                           | Waiter[ResponseReceived | None]] = {}
         self._lost: str | None = None
 
     async def _connect_socket(self) -> socket.socket:
@@ -544,7 +547,8 @@ class AsyncClient:
             raise DaemonConnectionLost(self.socket_path, self._lost)
         ident, data = self._peer.send_request(method, params)
         loop = self._loop
-        waiter = loop.create_future() if loop is not None else _Waiter()
+        waiter: asyncio.Future[ResponseReceived | None] | Waiter[ResponseReceived | None]
+        waiter = loop.create_future() if loop is not None else Waiter()
         self._waiting[ident] = waiter
         try:
             try:
