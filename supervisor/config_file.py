@@ -55,6 +55,22 @@ class DaemonSettings:
     log_level: LogLevel = LogLevel.INFO
     ready_timeout: float = 30.0
     """How long start-up (and a reload) waits for plugins before reporting READY anyway."""
+    metrics_listen: str | None = None
+    """``HOST:PORT`` to serve Prometheus metrics on over HTTP (``GET /metrics``); off
+    by default. ``[::1]:9464`` for IPv6."""
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``) -> (host, port); ValueError saying what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9464), got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"port must be a number from 0 (any free port) to 65535, "
+                         f"got {port!r}")
+    return host, int(port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +287,11 @@ def parse(data: Mapping[str, Any], *, source: str | None = None,
         sup_base: SupervisorConfig = _dataclass(SupervisorConfig, sup_table, "supervisor",
                                                 skip=_SUPERVISOR_SKIP)
         daemon: DaemonSettings = _dataclass(DaemonSettings, _table(data, "daemon"), "daemon")
+        if daemon.metrics_listen is not None:
+            try:
+                listen_address(daemon.metrics_listen)
+            except ValueError as exc:
+                raise _Bad("daemon.metrics_listen", str(exc)) from None
         disc: DiscoverySettings = _dataclass(DiscoverySettings, _table(data, "discovery"),
                                              "discovery")
         if base:

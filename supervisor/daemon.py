@@ -37,6 +37,7 @@ from supervisor.config import PluginSpec
 from supervisor.config_file import DaemonConfig, LogFormat
 from supervisor.control import ControlSocketError, serve_control
 from supervisor.errors import ConfigError
+from supervisor.metrics_http import MetricsListenError, serve_metrics
 from supervisor.states import SERVING, PluginState
 from supervisor.supervisor import Supervisor
 from supervisor.systemd import Notifier
@@ -251,7 +252,7 @@ class Daemon:
             setup_logging(self.log_format_override or new_d.log_format, new_d.log_level.value)
             log.info("reload: logging is now %s at level %s",
                      (self.log_format_override or new_d.log_format).value, new_d.log_level.value)
-        later = [f"daemon.{key}" for key in ("socket",)
+        later = [f"daemon.{key}" for key in ("socket", "metrics_listen")
                  if getattr(old_d, key) != getattr(new_d, key)]
         old_s, new_s = self.config.supervisor, new.supervisor
         sampler = self.sup.sampler
@@ -310,6 +311,11 @@ class Daemon:
             # bound before any plugin starts: a second daemon stops here, harmlessly
             await outer.start(lambda task_status: serve_control(
                 sup, self.socket_path, self, task_status=task_status))
+            listen = self.config.daemon.metrics_listen
+            if listen is not None:
+                host, port = config_file.listen_address(listen)
+                await outer.start(lambda task_status: serve_metrics(
+                    sup.metrics, host, port, task_status=task_status))
             if self.notifier.watchdog_interval:
                 outer.start_soon(self._watchdog, self.notifier.watchdog_interval)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
@@ -403,11 +409,11 @@ def run_daemon(config_path: str | None, socket: str | None, log_format: str | No
                     log_format_override=LogFormat(log_format) if log_format else None)
     try:
         anyio.run(daemon.run)
-    except ControlSocketError as exc:
+    except (ControlSocketError, MetricsListenError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_START_FAILED
     except BaseExceptionGroup as group:
-        refused, rest = group.split(ControlSocketError)
+        refused, rest = group.split((ControlSocketError, MetricsListenError))
         if refused is None or rest is not None:
             raise
         log.error("cannot start: %s", _first(refused))

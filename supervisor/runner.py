@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +157,33 @@ class PluginRunner:
         """Monotonic time the CPU throttle paused the tree; None while it runs."""
         self.resumed_at = 0.0
         self._limit_stop = False
+        self.calls_ok = 0
+        self.call_failures: Counter[str] = Counter()
+        """Failed calls by outcome (``count_failure``), for metrics."""
+        self.breach_counts: Counter[tuple[str, str]] = Counter()
+        """(limit, action) -> breaches since the plugin was loaded."""
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a free in-flight slot."""
+        return self._waiting
+
+    def count_failure(self, exc: BaseException) -> None:
+        """Count a call that did not return a result, by what ended it: ``plugin_error``
+        (the plugin answered an error), pipevisor's own reason (``timeout``,
+        ``plugin_crashed``, ``invalid_params``, ...), or ``cancelled`` by the caller."""
+        if isinstance(exc, PluginError):
+            outcome = "plugin_error"
+        elif isinstance(exc, CallError):
+            try:
+                outcome = ErrorCode(exc.code).name.lower()
+            except ValueError:
+                outcome = "error"
+        elif isinstance(exc, anyio.get_cancelled_exc_class()):
+            outcome = "cancelled"
+        else:
+            outcome = "error"
+        self.call_failures[outcome] += 1
 
     # ================================================================ commands
 
@@ -814,6 +841,7 @@ class PluginRunner:
         breach = {"limit": limit, "value": value, "max": maximum, "action": str(action),
                   "time": time.time(), "instance": self.instance}
         self.breaches.append(breach)
+        self.breach_counts[limit, str(action)] += 1
         log.warning("plugin %s: over its %s limit: %s (action %s)", self.spec.name, limit,
                     text, action)
         self._hub.publish(SupervisorEvent(self.spec.name, "limit", {

@@ -210,7 +210,19 @@ class Supervisor:
     async def call(self, plugin: str, method: str, params: Any = None, *,
                    timeout: float | None = None) -> Any:
         """Call ``method`` on ``plugin``. Always returns a result or raises a CallError."""
-        return await self.runner(plugin).call(method, params, timeout)
+        runner = self.runner(plugin)
+        try:
+            result = await runner.call(method, params, timeout)
+        except BaseException as exc:
+            runner.count_failure(exc)  # for metrics: by outcome
+            raise
+        runner.calls_ok += 1
+        return result
+
+    def metrics(self) -> str:
+        """Prometheus text exposition of every plugin (``supervisor/metrics.py``)."""
+        from supervisor.metrics import render
+        return render(list(self.runners.values()), self.sampler)
 
     async def notify(self, plugin: str, method: str, params: Any = None) -> None:
         await self.runner(plugin).notify(method, params)

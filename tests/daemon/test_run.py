@@ -5,10 +5,14 @@ socket client and observed through a NOTIFY_SOCKET the test binds."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from typing import Any
 
 import orjson
@@ -127,6 +131,41 @@ def test_sigterm_stops_every_plugin_and_exits_0(sock_dir: str) -> None:
         assert any(line.startswith("<6>daemon: SIGTERM") for line in lines)
 
 
+def test_metrics_are_served_over_http_when_asked(sock_dir: str) -> None:
+    config = '[daemon]\nmetrics_listen = "127.0.0.1:0"\n' + BASE + fake_table("alpha")
+    with running_daemon(sock_dir, config) as d, Client(d.socket) as client:
+        assert client.call("alpha", "echo", {"x": 1}) == {"x": 1}
+        found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", d.stderr())
+        assert found, d.stderr()
+        url = f"http://127.0.0.1:{found.group(1)}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = response.read().decode()
+        assert 'pipevisor_plugin_up{plugin="alpha"} 1\n' in text
+        assert 'pipevisor_plugin_calls_total{plugin="alpha",outcome="ok"} 1\n' in text
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url.removesuffix("metrics") + "control", timeout=10)
+        assert refused.value.code == 404
+
+
+def test_a_metrics_port_in_use_stops_the_start_with_exit_1(sock_dir: str) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        cfg = os.path.join(sock_dir, "m.toml")
+        write_config(cfg, f'[daemon]\nmetrics_listen = "127.0.0.1:{port}"\n' + BASE
+                     + fake_table("alpha"))
+        proc = subprocess.run([sys.executable, "-m", "supervisor", "run", "--config", cfg,
+                               "--socket", os.path.join(sock_dir, "s.sock")],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert f"cannot start: metrics_listen 127.0.0.1:{port}" in proc.stderr
+    finally:
+        taken.close()
+
+
 def test_sigint_stops_too(sock_dir: str) -> None:
     with running_daemon(sock_dir, BASE + fake_table("alpha")) as d:
         d.proc.send_signal(signal.SIGINT)
@@ -156,6 +195,7 @@ def test_a_second_stop_signal_kills_the_plugins_at_once(sock_dir: str) -> None:
     ("[daemon]\nlog_format = 'xml'\n", "daemon.log_format: expected one of 'text', 'json'"),
     ("[plugins.nowhere]\n", "plugins.nowhere: no command or path"),
     ("x = [", "not valid TOML"),
+    ("[daemon]\nmetrics_listen = 'localhost'\n", "daemon.metrics_listen: expected HOST:PORT"),
 ])
 def test_a_bad_file_is_refused_at_start_with_exit_2(sock_dir: str, text: str,
                                                      where: str) -> None:
