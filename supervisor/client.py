@@ -299,9 +299,9 @@ class TransportLink(asyncio.Protocol):
     iterations per message (a reader task woken for each chunk, the socket
     registered with epoll again for each read, a checkpoint in each send and
     lock); here bytes are handed to ``received`` where they arrive, and a
-    message is one synchronous ``transport.write``. The transport's flow
-    control takes the place of locks: writers wait only while the other end
-    is not reading.
+    message is one synchronous ``transport.write`` (or joined to the one
+    before it in the same loop iteration). The transport's flow control takes
+    the place of locks: writers wait only while the other end is not reading.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, received: Callable[[bytes], bytes],
@@ -316,6 +316,9 @@ class TransportLink(asyncio.Protocol):
         """An exception ``received`` raised; the connection was aborted because of it."""
         self._writable = asyncio.Event()
         self._writable.set()
+        self._loop = loop
+        self._corked: list[bytes] | None = None
+        """Messages written since this iteration's first one (see ``_write``)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -331,7 +334,7 @@ class TransportLink(asyncio.Protocol):
             self.transport.abort()
             return
         if out:
-            self.transport.write(out)
+            self._write(self.transport, out)
 
     def eof_received(self) -> bool:
         return False  # the other end is done: close
@@ -355,11 +358,31 @@ class TransportLink(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             raise anyio.BrokenResourceError
-        transport.write(data)
+        self._write(transport, data)
         if not self._writable.is_set():
             await self._writable.wait()
             if transport.is_closing():
                 raise anyio.BrokenResourceError
+
+    def _write(self, transport: asyncio.Transport, data: bytes) -> None:
+        """The first message of a loop iteration goes out at once (no latency added to a
+        lone call); later ones in the same iteration are joined into one write at the
+        start of the next. With many calls in flight their answers tend to arrive
+        together, so this saves a send() per message, about a sixth of the daemon's
+        CPU per call when pipelining."""
+        corked = self._corked
+        if corked is not None:
+            corked.append(data)
+            return
+        transport.write(data)
+        self._corked = []
+        self._loop.call_soon(self._uncork)
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        transport = self.transport
+        if corked and transport is not None and not transport.is_closing():
+            transport.write(b"".join(corked))
 
     def pause_reading(self) -> None:
         if self.transport is not None:
