@@ -319,6 +319,7 @@ class TransportLink(asyncio.Protocol):
         self._loop = loop
         self._corked: list[bytes] | None = None
         """Messages written since this iteration's first one (see ``_write``)."""
+        self._corked_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -373,6 +374,12 @@ class TransportLink(asyncio.Protocol):
         corked = self._corked
         if corked is not None:
             corked.append(data)
+            self._corked_bytes += len(data)
+            if self._corked_bytes > self._high_water:
+                # past the flow-control mark: hand it over now, so that a reader
+                # that falls behind makes writers wait (pause_writing) as usual
+                self._uncork()
+                self._corked = []
             return
         transport.write(data)
         self._corked = []
@@ -380,6 +387,7 @@ class TransportLink(asyncio.Protocol):
 
     def _uncork(self) -> None:
         corked, self._corked = self._corked, None
+        self._corked_bytes = 0
         transport = self.transport
         if corked and transport is not None and not transport.is_closing():
             transport.write(b"".join(corked))
