@@ -530,8 +530,11 @@ class PluginRunner:
                                f"{self.spec.health.handshake_timeout:g} s; its output starts "
                                f"{self._first_stdout!r}; not restarted", give_up=True))
                 return
+            hint = ("" if self.spec.mode is not PluginMode.AUTO else
+                    " (a plain JSON-RPC server that ignores unknown methods needs "
+                    "mode = \"raw\")")
             self._end(_End("handshake", "no answer to the handshake within "
-                           f"{self.spec.health.handshake_timeout:g} s"))
+                           f"{self.spec.health.handshake_timeout:g} s{hint}"))
             return
         except PluginError as exc:
             if self.spec.mode is PluginMode.AUTO and exc.code not in PLUGIN_CODES:

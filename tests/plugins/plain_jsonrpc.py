@@ -7,6 +7,7 @@ is refused (-32002) until ``initialize`` was answered and the notification
 ``notifications/initialized`` arrived. ``--banner TEXT`` writes a non-JSON line
 first and then nothing else; ``--exit-at-once CODE`` exits after the banner.
 ``--answer-anything`` answers unknown methods (the handshake too) with their params as the result.
+``--silent-unknown`` never answers unknown methods (breaking JSON-RPC 2.0, as some servers do).
 Methods: initialize, echo, pid, crash, initialized (whether the sequence ran).
 """
 
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--exit-at-once", type=int, default=None)
     ap.add_argument("--answer-anything", action="store_true",
                     help="unknown methods get their params back as the result")
+    ap.add_argument("--silent-unknown", action="store_true")
     args = ap.parse_args()
     if args.banner is not None:
         OUT.write(args.banner.encode() + b"\n")
@@ -69,6 +71,8 @@ def main() -> None:
             os._exit(5)
         elif args.answer_anything:
             send({"id": ident, "result": params})
+        elif args.silent_unknown:
+            pass
         else:
             send({"id": ident, "error": {"code": -32601, "message": "Method not found"}})
 

@@ -336,6 +336,21 @@ async def test_a_server_answering_the_handshake_with_junk_runs_raw() -> None:
         assert await sup.call("any", "whatever", {"x": 1}) == {"x": 1}
 
 
+async def test_a_server_silent_on_unknown_methods_is_pointed_at_raw_mode() -> None:
+    """Silence cannot be told from a slow plugin, so auto mode restarts it under the
+    policy; the reason says what to configure, and mode raw then serves it."""
+    health = HealthPolicy(handshake_timeout=0.3)
+    policy = RestartPolicy(max_restarts=1, within_seconds=60, initial_delay=0)
+    async with Supervisor([plain("quiet", "--silent-unknown", health=health,
+                                 restart=policy),
+                           plain("raw", "--silent-unknown", mode=PluginMode.RAW)]) as sup:
+        runner = sup.runner("quiet")
+        await runner.wait_state({PluginState.FAILED}, 20)
+        assert "no answer to the handshake" in (runner.reason or "")
+        assert 'mode = "raw"' in (runner.reason or "")
+        assert await sup.call("raw", "echo", {"ok": True}, timeout=10) == {"ok": True}
+
+
 async def test_mode_pipevisor_refuses_a_server_without_handshake() -> None:
     async with Supervisor([plain("plain", mode=PluginMode.PIPEVISOR)]) as sup:
         runner = sup.runner("plain")
