@@ -569,6 +569,8 @@ class _Connection:
     def feed(self, data: bytes) -> bytes:
         """Take bytes from the client; returns what the protocol obliges us to answer
         at once (parse errors, invalid requests), for the caller to write."""
+        if self._closing:  # what a departing client sent still arrives: its work is over
+            return b""
         for event in self.peer.receive_data(data):
             if isinstance(event, RequestReceived):
                 request = event.request
