@@ -14,6 +14,13 @@ and its own task group, so that
   an :class:`supervisor.events.Subscription` with a fixed size, and losses
   are reported to the client as ``dropped`` events.
 
+On asyncio (what ``pipevisor run`` uses) a connection is driven from its
+transport's callbacks (:class:`supervisor.client.TransportLink`) and its
+requests are served by worker tasks kept between requests, because anyio's
+socket stream and a new task per request were most of the control path's
+cost (figures in perf/README.md). Other anyio backends read with a task
+(:class:`supervisor.client.StreamLink`); both paths are tested.
+
 Security rests on the file mode: the socket is created 0600 (under a umask,
 so it is never briefly wider) in a directory created 0700; whoever can
 connect can control every plugin. Methods are listed in protocol/SPEC.md
