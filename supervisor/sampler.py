@@ -77,6 +77,10 @@ class _Track:
     last_cpu_percent: float = -1.0
     last_lines: list[bytes | None] = field(default_factory=list)
     """The members' stat lines at the last tick (fast path): equal lines, equal figures."""
+    at_rest: bool = False
+    """The last full check found nothing that changes on its own: no CPU in the window,
+    no paused tree, a full throttle bucket. With the same sample again (``measure``
+    hands back ``last`` itself), the next check can be skipped."""
     procs: dict[int, psutil.Process] = field(default_factory=dict)
     cpu: dict[int, float] = field(default_factory=dict)
     window: deque[tuple[float, float]] = field(default_factory=deque)
@@ -233,6 +237,8 @@ def measure(track: _Track, pids: Iterable[int], want_fds: bool,
             # not a byte moved in the tree (an idle plugin): the figures are the last
             # ones, with no CPU used since. Near the memory limit the exact RSS (statm)
             # can move under an unchanged stat line, so it is read again there.
+            if last.cpu_seconds == 0.0:
+                return last
             return TreeSample(last.rss, 0.0, last.fds, last.processes, last.pids)
         track.last_lines = lines
     sample = TreeSample()
@@ -295,6 +301,9 @@ class Sampler:
         self.last_tick_seconds = 0.0
         """Wall time the last tick's /proc reading took (for perf/)."""
         self._paused: dict[str, int] = {}
+        self._hot: set[int] | None = None
+        """Pids the table re-reads each tick: the trees' members minus their shims,
+        rebuilt only when a tree or its membership changed."""
         self.table = ProcTable() if _platform.IS_LINUX else None
         """The process table of the Linux fast path, kept between ticks."""
         self.fast = True
@@ -329,9 +338,15 @@ class Sampler:
         if not targets:
             return
         tracks = []
+        if len(self._tracks) > len(targets):  # unloaded plugins
+            names = {runner.spec.name for runner, _, _ in targets}
+            for gone in self._tracks.keys() - names:
+                del self._tracks[gone]
+            self._hot = None
         for runner, _, pid in targets:
             track = self._tracks.get(runner.spec.name)
             if track is None or track.root != pid:
+                self._hot = None
                 track = self._tracks[runner.spec.name] = _Track(pid)
                 if _platform.IS_LINUX and _platform._is_shim(pid):
                     track.shims.add(pid)
@@ -344,16 +359,19 @@ class Sampler:
             table = self.table if self.fast else None
             stats = None
             if table is not None:
-                hot: set[int] = set()
-                for track in tracks:
-                    hot.update(track.members)
-                    hot.difference_update(track.shims)
+                hot = self._hot
+                if hot is None:
+                    hot = self._hot = set()
+                    for track in tracks:
+                        hot.update(track.members)
+                        hot.difference_update(track.shims)
                 table.refresh(hot)
                 stats = table.lines
                 children = None
                 fresh: list[int] = []
                 for track in tracks:
                     if table.changed or not track.members:
+                        self._hot = None
                         if children is None:
                             children = table.children()
                         _find_inner_shim(track, children)
@@ -374,10 +392,18 @@ class Sampler:
             return out
 
         samples = await anyio.to_thread.run_sync(read_all)
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         for (runner, process, _), track, sample in zip(targets, tracks, samples, strict=True):
             if runner.process is not process or sample.pids == 0:
                 continue  # ended while we were reading
+            if sample is track.last and track.at_rest and runner.paused_since is None:
+                # the same figures as the last check, which found the tree at rest:
+                # every comparison would come out the same (most plugins, at scale)
+                resources = runner.resources
+                if resources is not None:
+                    resources["sampled_at"] = wall
+                track.last_refill = now
+                continue
             self._enforce(runner, track, sample, now, tg)
 
     def _enforce(self, runner: PluginRunner, track: _Track, sample: TreeSample, now: float,
@@ -404,6 +430,8 @@ class Sampler:
             track.last_refill = now
             return
         track.last, track.last_cpu_percent = sample, cpu_percent
+        track.at_rest = (cpu_percent == 0.0 and not window and runner.paused_since is None
+                         and self._bucket_full(track, limits))
         runner.resources = {"rss": sample.rss, "cpu_percent": round(cpu_percent, 1),
                             "fds": sample.fds if limits.fds is not None else None,
                             "processes": sample.processes, "pids": sample.pids,
