@@ -387,5 +387,16 @@ def events(plugins: tuple[str, ...], kinds: tuple[str, ...], socket_path: str | 
     _with_client(socket_path, as_json, work)
 
 
-COMMANDS = [status, call, start, stop, restart, load, unload, reload, logs, events]
+@click.command()
+@socket_option
+@json_option
+def metrics(socket_path: str | None, as_json: bool) -> None:
+    """Print every plugin's figures in the Prometheus text format (state, calls by
+    outcome, restarts, limit breaches, memory and CPU): for node_exporter's textfile
+    collector or a quick look; [daemon] metrics_listen serves the same over HTTP."""
+    text = _with_client(socket_path, as_json, lambda c: c.metrics())
+    click.echo(_dump({"text": text}) if as_json else text, nl=False)
+
+
+COMMANDS = [status, call, start, stop, restart, load, unload, reload, logs, events, metrics]
 """Registered on the ``pipevisor`` group by supervisor/cli.py."""

@@ -226,6 +226,11 @@ class Client:
         result: list[str] = self.request("logs", {"plugin": plugin, "lines": lines})["lines"]
         return result
 
+    def metrics(self) -> str:
+        """Every plugin's figures in the Prometheus text format (docs/metrics.md)."""
+        text: str = self.request("metrics")["text"]
+        return text
+
     @contextmanager
     def subscribe(self, plugins: list[str] | None = None,
                   kinds: list[str] | None = None) -> Iterator[Iterator[dict[str, Any]]]:
@@ -615,6 +620,11 @@ class AsyncClient:
     async def status(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("status")
         return result
+
+    async def metrics(self) -> str:
+        """Every plugin's figures in the Prometheus text format (docs/metrics.md)."""
+        text: str = (await self.request("metrics"))["text"]
+        return text
 
     async def start(self, plugin: str, *, wait: float | None = None) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("start", _opt(plugin=plugin, wait=wait))

@@ -63,6 +63,7 @@ from supervisor.client import StreamLink, TransportLink, Waiter, asyncio_loop, w
 from supervisor.config import PluginSpec
 from supervisor.errors import CallError, ConfigError, PipevisorError
 from supervisor.events import SupervisorEvent
+from supervisor.metrics import CONTENT_TYPE
 from supervisor.states import SERVING, PluginState
 from supervisor.supervisor import Supervisor
 
@@ -414,6 +415,9 @@ class _Server:
         return {"plugin": name, "lines": runner.stderr.last(lines) if lines else [],
                 "suppressed": runner.stderr_suppressed}
 
+    async def metrics(self, conn: _Connection, p: dict[str, Any]) -> Any:
+        return {"text": self.sup.metrics(), "content_type": CONTENT_TYPE}
+
     async def subscribe(self, conn: _Connection, p: dict[str, Any]) -> Any:
         plugins = _opt_names(p, "plugins")
         kinds = _opt_names(p, "kinds")
@@ -429,7 +433,7 @@ class _Server:
 METHODS: dict[str, Handler] = {
     name: getattr(_Server, name)
     for name in ("status", "call", "notify", "start", "stop", "restart", "load", "unload",
-                 "reload", "logs", "subscribe", "unsubscribe")
+                 "reload", "logs", "metrics", "subscribe", "unsubscribe")
 }
 
 

@@ -173,6 +173,21 @@ def test_load_and_unload_at_run_time_by_path_and_by_name(daemon: Daemon,
         assert now[name]["pid"] == before[name]["pid"] and now[name]["restarts"] == 0
 
 
+def test_metrics_prints_the_prometheus_text(daemon: Daemon) -> None:
+    d = daemon
+    assert cli(d, "call", "alpha", "echo", '{"x": 1}').returncode == 0
+    assert cli(d, "call", "alpha", "no_such_method").returncode != 0
+    proc = cli(d, "metrics")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "# TYPE pipevisor_plugin_calls_total counter" in lines
+    assert 'pipevisor_plugin_calls_total{plugin="alpha",outcome="ok"} 1' in lines
+    assert 'pipevisor_plugin_calls_total{plugin="alpha",outcome="plugin_error"} 1' in lines
+    assert {f'pipevisor_plugin_up{{plugin="{n}"}} 1' for n in ("alpha", "beta", "echo")} \
+        <= set(lines)
+    assert 'pipevisor_plugin_up{plugin="alpha"} 1\n' in ok_json(d, "metrics")["text"]
+
+
 def test_reload_by_command_and_by_sighup(daemon: Daemon) -> None:
     d = daemon
     before = plugins(d)
