@@ -141,6 +141,9 @@ class HandshakeResult:
     progress: bool = False
     shutdown: bool = False
     max_concurrency: int | None = None
+    host_methods: MappingProxyType[str, Version | None] = field(
+        default_factory=lambda: MappingProxyType({}))
+    """Host methods the plugin calls, with the version it was built against."""
 
     def to_json(self) -> dict[str, Any]:
         caps: dict[str, Any] = {
@@ -150,12 +153,16 @@ class HandshakeResult:
         }
         if self.max_concurrency is not None:
             caps["maxConcurrency"] = self.max_concurrency
-        return {
+        out: dict[str, Any] = {
             "protocolVersion": str(self.protocol_version),
             "plugin": {"name": self.plugin_name, "version": self.plugin_version},
             "methods": {name: info.to_json() for name, info in self.methods.items()},
             "capabilities": caps,
         }
+        if self.host_methods:
+            out["hostMethods"] = {name: ({"version": str(v)} if v is not None else {})
+                                  for name, v in self.host_methods.items()}
+        return out
 
     @classmethod
     def from_json(cls, result: Any, offered: VersionRange = PROTOCOL_VERSIONS) -> HandshakeResult:
@@ -191,6 +198,9 @@ class HandshakeResult:
                 Version.parse(version) if version is not None else None, info.get("description")
             )
         caps = result.get("capabilities", {})
+        host_methods = {
+            name: Version.parse(info["version"]) if "version" in info else None
+            for name, info in result.get("hostMethods", {}).items()}
         return cls(
             protocol_version=chosen,
             plugin_name=result["plugin"]["name"],
@@ -200,6 +210,7 @@ class HandshakeResult:
             progress=bool(caps.get("progress", False)),
             shutdown=bool(caps.get("shutdown", False)),
             max_concurrency=caps.get("maxConcurrency"),
+            host_methods=MappingProxyType(host_methods),
         )
 
 

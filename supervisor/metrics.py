@@ -112,7 +112,8 @@ def render(runners: Iterable[PluginRunner], sampler: Sampler | None = None) -> s
         f["plugin_protocol_faults_total"].add(r.faults, plugin=name)
         f["plugin_invalid_results_total"].add(r.invalid_results, plugin=name)
         f["plugin_degraded_methods"].add(
-            sum(1 for b in r.bindings.values() if b.degraded), plugin=name)
+            sum(1 for b in r.bindings.values() if b.degraded)
+            + sum(1 for b in r.host_bindings.values() if b.degraded), plugin=name)
         for (limit, action), count in sorted(r.breach_counts.items()):
             f["plugin_limit_breaches_total"].add(count, plugin=name, limit=limit,
                                                  action=action)

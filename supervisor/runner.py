@@ -37,6 +37,7 @@ from protocol import (
     local_error,
 )
 from protocol.errors import PLUGIN_CODES, VersionError
+from protocol.host_methods import HostBinding, negotiate_host_calls
 from protocol.interfaces import (
     AdapterLookup,
     Binding,
@@ -116,6 +117,8 @@ class PluginRunner:
         self._adapters = adapters
         self.bindings: dict[str, Binding] = {}
         """Every declared method's negotiated binding (for status)."""
+        self.host_bindings: dict[str, HostBinding] = {}
+        """The host methods the plugin declared it calls, as negotiated."""
         self._routes: dict[str, Binding] = {}
         """The bindings a call must go through (validation, conversion, disabled)."""
         self.raw = False
@@ -451,6 +454,7 @@ class PluginRunner:
         self.handshake = None
         self.ready_at = None
         self.bindings, self._routes, self.raw, self._first_stdout = {}, {}, False, None
+        self.host_bindings = {}
         self._set_state(S.STARTING)
         try:
             process = await spawn(self.spec, self._containment, self._env())
@@ -463,7 +467,8 @@ class PluginRunner:
             self._leftovers.record(process.pid)
         conn = Connection(
             self.spec.name, process.stdin, process.stdout,  # type: ignore[arg-type]
-            ConnectionCallbacks(self._on_notification, self._on_fault, self._host_handler),
+            ConnectionCallbacks(self._on_notification, self._on_fault,
+                                None if self._host_handler is None else self._on_host_call),
             max_line_bytes=self.spec.max_line_bytes,
         )
         self.conn = conn
@@ -574,17 +579,54 @@ class PluginRunner:
             self._slots = anyio.Semaphore(result.max_concurrency, fast_acquire=True)
         else:
             self._slots = anyio.Semaphore(self.spec.calls.max_in_flight, fast_acquire=True)
-        disabled = self._negotiate(result)
+        disabled = [f"{b.method} disabled: {b.reason}" for b in self._negotiate(result)]
+        disabled += [f"host method {b.method} disabled: {b.reason}"
+                     for b in self._negotiate_host_calls(result, params)]
         if not await self._run_start_sequence(conn):
             return
         self.ready_at = time.monotonic()
         if disabled:
-            up = self._bring_up_state(S.DEGRADED, "; ".join(
-                f"{b.method} disabled: {b.reason}" for b in disabled))
+            up = self._bring_up_state(S.DEGRADED, "; ".join(disabled))
         else:
             up = self._bring_up_state(S.READY)
         if up and self.spec.health.ping_interval > 0:
             tg.start_soon(self._health_loop, conn)
+
+    def _negotiate_host_calls(self, result: HandshakeResult,
+                              params: HandshakeParams) -> list[HostBinding]:
+        """Bind the host methods the plugin says it calls (SPEC section 8); returns the
+        disabled ones."""
+        if not result.host_methods:
+            return []
+        self.host_bindings = negotiate_host_calls(self._interfaces.host, result.host_methods,
+                                                  params.host_methods.keys())
+        disabled = []
+        for b in self.host_bindings.values():
+            if b.deprecated:
+                log.warning("plugin %s: uses host method %s at deprecated version %s: %s",
+                            self.spec.name, b.method, b.wire, b.deprecated)
+            if b.how is How.DISABLED:
+                disabled.append(b)
+                log.warning("plugin %s: host method %s disabled: %s", self.spec.name,
+                            b.method, b.reason)
+            if b.how not in (How.EXACT, How.NO_INTERFACE) or b.deprecated:
+                self._hub.publish(SupervisorEvent(self.spec.name, "interface", {
+                    "method": b.method, "direction": "host", **b.to_json()}))
+        return disabled
+
+    async def _on_host_call(self, method: str, params: Any) -> Any:
+        """A request from the plugin to the host, through this plugin's binding of the
+        method (disabled, down-converted) when it declared one."""
+        assert self._host_handler is not None
+        binding = self.host_bindings.get(method) if self.host_bindings else None
+        if binding is None:
+            return await self._host_handler(method, params)
+        if binding.how is How.DISABLED:
+            raise local(ErrorCode.METHOD_UNAVAILABLE,
+                        f"host method {method} is disabled for plugin {self.spec.name!r}: "
+                        f"{binding.reason}", plugin=self.spec.name, method=method,
+                        binding=binding.to_json())
+        return binding.result_out(await self._host_handler(method, binding.params_in(params)))
 
     def _negotiate(self, result: HandshakeResult) -> list[Binding]:
         """Bind every declared method to an interface version; returns the disabled ones."""
@@ -826,7 +868,10 @@ class PluginRunner:
                            if hs else {}),
             "degradations": ([{"method": None, "reason": self.reason}] if self.raw else [])
             + [{"method": b.method, "reason": b.reason} for b in self.bindings.values()
-               if b.degraded],
+               if b.degraded]
+            + [{"method": b.method, "host_method": True, "reason": b.reason}
+               for b in self.host_bindings.values() if b.degraded],
+            "host_methods": {m: b.to_json() for m, b in self.host_bindings.items()},
             "invalid_results": self.invalid_results,
             "in_flight": len(self.conn.peer.outgoing) if self.conn is not None else 0,
             "queued": self._waiting,

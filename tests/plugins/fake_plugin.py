@@ -180,6 +180,8 @@ def main() -> None:
     ap.add_argument("--exit-on-shutdown", type=int, default=0)
     ap.add_argument("--max-concurrency", type=int, default=None)
     ap.add_argument("--no-handshake", action="store_true")
+    ap.add_argument("--uses", action="append", default=[],
+                    help="METHOD=MAJOR.MINOR: a host method declared in the handshake answer")
     args = ap.parse_args()
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -263,6 +265,8 @@ def handshake(ident: Any, params: Any, supported: VersionRange) -> None:
                                     "garbage", "stderr_flood", "huge", "cancelled", "hang", "env",
                                     "fds", "reserved_error", "max_active")},
         "capabilities": caps,
+        **({"hostMethods": {m: {"version": v} if v else {} for m, _, v in
+                            (u.partition("=") for u in args.uses)}} if args.uses else {}),
     })
     handshake_done = True
 
