@@ -6,13 +6,14 @@ safe from the event loop and from the worker thread a sync handler runs in.
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from typing import TYPE_CHECKING, Any
 
 from plugin_kit.errors import Cancelled
 
+TYPE_CHECKING = False  # no typing import at start-up; mypy reads this name as typing's
 if TYPE_CHECKING:
+    from typing import Any
+
     from plugin_kit.plugin import Plugin
     from protocol import RequestId
 
@@ -54,7 +55,8 @@ class Context:
         """Send ``pipevisor/progress`` for this call.
 
         Raises ValueError if ``done`` goes backwards: the spec forbids it and a
-        host would show nonsense. Progress after the answer is dropped.
+        host would show nonsense. Progress after the answer is dropped (checked
+        under the lock the answer is written with, so it cannot slip in after it).
         """
         if done < self._last_progress:
             raise ValueError(f"progress went backwards: {done} after {self._last_progress}")
@@ -66,7 +68,7 @@ class Context:
             params["total"] = total
         if message is not None:
             params["message"] = message
-        self._plugin._notify("pipevisor/progress", params)
+        self._plugin._progress(self, params)
 
     # -------------------------------------------------------------- host calls
 
@@ -82,13 +84,9 @@ class Context:
 
     def call_host_blocking(self, method: str, params: Any = None, *,
                            timeout: float | None = 30.0) -> Any:
-        """:meth:`call_host` for sync handlers (which run in worker threads).
-
-        Must not be called from the event loop thread: it would wait for
-        itself.
+        """:meth:`call_host` for sync handlers (which run in worker threads): waits
+        in the calling thread. From an ``async def`` handler use ``await
+        ctx.call_host(...)`` instead: this would hold up the event loop, and every
+        other async handler with it, until the host answers.
         """
-        loop = self._plugin._loop
-        assert loop is not None
-        future = asyncio.run_coroutine_threadsafe(
-            self._plugin.call_host(method, params, timeout=timeout), loop)
-        return future.result()
+        return self._plugin.call_host_blocking(method, params, timeout=timeout)

@@ -6,9 +6,11 @@ them without pulling in the rest of the kit.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # no typing import at start-up; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any
 
-_LOCAL_CODES = range(-31049, -30999)  # only the supervisor may send these (SPEC section 10)
+LOCAL_CODES = range(-31049, -30999)  # only the supervisor may send these (SPEC section 10)
 
 
 class PluginError(Exception):
@@ -22,7 +24,7 @@ class PluginError(Exception):
     def __init__(self, code: int, message: str, data: Any = None) -> None:
         if isinstance(code, bool) or not isinstance(code, int):
             raise TypeError(f"PluginError code must be an int, not {type(code).__name__}")
-        if code in _LOCAL_CODES:
+        if code in LOCAL_CODES:
             raise ValueError(f"PluginError code {code} is in -31049..-31000, which only the "
                              "supervisor may send; use -32000..-32099 or your own range")
         super().__init__(code, message, data)
@@ -38,15 +40,20 @@ class HostCallError(PluginError):
     """The host answered a ``ctx.call_host`` with an error (or the call timed out).
 
     A subclass of :class:`PluginError` so that a handler which does not catch
-    it forwards the host's error to its own caller unchanged. Local codes are
-    allowed here because they come from the host, not from the plugin.
+    it forwards the host's error to its own caller. Local codes are allowed
+    here because they come from the host, not from the plugin; one that
+    escapes a handler is sent on as -32603 with the original in ``data``
+    (SPEC section 10: only pipevisor may speak with those codes). ``method``
+    is the host method that was called.
     """
 
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
+    def __init__(self, code: int, message: str, data: Any = None, *,
+                 method: str | None = None) -> None:
         Exception.__init__(self, code, message, data)
         self.code = code
         self.message = message
         self.data = data
+        self.method = method
 
 
 class Cancelled(Exception):

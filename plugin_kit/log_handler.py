@@ -12,10 +12,10 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
+from plugin_kit.plugin import LEVELS
+
 if TYPE_CHECKING:
     from plugin_kit.plugin import Plugin
-
-LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
 def level_name(levelno: int) -> str:
@@ -38,7 +38,7 @@ class HostLogHandler(logging.Handler):
         super().__init__()
         self._plugin = plugin
         self._stderr = logging.Formatter("%(levelname)s %(name)s: %(message)s")
-        self.min_rank = 0  # index into LEVELS; set from the handshake's capabilities.log.minLevel
+        self.min_rank = plugin._min_log_rank  # index into LEVELS: capabilities.log.minLevel
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

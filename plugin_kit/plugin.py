@@ -1,71 +1,93 @@
-"""The run loop: handshake, dispatch, cancellation, host calls and shutdown.
+"""The Plugin object: registration, the handshake, and the start of the run loop.
 
-One asyncio event loop reads stdin and answers; async handlers run as tasks
-on that loop (no thread hop per call), sync handlers in a bounded thread pool
-so a blocking handler never stops pings from being answered. All bytes go
-through :class:`protocol.Peer`, the reference implementation of the wire
-format; this module only moves them.
+Start-up is part of every restart (a plugin killed by the supervisor is back
+only once it has answered the handshake), so this module and everything
+``import plugin_kit`` loads are kept to the standard library's cheap corner:
+no ``protocol`` (orjson, dataclasses, enum), no ``asyncio``, no ``logging``,
+no ``typing`` at run time. :meth:`Plugin.run` answers the usual first line, a
+plain ``pipevisor/handshake``, with ``json`` alone; only then does it import
+the engine (``plugin_kit._engine``), which speaks through ``protocol.Peer``
+and starts asyncio if an ``async def`` handler is registered. Any first line
+that is not that plain handshake (garbage, another request, an odd id, a
+version range with no overlap) goes to the engine unread, so every answer
+but the happy handshake comes from ``protocol``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import json
 import os
 import sys
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, TypeVar
 
-from plugin_kit.binding import ParamsError, Signature
-from plugin_kit.context import Context
-from plugin_kit.errors import Cancelled, HostCallError, PluginError
-from plugin_kit.log_handler import LEVELS, HostLogHandler
-from plugin_kit.schema import SchemaCheck
-from protocol import (
-    CANCEL,
-    HANDSHAKE,
-    PING,
-    PROTOCOL_VERSIONS,
-    SHUTDOWN,
-    EncodeError,
-    ErrorCode,
-    ErrorObject,
-    ErrorResponse,
-    HandshakeResult,
-    MethodInfo,
-    NotificationReceived,
-    Peer,
-    Request,
-    RequestReceived,
-    ResponseReceived,
-    Version,
-    VersionError,
-    VersionRange,
-    encode,
-    is_reserved,
-    negotiate,
-    unsupported_version,
-)
-from protocol.messages import Notification
+from plugin_kit.binding import Signature
 
-F = TypeVar("F", bound=Callable[..., Any])
-log = logging.getLogger("plugin_kit")
+TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    from plugin_kit._engine import Engine
+    from plugin_kit.context import Context
+    from plugin_kit.log_handler import HostLogHandler
+    from plugin_kit.schema import SchemaCheck
+    from protocol import Version, VersionRange
+
+    F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_GRACE = 2.0  # SPEC 9.1: exit within the grace after EOF; also the shutdown default
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024  # SPEC 3.3, when the handshake names no limit
+KIT_VERSIONS = ((1, 0), (1, 0))  # protocol.PROTOCOL_VERSIONS without importing protocol
+LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+HANDSHAKE = "pipevisor/handshake"
+_RESERVED_PREFIXES = ("pipevisor/", "rpc.", "$/")  # protocol.handshake.RESERVED_PREFIXES
+_FAST_LINE_LIMIT = 1 << 20  # a first line longer than this is left to the engine's framing
+_CO_COROUTINE = 0x80  # code flag of an ``async def`` function (inspect.CO_COROUTINE)
 
 
-@dataclass(frozen=True, slots=True)
+def parse_version(text: object) -> tuple[int, int]:
+    """``MAJOR.MINOR`` as protocol.Version.parse reads it (each part 0 or 1-6 digits
+    without a leading zero), without importing re or protocol. Raises ValueError."""
+    if isinstance(text, str) and text.isascii():
+        major, dot, minor = text.partition(".")
+        if dot and _part_ok(major) and _part_ok(minor):
+            return int(major), int(minor)
+    raise ValueError(f"not a MAJOR.MINOR version: {text!r}")
+
+
+def _part_ok(part: str) -> bool:
+    return part.isdigit() and len(part) <= 6 and (part == "0" or part[0] != "0")
+
+
+def parse_range(obj: object) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """A ``protocolVersions`` value as protocol.VersionRange.parse reads it, or None."""
+    try:
+        if isinstance(obj, str):
+            low = high = parse_version(obj)
+        elif isinstance(obj, dict) and set(obj) == {"min", "max"}:
+            low, high = parse_version(obj["min"]), parse_version(obj["max"])
+        else:
+            return None
+    except ValueError:
+        return None
+    return (low, high) if low <= high else None
+
+
 class _Method:
-    fn: Callable[..., Any]
-    is_async: bool
-    signature: Signature
-    info: MethodInfo
-    params_check: SchemaCheck | None
-    result_check: SchemaCheck | None
+    """One registered handler and what is known about it before any call."""
+
+    __slots__ = ("fn", "info", "is_async", "params_check", "result_check", "signature")
+
+    def __init__(self, fn: Callable[..., Any], info: dict[str, str],
+                 params_check: SchemaCheck | None, result_check: SchemaCheck | None) -> None:
+        self.fn = fn
+        # asyncio.iscoroutinefunction would import asyncio; the code flag says the same
+        # for the plain functions Signature.of accepts.
+        self.is_async = bool(fn.__code__.co_flags & _CO_COROUTINE)
+        self.signature = Signature.of(fn)
+        self.info = info  # the handshake's methods.<name>: {version?, description?}
+        self.params_check = params_check
+        self.result_check = result_check
 
 
 class Plugin:
@@ -78,30 +100,46 @@ class Plugin:
 
     def __init__(self, name: str, version: str = "0.0.0", *, threads: int = 4,
                  max_concurrency: int | None = None,
-                 protocol_versions: VersionRange = PROTOCOL_VERSIONS) -> None:
+                 protocol_versions: VersionRange | None = None) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
         self.name = name
         self.version = version
         self.threads = threads
         self.max_concurrency = max_concurrency
-        self.protocol_versions = protocol_versions
+        self._versions = KIT_VERSIONS if protocol_versions is None else (
+            (protocol_versions.min.major, protocol_versions.min.minor),
+            (protocol_versions.max.major, protocol_versions.max.minor))
         self.methods: dict[str, _Method] = {}
         self.host_methods: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({})
         """What the host serves to us, from the handshake (empty before it)."""
-        self.protocol_version: Version | None = None
         self.connected = False  # handshake answered and the host still reading
-        self._peer = Peer(answer_garbage=True)
-        self._write_lock = threading.Lock()
+        self.max_line_bytes = DEFAULT_MAX_LINE_BYTES
+        """The longest input line accepted: the handshake's ``limits.maxLineBytes``."""
+        self._chosen: tuple[int, int] | None = None
+        self._min_log_rank = 0  # index into LEVELS, from capabilities.log.minLevel
         self._out_fd = -1
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._calls: dict[Any, tuple[Context, asyncio.Task[None]]] = {}
-        self._host_calls: dict[Any, asyncio.Future[Any]] = {}
-        self._done: asyncio.Event | None = None
-        self._shutting_down = False
-        self._eof = False
+        self._engine: Engine | None = None
         self._log_handler: HostLogHandler | None = None
-        self._threads_busy = 0  # sync handlers running now, in worker threads
-        self._busy_lock = threading.Lock()
+        self.fast_handshake = False
+        """True when the handshake was answered before protocol and asyncio were imported."""
+
+    @property
+    def protocol_versions(self) -> VersionRange:
+        """The protocol versions this plugin speaks (imports protocol when read)."""
+        from protocol import Version, VersionRange
+
+        (a, b), (c, d) = self._versions
+        return VersionRange(Version(a, b), Version(c, d))
+
+    @property
+    def protocol_version(self) -> Version | None:
+        """The version chosen in the handshake, None before it."""
+        if self._chosen is None:
+            return None
+        from protocol import Version
+
+        return Version(*self._chosen)
 
     # ----------------------------------------------------------- registration
 
@@ -116,25 +154,27 @@ class Plugin:
         mismatch); a ``result_schema`` after it (-32603: the plugin broke its
         own contract). Bad registrations fail here, at import, not on a call.
         """
-        if is_reserved(name):
+        if name.startswith(_RESERVED_PREFIXES):
             raise ValueError(f"method name {name!r} is reserved (pipevisor/, rpc., $/)")
         if not 1 <= len(name) <= 256:
             raise ValueError(f"method name must be 1..256 characters, got {len(name)}")
-        parsed = Version.parse(version) if version is not None else None
+        info: dict[str, str] = {}
+        if version is not None:
+            info["version"] = "{}.{}".format(*parse_version(version))
+        if description is not None:
+            info["description"] = description
 
         def register(fn: F) -> F:
             if name in self.methods:
                 raise ValueError(f"method {name!r} is registered twice")
-            self.methods[name] = _Method(
-                fn=fn,
-                is_async=asyncio.iscoroutinefunction(fn),
-                signature=Signature.of(fn),
-                info=MethodInfo(parsed, description),
-                params_check=SchemaCheck(params_schema, f"{name} params_schema")
-                if params_schema is not None else None,
-                result_check=SchemaCheck(result_schema, f"{name} result_schema")
-                if result_schema is not None else None,
-            )
+            params_check = result_check = None
+            if params_schema is not None or result_schema is not None:
+                from plugin_kit.schema import SchemaCheck  # jsonschema: ~50 ms, only if asked
+                if params_schema is not None:
+                    params_check = SchemaCheck(params_schema, f"{name} params_schema")
+                if result_schema is not None:
+                    result_check = SchemaCheck(result_schema, f"{name} result_schema")
+            self.methods[name] = _Method(fn, info, params_check, result_check)
             return fn
 
         return register
@@ -151,318 +191,178 @@ class Plugin:
         self._out_fd = os.dup(1)
         os.dup2(2, 1)
         sys.stdout = sys.stderr
-        status = asyncio.run(self.serve())
+        pending, eof = self._first_line()
+        from plugin_kit._engine import Engine
+
+        engine = self._engine = Engine(self)
+        busy = engine.run(pending, eof)
         sys.stderr.flush()
-        if status:
+        if busy:
             os._exit(0)  # a sync handler is still running: its thread cannot be stopped
         sys.exit(0)
 
-    async def serve(self) -> bool:
-        """The loop behind :meth:`run`; returns True if worker threads were left running."""
-        loop = self._loop = asyncio.get_running_loop()
-        self._done = asyncio.Event()
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=self.name)
-        self._install_logging()
-        reader = await self._open_stdin(loop)
-        try:
-            await self._done.wait()
-        finally:
-            self.connected = False
-            reader()
-            for fut in self._host_calls.values():
-                fut.cancel()
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        return self._threads_busy > 0
+    def _first_line(self) -> tuple[bytes, bool]:
+        """Read up to the first line and answer it if it is a plain handshake.
 
-    def _install_logging(self) -> None:
-        self._log_handler = HostLogHandler(self)
-        root = logging.getLogger()
-        root.addHandler(self._log_handler)
-        if root.level == logging.WARNING and len(root.handlers) == 1:
-            root.setLevel(logging.INFO)  # unconfigured: logging.info() should reach the host
-
-    async def _open_stdin(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-        """Read fd 0 with the loop's pipe transport; a regular file gets a reader thread."""
-        plugin = self
-
-        class StdinProtocol(asyncio.Protocol):
-            def data_received(self, data: bytes) -> None:
-                plugin._on_data(data)
-
-            def eof_received(self) -> bool | None:
-                plugin._on_eof()
-                return None
-
-            def connection_lost(self, exc: Exception | None) -> None:
-                plugin._on_eof()
-
-        stdin = os.fdopen(0, "rb", buffering=0, closefd=False)
-        try:
-            transport, _ = await loop.connect_read_pipe(StdinProtocol, stdin)
-            return transport.close
-        except ValueError:  # not a pipe, socket or character device
-            def pump() -> None:
-                while data := os.read(0, 1 << 16):
-                    loop.call_soon_threadsafe(self._on_data, data)
-                loop.call_soon_threadsafe(self._on_eof)
-            threading.Thread(target=pump, daemon=True, name="stdin").start()
-            return lambda: None
-
-    # ----------------------------------------------------------------- output
-
-    def _write(self, data: bytes) -> None:
-        """Write whole lines under a lock: handlers' threads also send (progress, logs)."""
-        if not data or self._out_fd < 0:
-            return
-        with self._write_lock:
-            view = memoryview(data)
+        Returns the bytes the engine must still read (all of them when the
+        first line was not answered here) and whether stdin is at its end.
+        """
+        buf = b""
+        while True:
+            start = 0
+            while (nl := buf.find(b"\n", start)) >= 0:
+                line = buf[start:nl]
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if line and not line.isspace():  # blank lines are skipped, as framing does
+                    answer = self._fast_handshake(line)
+                    if answer is None:
+                        return buf[start:], False
+                    self._write_first(answer)
+                    self.connected = True
+                    self.fast_handshake = True
+                    return buf[nl + 1:], False
+                start = nl + 1
+            buf = buf[start:]
+            if len(buf) > _FAST_LINE_LIMIT:
+                return buf, False
             try:
-                while view:
-                    view = view[os.write(self._out_fd, view):]
-            except OSError:  # the host is gone (EPIPE): nobody to answer any more
-                self._out_fd = -1
-                self.connected = False
-                if self._loop is not None and self._done is not None:
-                    self._loop.call_soon_threadsafe(self._done.set)
+                chunk = os.read(0, 1 << 16)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                return buf, True
+            buf += chunk
 
-    def _notify(self, method: str, params: Any) -> None:
-        self._write(encode(Notification(method, params)))
+    def _fast_handshake(self, line: bytes) -> bytes | None:
+        """The answer to a plain handshake line, or None to leave the line to the engine.
 
-    def _answer(self, ident: Any, result: Any) -> None:
+        Only lines json and orjson (protocol's parser) read alike are taken:
+        orjson refuses lone surrogates, NaN and infinite floats and reads
+        integers beyond 64 bits as floats, where json accepts or keeps them, so
+        a line with a ``\\u`` escape, such a number or an odd id is left alone.
+        Only success is answered here; every error answer comes from protocol.
+        """
+        if b"\\u" in line:
+            return None
         try:
-            self._write(self._peer.send_result(ident, result))
-        except EncodeError as exc:
-            self._error(ident, ErrorObject(ErrorCode.INTERNAL_ERROR,
-                                              f"result is not JSON: {exc}"))
+            msg = json.loads(line, parse_constant=_refuse_constant, parse_float=_finite_float,
+                             parse_int=_int64)
+        except (ValueError, RecursionError):
+            return None
+        if (type(msg) is not dict or msg.get("jsonrpc") != "2.0"
+                or msg.get("method") != HANDSHAKE or not msg.keys() <= _REQUEST_KEYS):
+            return None
+        ident = msg.get("id")
+        if type(ident) is not str and type(ident) is not int:  # floats and null: the engine
+            return None
+        params = msg.get("params")
+        if type(params) is not dict:
+            return None
+        offered = parse_range(params.get("protocolVersions"))
+        if offered is None:
+            return None
+        chosen = self._negotiate(offered)
+        if chosen is None:
+            return None
+        self._accept_handshake(params, chosen)
+        answer = {"jsonrpc": "2.0", "id": ident, "result": self._handshake_result(chosen)}
+        return json.dumps(answer, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
-    def _error(self, ident: Any, error: ErrorObject) -> None:
-        self._write(self._peer.send_error(ident, error))
+    def _negotiate(self, offered: tuple[tuple[int, int], tuple[int, int]]
+                   ) -> tuple[int, int] | None:
+        """SPEC 6.4: the highest version in both ranges, None when they do not overlap."""
+        low = max(self._versions[0], offered[0])
+        high = min(self._versions[1], offered[1])
+        return high if low <= high else None
 
-    # ------------------------------------------------------------------ input
-
-    def _on_eof(self) -> None:
-        """End of input: the host is finished with us or gone (SPEC 9.1). A shutdown
-        already under way keeps its own grace; otherwise wind down with the default."""
-        if self._done is None or self._eof:
-            return
-        self._eof = True
-        if not self._shutting_down:
-            assert self._loop is not None
-            self._shutting_down = True
-            self._loop.create_task(self._stop_after_eof())
-
-    async def _stop_after_eof(self) -> None:
-        await self._wind_down(DEFAULT_GRACE)
-        assert self._done is not None
-        self._done.set()
-
-    def _on_data(self, data: bytes) -> None:
-        for event in self._peer.receive_data(data):
-            if isinstance(event, RequestReceived):
-                self._on_request(event.request)
-            elif isinstance(event, ResponseReceived):
-                msg = event.response
-                fut = self._host_calls.pop(msg.id, None)
-                if fut is not None and not fut.done():
-                    if isinstance(msg, ErrorResponse):
-                        err = msg.error
-                        fut.set_exception(HostCallError(err.code, err.message, err.data))
-                    else:
-                        fut.set_result(msg.result)
-            elif isinstance(event, NotificationReceived):
-                self._on_notification(event.notification)
-            else:
-                sys.stderr.write(f"{self.name}: bad input: {event.fault.detail}\n")
-        self._write(self._peer.take_output())
-
-    def _on_request(self, req: Request) -> None:
-        name = req.method
-        entry = self.methods.get(name)
-        if entry is not None and self.connected:
-            if self._shutting_down:
-                self._error(req.id, ErrorObject(ErrorCode.SHUTTING_DOWN,
-                                                "plugin is shutting down"))
-                return
-            ctx = Context(self, req.id, name)
-            assert self._loop is not None
-            task = self._loop.create_task(self._serve_call(entry, ctx, req.params))
-            self._calls[req.id] = (ctx, task)
-            return
-        if name == HANDSHAKE:
-            self._handshake(req)
-        elif not self.connected:
-            self._error(req.id, ErrorObject(ErrorCode.NOT_INITIALIZED,
-                                            f"{name} before the handshake"))
-        elif name == PING:
-            self._answer(req.id, {})
-        elif name == SHUTDOWN:
-            grace = DEFAULT_GRACE
-            if isinstance(req.params, dict):
-                value = req.params.get("graceSeconds")
-                if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-                    grace = float(value)
-            if self._shutting_down:  # a second shutdown, or one after EOF: nothing more to do
-                self._answer(req.id, None)
-                return
-            self._shutting_down = True  # now, not in the task: the next line may be a call
-            assert self._loop is not None
-            self._loop.create_task(self._shutdown(req.id, grace))
-        else:
-            self._error(req.id, ErrorObject(ErrorCode.METHOD_NOT_FOUND,
-                                               f"Method not found: {name}"))
-
-    def _on_notification(self, note: Notification) -> None:
-        if note.method == CANCEL and isinstance(note.params, dict):
-            call = self._calls.get(note.params.get("id"))
-            if call is not None:
-                ctx, task = call
-                ctx._cancel()
-                if self.methods[ctx.method].is_async:
-                    task.cancel()
-
-    # -------------------------------------------------------------- handshake
-
-    def _handshake(self, req: Request) -> None:
-        if self.connected:
-            self._error(req.id, ErrorObject(ErrorCode.INVALID_REQUEST,
-                                               "the handshake happens once per process"))
-            return
-        params = req.params if isinstance(req.params, dict) else {}
-        try:
-            offered = VersionRange.parse(params.get("protocolVersions"))
-        except (VersionError, TypeError, KeyError, AttributeError) as exc:
-            self._error(req.id, ErrorObject(
-                ErrorCode.INVALID_PARAMS, f"handshake: bad protocolVersions: {exc}"))
-            return
-        try:
-            chosen = negotiate(self.protocol_versions, offered)
-        except VersionError as exc:
-            self._error(req.id, unsupported_version(self.protocol_versions, offered, str(exc)))
-            return
-        self.protocol_version = chosen
+    def _accept_handshake(self, params: dict[str, Any], chosen: tuple[int, int]) -> None:
+        """Take what the handshake params say; shared by the fast path and the engine."""
+        self._chosen = chosen
         hosted = params.get("hostMethods")
         if isinstance(hosted, dict):
             self.host_methods = MappingProxyType({k: tuple(v) for k, v in hosted.items()
                                                   if isinstance(v, list)})
         caps = params.get("capabilities")
-        level = caps.get("log", {}).get("minLevel") if isinstance(caps, dict) else None
-        if self._log_handler is not None and level in LEVELS:
-            self._log_handler.min_rank = LEVELS.index(level)
-        result = HandshakeResult(
-            protocol_version=chosen, plugin_name=self.name, plugin_version=self.version,
-            methods=MappingProxyType({n: m.info for n, m in self.methods.items()}),
-            cancel=True, progress=True, shutdown=True, max_concurrency=self.max_concurrency,
-        )
-        self._answer(req.id, result.to_json())
-        self.connected = True
+        log = caps.get("log") if isinstance(caps, dict) else None
+        level = log.get("minLevel") if isinstance(log, dict) else None
+        if level in LEVELS:
+            self._min_log_rank = LEVELS.index(level)
+            if self._log_handler is not None:
+                self._log_handler.min_rank = self._min_log_rank
+        limits = params.get("limits")
+        size = limits.get("maxLineBytes") if isinstance(limits, dict) else None
+        if type(size) is int and size >= 1:
+            self.max_line_bytes = size
 
-    # ------------------------------------------------------------------ calls
+    def _handshake_result(self, chosen: tuple[int, int]) -> dict[str, Any]:
+        """SPEC 6.3, as protocol.HandshakeResult.to_json writes it (a test compares them)."""
+        caps: dict[str, Any] = {"cancel": True, "progress": True, "shutdown": True}
+        if self.max_concurrency is not None:
+            caps["maxConcurrency"] = self.max_concurrency
+        return {
+            "protocolVersion": f"{chosen[0]}.{chosen[1]}",
+            "plugin": {"name": self.name, "version": self.version},
+            "methods": {name: dict(m.info) for name, m in self.methods.items()},
+            "capabilities": caps,
+        }
 
-    async def _serve_call(self, entry: _Method, ctx: Context, params: Any) -> None:
-        """Run one handler and send its one answer, whatever happens."""
-        ident = ctx.id
+    def _write_first(self, data: bytes) -> None:
+        """Write the handshake answer; the engine does not exist yet, nor any other writer."""
+        view = memoryview(data)
         try:
-            try:
-                if entry.params_check is not None:
-                    problem = entry.params_check.problem(params)
-                    if problem is not None:
-                        raise ParamsError(problem)
-                args, kwargs = entry.signature.bind(params)
-                if entry.signature.wants_context:
-                    kwargs = {**kwargs, entry.signature.wants_context: ctx}
-                if entry.is_async:
-                    result = await entry.fn(*args, **kwargs)
-                else:
-                    assert self._loop is not None and self._pool is not None
-                    result = await self._loop.run_in_executor(
-                        self._pool, self._in_thread, entry.fn, args, kwargs)
-                if entry.result_check is not None:
-                    problem = entry.result_check.problem(result)
-                    if problem is not None:
-                        raise _BadResult(problem)
-            except ParamsError as exc:
-                error = ErrorObject(ErrorCode.INVALID_PARAMS,
-                                       f"Invalid params for {ctx.method}: {exc}")
-            except PluginError as exc:
-                error = ErrorObject(exc.code, exc.message, exc.data)
-            except (asyncio.CancelledError, Cancelled):
-                error = ErrorObject(ErrorCode.REQUEST_CANCELLED,
-                                    f"{ctx.method} was cancelled")
-            except _BadResult as exc:
-                error = ErrorObject(ErrorCode.INTERNAL_ERROR,
-                                       f"{ctx.method} returned a result that breaks its "
-                                       f"result_schema: {exc}")
-            except Exception as exc:
-                import traceback
+            while view:
+                view = view[os.write(self._out_fd, view):]
+        except OSError:  # the host is gone before reading our answer: nothing left to do
+            sys.exit(0)
 
-                traceback.print_exc(file=sys.stderr)
-                error = ErrorObject(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-            else:
-                ctx.answered = True
-                self._answer(ident, result)
-                return
-            ctx.answered = True
-            self._error(ident, error)
-        finally:
-            self._calls.pop(ident, None)
+    # ------------------------------------------- what handlers reach through ctx
 
-    def _in_thread(self, fn: Callable[..., Any], args: list[Any],
-                   kwargs: dict[str, Any]) -> Any:
-        """Run a sync handler in a worker thread, counting it so that exit knows whether
-        a thread is still busy (a cancelled call's thread runs on)."""
-        with self._busy_lock:
-            self._threads_busy += 1
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            with self._busy_lock:
-                self._threads_busy -= 1
+    def _notify(self, method: str, params: Any) -> None:
+        if self._engine is not None:
+            self._engine.notify(method, params)
 
-    async def _wind_down(self, grace: float) -> None:
-        """Let calls in flight finish within ``grace``; cancel and answer the rest."""
-        tasks = [task for _, task in self._calls.values()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace)
-        for ctx, task in list(self._calls.values()):
-            ctx._cancel()
-            task.cancel()  # a sync call's thread runs on, but its answer is sent now
-        pending = [task for _, task in self._calls.values()]
-        if pending:
-            await asyncio.wait(pending, timeout=1.0)
-
-    async def _shutdown(self, ident: Any, grace: float) -> None:
-        await self._wind_down(grace)
-        self._answer(ident, None)
-        assert self._done is not None
-        self._done.set()
-
-    # -------------------------------------------------------------- host calls
+    def _progress(self, ctx: Context, params: dict[str, Any]) -> None:
+        if self._engine is not None:
+            self._engine.progress(ctx, params)
 
     async def call_host(self, method: str, params: Any = None, *,
                         timeout: float | None = 30.0) -> Any:
-        """Call a host method from the event loop; see :meth:`Context.call_host`."""
-        if not self.connected:
-            raise HostCallError(ErrorCode.CONNECTION_CLOSED,
-                                f"cannot call {method}: not connected to the host")
-        assert self._loop is not None
-        ident, data = self._peer.send_request(method, params)
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        self._host_calls[ident] = fut
-        self._write(data)
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            self._host_calls.pop(ident, None)
-            self._write(self._peer.cancel(ident))
-            raise HostCallError(ErrorCode.TIMEOUT,
-                                f"host method {method} did not answer within {timeout} s"
-                                ) from None
-        except asyncio.CancelledError:
-            self._host_calls.pop(ident, None)
-            self._write(self._peer.cancel(ident))
-            raise
+        """Call a host method from a coroutine; see :meth:`Context.call_host`."""
+        if self._engine is None:
+            from plugin_kit.errors import HostCallError
+
+            raise HostCallError(-31001, f"cannot call {method}: not connected to the host",
+                                method=method)
+        return await self._engine.call_host(method, params, timeout)
+
+    def call_host_blocking(self, method: str, params: Any = None, *,
+                           timeout: float | None = 30.0) -> Any:
+        """Call a host method and wait in this thread; see :meth:`Context.call_host_blocking`."""
+        if self._engine is None:
+            from plugin_kit.errors import HostCallError
+
+            raise HostCallError(-31001, f"cannot call {method}: not connected to the host",
+                                method=method)
+        return self._engine.call_host_blocking(method, params, timeout)
 
 
-class _BadResult(Exception):
-    """A handler's result failed its declared result_schema."""
+_REQUEST_KEYS = frozenset(("jsonrpc", "id", "method", "params"))
 
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:  # inf (nan cannot come from a JSON number)
+        raise ValueError(f"{text} overflows a double")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(1 << 63) <= value < 1 << 64:
+        raise ValueError(f"{text} does not fit in 64 bits")
+    return value
