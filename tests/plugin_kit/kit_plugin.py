@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from typing import Any
@@ -101,6 +102,31 @@ def ask_host_sync(ctx: Context, method: str) -> Any:
                result_schema={"type": "string"})
 def typed(n: int) -> Any:
     return "ok" if n >= 0 else n
+
+
+@plugin.method("internals")
+def internals() -> dict[str, Any]:
+    """What the tests cannot see from outside: which handshake path ran, the line limit."""
+    return {"fast": plugin.fast_handshake, "maxLineBytes": plugin.max_line_bytes,
+            "asyncio": "asyncio" in sys.modules,
+            "protocolVersion": str(plugin.protocol_version)}
+
+
+@plugin.method("blast")
+def blast(ctx: Context, size: int, notes: int) -> str:
+    """Progress and log lines, then a large result: lines other threads must not cut into."""
+    for i in range(1, notes + 1):
+        ctx.progress(i, total=notes, message="p" * 1000)
+        logging.getLogger("kit.blast").warning("%s", "l" * 1000)
+    return "r" * size
+
+
+@plugin.method("ablast")
+async def ablast(ctx: Context, size: int, notes: int) -> str:
+    for i in range(1, notes + 1):
+        ctx.progress(i, total=notes, message="q" * 1000)
+        await asyncio.sleep(0)
+    return "a" * size
 
 
 if __name__ == "__main__":

@@ -50,10 +50,10 @@ def read_line(proc: subprocess.Popen[bytes], got: bytearray, start: float) -> by
     while b"\n" not in got:
         left = start + DEADLINE - time.perf_counter()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise TimeoutError(f"{proc.args}: no answer within {DEADLINE} s")
+            raise TimeoutError(f"{proc.args!r}: no answer within {DEADLINE} s")
         chunk = os.read(fd, 1 << 16)
         if not chunk:
-            raise RuntimeError(f"{proc.args}: stdout closed before the answer")
+            raise RuntimeError(f"{proc.args!r}: stdout closed before the answer")
         got += chunk
     line, _, rest = bytes(got).partition(b"\n")
     got[:] = rest

@@ -181,3 +181,46 @@ async def test_eof_exits_zero_after_finishing_work() -> None:
         await p.close_stdin()
         assert (await p.answer_to(1))["result"] == "slept"
         assert await p.wait() == 0
+
+
+async def test_a_reserved_host_error_is_not_sent_on_with_its_reserved_code() -> None:
+    """SPEC 10: only pipevisor sends -31049..-31000; a handler that lets the host's such
+    error escape answers -32603 and keeps the original in data."""
+    async with running() as p:
+        for ident, method in ((1, "ask_host"), (2, "ask_host_sync")):
+            await p.send(id=ident, method=method, params={"method": "host.q"})
+            call = await p.read()
+            await p.send(id=call["id"], error={"code": ErrorCode.PLUGIN_STOPPED,
+                                               "message": "host is stopping",
+                                               "data": {"origin": "pipevisor"}})
+            error = (await p.answer_to(ident))["error"]
+            assert error["code"] == ErrorCode.INTERNAL_ERROR, error
+            assert "host is stopping" in error["message"] and "host.q" in error["message"]
+            assert error["data"] == {"origin": "plugin", "reservedCode": ErrorCode.PLUGIN_STOPPED,
+                                     "hostMethod": "host.q", "data": {"origin": "pipevisor"}}
+        # an application code from the host still goes through unchanged
+        await p.send(id=3, method="ask_host", params={"method": "host.q"})
+        call = await p.read()
+        await p.send(id=call["id"], error={"code": 7, "message": "no", "data": [1]})
+        assert (await p.answer_to(3))["error"] == {"code": 7, "message": "no", "data": [1]}
+
+
+async def test_concurrent_writers_never_cut_into_each_others_lines() -> None:
+    """Sync workers, the event loop and the log handler all write to stdout, with lines far
+    larger than the pipe's buffer; the host reads only after all calls are sent, so writes
+    block half-way. Every line must still arrive whole (read() parses each as JSON)."""
+    size, notes, calls = 300_000, 20, 6
+    async with running() as p:
+        for ident in range(1, calls + 1):
+            await p.send(id=ident, method="blast" if ident % 2 else "ablast",
+                         params={"size": size, "notes": notes})
+        results = {ident: (await p.answer_to(ident))["result"] for ident in range(1, calls + 1)}
+        assert all(len(r) == size and r == r[0] * size for r in results.values())
+        by_call: dict[int, list[int]] = {}
+        for m in p.lines:
+            if m.get("method") == "pipevisor/progress":
+                by_call.setdefault(m["params"]["id"], []).append(m["params"]["progress"])
+        assert by_call == {i: list(range(1, notes + 1)) for i in range(1, calls + 1)}
+        logs = [m for m in p.lines if m.get("method") == "pipevisor/log"]
+        assert len(logs) == notes * (calls // 2)
+        assert all(m["params"]["message"] == "l" * 1000 for m in logs)
