@@ -8,12 +8,15 @@ Threads, each with one job:
 * ``stdin``: blocking reads of fd 0 fed to :class:`protocol.Peer`; answers
   pings, errors and the handshake itself and hands calls on. A blocking read
   works on every kind of stdin (pipe, socket, regular file, ``/dev/null``),
-  where asyncio's pipe transport refuses files and ``/dev/null``.
+  where an event loop's reader refuses files and ``/dev/null``.
 * workers: ``def`` handlers, at most ``Plugin.threads`` at once, started as
   calls need them; each writes its own answer.
 * ``asyncio``: only when an ``async def`` handler is registered. asyncio is
   imported in that thread, after the handshake answer, so it never delays
-  it, and a plugin with sync handlers only never imports it at all.
+  it, and a plugin with sync handlers only never imports it at all. Once its
+  loop runs, it takes over reading stdin (the ``stdin`` thread is woken
+  through a pipe and ends) if the loop can watch fd 0: an async call then
+  starts on the thread that read it, with no hop between threads.
 
 Every use of the Peer and every write to stdout happens under one lock: a
 line is written whole before the next one starts (``os.write`` may write
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import sys
 import threading
 import time
@@ -151,8 +155,12 @@ class Engine:
         self._shutdown_grace = DEFAULT_GRACE
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+        self._loop_ident = -1  # the loop thread's id, once it runs
         self._waiting_for_loop: list[_Call] = []
         self._cancelled_error: type[BaseException] = Cancelled  # asyncio's, once imported
+        self._reader: threading.Thread | None = None
+        self._reader_ready = threading.Event()  # the bytes read with the handshake are fed
+        self._wake_r = self._wake_w = -1  # tells the stdin thread to leave fd 0 to the loop
 
     # -------------------------------------------------------------------- run
 
@@ -160,13 +168,17 @@ class Engine:
         """Serve until the end; True if a sync handler's thread is still running."""
         self._install_logging()
         if any(m.is_async for m in self.plugin.methods.values()):
+            if not eof:
+                self._wake_r, self._wake_w = os.pipe()
             self._start_loop()
         if pending:
             self.on_data(pending)
         if eof:
             self.on_eof()
         else:
-            threading.Thread(target=self._read, name="stdin", daemon=True).start()
+            self._reader = threading.Thread(target=self._read, name="stdin", daemon=True)
+            self._reader.start()
+        self._reader_ready.set()
         self._stop.wait()
         if self._stop_kind == "shutdown":
             self._wind_down(self._shutdown_grace)
@@ -228,8 +240,11 @@ class Engine:
     # ------------------------------------------------------------------ input
 
     def _read(self) -> None:
+        wake = self._wake_r
         while not self._gone:
             try:
+                if wake >= 0 and wake in select.select([0, wake], [], [])[0]:
+                    return  # the loop reads fd 0 from now on
                 data = os.read(0, 1 << 16)
             except OSError:
                 break
@@ -278,9 +293,10 @@ class Engine:
                 self._limit_pending = False
 
     def _dispatch(self, events: list[Event]) -> None:
+        async_calls: list[_Call] = []  # started together: one wake-up of the loop
         for event in events:
             if isinstance(event, RequestReceived):
-                self._on_request(event.request)
+                self._on_request(event.request, async_calls)
             elif isinstance(event, ResponseReceived):
                 msg = event.response
                 with self.lock:
@@ -296,8 +312,10 @@ class Engine:
                     self._on_cancel(note.params.get("id"))
             else:
                 sys.stderr.write(f"{self.plugin.name}: bad input: {event.fault.detail}\n")
+        if async_calls:
+            self._submit_async(async_calls)
 
-    def _on_request(self, req: Request) -> None:
+    def _on_request(self, req: Request, async_calls: list[_Call]) -> None:
         plugin = self.plugin
         name = req.method
         entry = plugin.methods.get(name)
@@ -310,7 +328,7 @@ class Engine:
             with self.lock:
                 self.calls[req.id] = call
             if entry.is_async:
-                self._submit_async(call)
+                async_calls.append(call)
             else:
                 self._workers.submit(call)
             return
@@ -527,29 +545,74 @@ class Engine:
         self._cancelled_error = asyncio.CancelledError
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
+        self._loop_ident = threading.get_ident()
         with self.lock:
             self.loop = loop
             waiting, self._waiting_for_loop = self._waiting_for_loop, []
-        for call in waiting:
-            self._start_task(call)
+        self._start_tasks(waiting)
+        self._take_over_stdin(loop)
         try:
             loop.run_forever()
         finally:
             loop.close()
 
-    def _submit_async(self, call: _Call) -> None:
+    def _take_over_stdin(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read fd 0 on the loop from now on, if the loop can watch it.
+
+        Registering first is safe: no callback runs before run_forever. Then
+        the stdin thread is woken and waited for; it never reads again once
+        woken, so no byte is read twice or lost between the two readers.
+        """
+        if self._wake_w < 0:
+            return
+        self._reader_ready.wait()  # never read past bytes the main thread is still feeding
+        reader = self._reader
+        try:
+            loop.add_reader(0, self._on_readable)
+        except (OSError, ValueError):  # a regular file or /dev/null: the thread keeps reading
+            return
+        os.write(self._wake_w, b"!")
+        if reader is not None:
+            reader.join()
+        if self._eof or self._gone:
+            loop.remove_reader(0)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(0, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            assert self.loop is not None
+            self.loop.remove_reader(0)
+            self.on_eof()
+            return
+        try:
+            self.on_data(data)
+        except Exception:  # as in _read: keep serving
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+
+    def _submit_async(self, calls: list[_Call]) -> None:
+        if threading.get_ident() == self._loop_ident:
+            self._start_tasks(calls)  # read on the loop: no hop
+            return
         with self.lock:
             loop = self.loop
             if loop is None:  # asyncio is still being imported: the loop starts these
-                self._waiting_for_loop.append(call)
+                self._waiting_for_loop.extend(calls)
         if loop is None:
             self._start_loop()
         else:
-            loop.call_soon_threadsafe(self._start_task, call)
+            loop.call_soon_threadsafe(self._start_tasks, calls)
 
-    def _start_task(self, call: _Call) -> None:
+    def _start_tasks(self, calls: list[_Call]) -> None:
         assert self.loop is not None
-        call.task = self.loop.create_task(self._serve_async(call))
+        for call in calls:
+            call.task = self.loop.create_task(self._serve_async(call))
 
     def _cancel_task(self, call: _Call) -> None:
         loop = self.loop

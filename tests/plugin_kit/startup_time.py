@@ -63,7 +63,7 @@ def read_line(proc: subprocess.Popen[bytes], got: bytearray, start: float) -> by
 def checkout_of(plugin: str) -> Path:
     """The checkout a plugin lives in (so an exported older checkout runs its own kit)."""
     for folder in Path(plugin).resolve().parents:
-        if (folder / "plugin_kit").is_dir():
+        if (folder / "plugin_kit" / "plugin.py").is_file():  # not tests/plugin_kit
             return folder
     return ROOT
 

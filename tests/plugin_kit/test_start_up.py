@@ -247,3 +247,23 @@ def test_importing_the_kit_loads_no_heavy_module() -> None:
     heavy = {"asyncio", "protocol", "orjson", "jsonschema", "anyio", "psutil", "click",
              "concurrent", "dataclasses", "inspect", "logging", "typing"}
     assert added & heavy == set(), added
+
+
+def test_stdin_from_a_regular_file_serves_async_and_sync_calls(tmp_path: Path) -> None:
+    """An event loop cannot watch a regular file (epoll refuses it): the kit must leave
+    reading to the stdin thread instead of handing fd 0 over to the loop."""
+    calls = [HANDSHAKE,
+             {"jsonrpc": "2.0", "id": 1, "method": "sleep", "params": [0]},
+             {"jsonrpc": "2.0", "id": 2, "method": "echo", "params": {"text": "f"}},
+             {"jsonrpc": "2.0", "id": 3, "method": "steps", "params": {"n": 2}}]
+    script = tmp_path / "in.jsonl"
+    script.write_bytes(b"".join(json.dumps(c).encode() + b"\n" for c in calls))
+    with script.open("rb") as stdin:
+        done = subprocess.run([sys.executable, str(ROOT / "tests" / "plugin_kit" /
+                                                   "kit_plugin.py")],
+                              stdin=stdin, capture_output=True, timeout=DEADLINE, check=False,
+                              cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    answers = {m["id"]: m.get("result") for m in map(json.loads, done.stdout.splitlines())
+               if "id" in m}
+    assert answers[1] == "slept" and answers[2] == {"text": "f"} and answers[3] == 2
