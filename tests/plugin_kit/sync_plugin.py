@@ -10,6 +10,12 @@ from plugin_kit import Context, Plugin
 plugin = Plugin("kit-sync", version="0.1.0", threads=2)
 
 
+@plugin.method("echo")
+def echo(text: str) -> dict[str, str]:
+    """What startup_time.py calls: the first answer of a plugin that has no asyncio."""
+    return {"text": text}
+
+
 @plugin.method("loaded")
 def loaded() -> list[str]:
     """The heavy modules in this process, as the handler sees it."""
