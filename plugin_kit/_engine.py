@@ -241,9 +241,14 @@ class Engine:
 
     def _read(self) -> None:
         wake = self._wake_r
+        poller = None
+        if wake >= 0:  # the loop may take fd 0 over: wait for either, never in read()
+            poller = select.poll()
+            poller.register(0, select.POLLIN)
+            poller.register(wake, select.POLLIN)
         while not self._gone:
             try:
-                if wake >= 0 and wake in select.select([0, wake], [], [])[0]:
+                if poller is not None and any(fd == wake for fd, _ in poller.poll()):
                     return  # the loop reads fd 0 from now on
                 data = os.read(0, 1 << 16)
             except OSError:
@@ -606,8 +611,11 @@ class Engine:
                 self._waiting_for_loop.extend(calls)
         if loop is None:
             self._start_loop()
-        else:
+            return
+        try:
             loop.call_soon_threadsafe(self._start_tasks, calls)
+        except RuntimeError:  # the loop is closed: the plugin is exiting, as are these calls
+            pass
 
     def _start_tasks(self, calls: list[_Call]) -> None:
         assert self.loop is not None
