@@ -267,3 +267,16 @@ def test_stdin_from_a_regular_file_serves_async_and_sync_calls(tmp_path: Path) -
     answers = {m["id"]: m.get("result") for m in map(json.loads, done.stdout.splitlines())
                if "id" in m}
     assert answers[1] == "slept" and answers[2] == {"text": "f"} and answers[3] == 2
+
+
+def test_fast_path_negotiates_with_the_plugins_own_range() -> None:
+    ours = VersionRange(Version(1, 0), Version(1, 5))
+    plugin = Plugin("p", protocol_versions=ours)
+    assert plugin.protocol_versions == ours
+    params = {**HANDSHAKE["params"], "protocolVersions": {"min": "1.2", "max": "1.3"}}
+    answer = plugin._fast_handshake(_line(params=params))
+    assert answer is not None
+    assert json.loads(answer)["result"]["protocolVersion"] == "1.3"
+    assert plugin.protocol_version == Version(1, 3)
+    params["protocolVersions"] = {"min": "1.6", "max": "2.0"}  # no overlap: protocol answers
+    assert Plugin("q", protocol_versions=ours)._fast_handshake(_line(params=params)) is None
