@@ -282,6 +282,15 @@ class Settings:
     repeat: int | None = None
     warmup: int | None = None
     pin_cpu: int | None = None
+    uvloop: bool = False
+
+    def backend_options(self) -> dict[str, Any]:
+        """What ``anyio.run`` gets for async cases: uvloop under anyio's asyncio backend.
+
+        Only the harness's own loop changes; the C and blocking baselines do not
+        use one, so with ``--uvloop`` every ratio against them prices uvloop too.
+        """
+        return {"use_uvloop": True} if self.uvloop else {}
 
     def reps_for(self, c: Case) -> tuple[int, int]:
         if self.quick:
@@ -359,7 +368,8 @@ def run_case(c: Case, settings: Settings) -> dict[str, Any]:
         if c.is_async:
             import anyio
 
-            samples = anyio.run(_lifecycle_async, c, ctx, reps, warmup)
+            samples = anyio.run(_lifecycle_async, c, ctx, reps, warmup,
+                                backend="asyncio", backend_options=settings.backend_options())
         else:
             samples = _lifecycle_sync(c, ctx, reps, warmup)
     except SkipCase as exc:
@@ -490,6 +500,14 @@ def machine_info(pin_cpu: int | None) -> dict[str, Any]:
         info["orjson"] = orjson.__version__
     except ImportError:
         pass
+    from importlib import metadata
+
+    for dist in ("uvloop", "jsonschema-rs", "fastjsonschema"):
+        # Optional speed packages: whether a figure could have used them.
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=PERF_DIR, timeout=5
@@ -608,6 +626,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=int(os.environ["PERF_PIN_CPU"]) if os.environ.get("PERF_PIN_CPU") else None,
         help="pin the harness and every child to one CPU (env PERF_PIN_CPU)",
     )
+    p.add_argument(
+        "--uvloop",
+        action="store_true",
+        default=os.environ.get("PERF_UVLOOP", "") not in ("", "0"),
+        help="run the async cases on uvloop under anyio (env PERF_UVLOOP=1); needs uvloop",
+    )
     p.add_argument("--list", action="store_true", help="list registered cases and exit")
     return p.parse_args(argv)
 
@@ -632,10 +656,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no case matches {patterns}", file=sys.stderr)
         return 2
 
+    if args.uvloop:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            print("--uvloop needs uvloop: pip install uvloop (or '.[uvloop]')", file=sys.stderr)
+            return 2
     if args.pin is not None:
         # Children inherit the mask, so both ends of every pipe share one CPU.
         os.sched_setaffinity(0, {args.pin})
-    settings = Settings(quick=args.quick, repeat=args.repeat, warmup=args.warmup, pin_cpu=args.pin)
+    settings = Settings(quick=args.quick, repeat=args.repeat, warmup=args.warmup, pin_cpu=args.pin,
+                        uvloop=args.uvloop)
 
     started = _dt.datetime.now(_dt.UTC)
     t0 = time.perf_counter()
@@ -660,7 +691,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     duration = time.perf_counter() - t0
     print()
     print(format_table(rows))
-    print(f"\n{'quick' if args.quick else 'full'} run: {duration:.1f}s, {len(rows)} case(s)")
+    loop_name = "uvloop" if args.uvloop else "asyncio"
+    print(f"\n{'quick' if args.quick else 'full'} run: {duration:.1f}s, {len(rows)} case(s), "
+          f"async cases on {loop_name}")
 
     result = {
         "schema": SCHEMA_VERSION,
@@ -669,6 +702,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "argv": list(sys.argv if argv is None else argv),
         "interrupted": interrupted,
+        "settings": {
+            "quick": settings.quick,
+            "repeat": settings.repeat,
+            "warmup": settings.warmup,
+            "pin_cpu": settings.pin_cpu,
+            "event_loop": loop_name,
+        },
         "import_errors": import_errors,
         "leftover_children": leftovers,
         "machine": machine_info(args.pin),
