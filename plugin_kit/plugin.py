@@ -111,6 +111,8 @@ class Plugin:
             (protocol_versions.min.major, protocol_versions.min.minor),
             (protocol_versions.max.major, protocol_versions.max.minor))
         self.methods: dict[str, _Method] = {}
+        self.uses: dict[str, dict[str, str]] = {}
+        """Host methods this plugin calls, declared in the handshake (``uses_host_method``)."""
         self.host_methods: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({})
         """What the host serves to us, from the handshake (empty before it)."""
         self.connected = False  # handshake answered and the host still reading
@@ -178,6 +180,19 @@ class Plugin:
             return fn
 
         return register
+
+    def uses_host_method(self, name: str, version: str | None = "1.0") -> None:
+        """Declare a host method this plugin calls and the interface version it was
+        built against (SPEC section 8). The host then talks that version with it:
+        result members newer than it are dropped, and on another major the method is
+        disabled for this plugin (its calls answer -31005) instead of failing in ways
+        the plugin cannot read. Undeclared host methods are still callable."""
+        if name.startswith(_RESERVED_PREFIXES):
+            raise ValueError(f"method name {name!r} is reserved (pipevisor/, rpc., $/)")
+        if not 1 <= len(name) <= 256:
+            raise ValueError(f"method name must be 1..256 characters, got {len(name)}")
+        self.uses[name] = ({"version": "{}.{}".format(*parse_version(version))}
+                           if version is not None else {})
 
     # -------------------------------------------------------------------- run
 
@@ -300,12 +315,15 @@ class Plugin:
         caps: dict[str, Any] = {"cancel": True, "progress": True, "shutdown": True}
         if self.max_concurrency is not None:
             caps["maxConcurrency"] = self.max_concurrency
-        return {
+        out: dict[str, Any] = {
             "protocolVersion": f"{chosen[0]}.{chosen[1]}",
             "plugin": {"name": self.name, "version": self.version},
             "methods": {name: dict(m.info) for name, m in self.methods.items()},
             "capabilities": caps,
         }
+        if self.uses:
+            out["hostMethods"] = {name: dict(v) for name, v in self.uses.items()}
+        return out
 
     def _write_first(self, data: bytes) -> None:
         """Write the handshake answer; the engine does not exist yet, nor any other writer."""

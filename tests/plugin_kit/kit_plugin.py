@@ -12,6 +12,7 @@ from typing import Any
 from plugin_kit import Context, Plugin, PluginError
 
 plugin = Plugin("kit-test", version="2.3.4", threads=2)
+plugin.uses_host_method("host.q", "1.0")
 release = threading.Event()  # set by the "release" method: lets a blocked sync call finish
 
 

@@ -19,6 +19,7 @@ async def test_handshake_declares_methods_versions_and_capabilities() -> None:
         assert result["methods"]["echo"] == {"version": "1.2"}
         assert result["methods"]["add"] == {"version": "1.0"}
         assert result["capabilities"] == {"cancel": True, "progress": True, "shutdown": True}
+        assert result["hostMethods"] == {"host.q": {"version": "1.0"}}
         await p.close_stdin()
         assert await p.wait() == 0
 

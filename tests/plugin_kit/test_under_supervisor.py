@@ -47,6 +47,9 @@ async def test_kit_plugin_serves_calls_errors_and_host_calls() -> None:
         [status] = sup.status()
         assert status["state"] == "ready"
         assert {"echo", "add", "sleep", "ask_host"} <= set(status["methods"])
+        # declared with uses_host_method; this host has no interface files for it
+        assert status["host_methods"]["host.q"]["how"] == "no-interface"
+        assert status["host_methods"]["host.q"]["plugin"] == "1.0"
         assert await sup.call("kit", "echo", {"text": "hi"}, timeout=DEADLINE) == {"text": "hi"}
         assert await sup.call("kit", "add", [1, 2], timeout=DEADLINE) == 3
         assert await sup.call("kit", "ask_host", {"method": "host.q"},
