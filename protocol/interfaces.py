@@ -17,10 +17,13 @@ and the pruning step, so the call path does no look-ups beyond one dict get.
 
 from __future__ import annotations
 
+import importlib
 import itertools
+import math
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import ModuleType
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -33,6 +36,23 @@ Converter = Callable[[Any], Any]
 """A pure function converting one payload (params or result) between two majors."""
 
 _DOC_KEYS = frozenset({"params", "result", "deprecated", "description"})
+
+
+def _optional(module: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+_rs = _optional("jsonschema_rs")
+"""The compiled validator of the ``fast`` extra (``pip install 'pipevisor[fast]'``), or None.
+
+It only ever says "valid" on the call path: jsonschema stays the reference for
+the meta-schema check and for every error (``InterfaceViolation`` and the
+-32602 ``data.path``), so installing it changes speed, never verdicts or error
+texts. See :func:`_fast_validator` for when it is used at all.
+"""
 
 
 class InterfaceError(ProtocolError):
@@ -69,7 +89,11 @@ class Direction(StrEnum):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class InterfaceVersion:
-    """One version of one method's contract; validators are compiled once, here."""
+    """One version of one method's contract; validators are compiled once, here.
+
+    ``fast=False`` keeps the compiled validator out even when it is installed
+    (for comparisons; verdicts are the same either way).
+    """
 
     method: str
     version: Version
@@ -78,16 +102,32 @@ class InterfaceVersion:
     deprecated: str | None = None
     description: str | None = None
     source: str = "<memory>"
+    fast: bool = field(default=True, repr=False)
     params_validator: Draft202012Validator = field(init=False, repr=False)
     result_validator: Draft202012Validator = field(init=False, repr=False)
+    params_fast: Callable[[Any], bool] | None = field(init=False, repr=False)
+    result_fast: Callable[[Any], bool] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params_validator", Draft202012Validator(self.params))
         object.__setattr__(self, "result_validator", Draft202012Validator(self.result))
+        object.__setattr__(self, "params_fast", _fast_validator(self.params) if self.fast else None)
+        object.__setattr__(self, "result_fast", _fast_validator(self.result) if self.fast else None)
 
     def check(self, part: str, instance: Any) -> None:
         """Raise :class:`InterfaceViolation` when ``instance`` breaks the ``part`` schema."""
-        validator = self.params_validator if part == "params" else self.result_validator
+        if part == "params":
+            fast, validator = self.params_fast, self.params_validator
+        else:
+            fast, validator = self.result_fast, self.result_validator
+        if fast is not None and _plain_json(instance):
+            try:
+                if fast(instance):
+                    return
+            except Exception:
+                pass  # as for "invalid": only a hint
+            # "invalid" from the fast validator is only a hint: the reference
+            # decides, and words the error.
         if validator.is_valid(instance):
             return
         error = best_match(validator.iter_errors(instance))
@@ -100,7 +140,8 @@ class InterfaceVersion:
         return prune(instance, schema, schema)
 
 
-def parse_document(method: str, version: str, doc: Any, source: str) -> InterfaceVersion:
+def parse_document(method: str, version: str, doc: Any, source: str,
+                   fast: bool = True) -> InterfaceVersion:
     """Check one interface document (params/result schemas against the meta-schema).
 
     Raises:
@@ -137,7 +178,7 @@ def parse_document(method: str, version: str, doc: Any, source: str) -> Interfac
     if description is not None and not isinstance(description, str):
         raise InterfaceError(source, "description must be a string")
     return InterfaceVersion(method, ver, doc["params"], doc["result"], deprecated,
-                            description, source)
+                            description, source, fast)
 
 
 class Interface:
@@ -207,11 +248,12 @@ class InterfaceSet:
 
     @classmethod
     def from_documents(cls, docs: Mapping[str, Mapping[str, Mapping[str, Any]]],
-                       sources: Mapping[tuple[str, str, str], str] | None = None
-                       ) -> InterfaceSet:
+                       sources: Mapping[tuple[str, str, str], str] | None = None,
+                       *, fast: bool = True) -> InterfaceSet:
         """From ``{"plugin"|"host": {method: {"MAJOR.MINOR": document}}}``.
 
-        ``sources`` maps (direction, method, version) to a file name for errors.
+        ``sources`` maps (direction, method, version) to a file name for errors;
+        ``fast=False`` validates with jsonschema alone (see :class:`InterfaceVersion`).
         """
         unknown = set(docs) - {d.value for d in Direction}
         if unknown:
@@ -224,7 +266,7 @@ class InterfaceSet:
                 for version, doc in versions.items():
                     source = (sources or {}).get(
                         (direction, method, version), f"{direction}/{method}/{version}")
-                    parsed.append(parse_document(method, version, doc, source))
+                    parsed.append(parse_document(method, version, doc, source, fast))
                 built[direction][method] = Interface(method, parsed)
         return cls(built["plugin"], built["host"])
 
@@ -441,3 +483,108 @@ def _resolve(schema: Any, root: Any) -> Any:
         schema = target
         seen += 1
     return schema
+
+
+# ====================================================================== fast validation
+
+_DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
+_SCHEMA_ONE = frozenset({
+    "additionalProperties", "items", "propertyNames", "not", "if", "then", "else",
+    "contains", "unevaluatedProperties", "unevaluatedItems",
+})
+_SCHEMA_LIST = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+_SCHEMA_MAP = frozenset({"properties", "$defs", "definitions", "dependentSchemas"})
+_PLAIN_KEYWORDS = frozenset({
+    "type", "required", "enum", "const", "minimum", "maximum", "exclusiveMinimum",
+    "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems", "uniqueItems",
+    "minProperties", "maxProperties", "dependentRequired", "minContains", "maxContains",
+    "$comment", "title", "description", "default", "examples", "deprecated", "readOnly",
+    "writeOnly", "format", "$anchor",
+})
+"""Keywords on which jsonschema-rs and jsonschema agree for plain JSON (``format`` is an
+annotation in both). Left out on purpose: ``pattern``/``patternProperties`` (Rust's
+regex is not Python's ``re``: ``$`` before a final newline, ``\\d`` beyond ASCII),
+``multipleOf`` (jsonschema-rs says 0.3 is a multiple of 0.1, float division does not),
+remote or dynamic references, ``$id`` below the root, other drafts, unknown keywords.
+A schema using any of them is validated by jsonschema alone."""
+
+_MAX_EXACT_INT = 2**53
+"""Beyond this an integer compared with a float limit may be rounded on the Rust side."""
+
+
+def _fast_validator(schema: Any) -> Callable[[Any], bool] | None:
+    """A compiled ``is_valid`` for ``schema``, when it is installed and safe to trust."""
+    if _rs is None or not _fast_safe(schema, root=True):
+        return None
+    try:
+        # validate_formats=False: jsonschema is built without a format checker, so
+        # formats are annotations there too. The retriever refuses every fetch (the
+        # protocol layer does no I/O; only local references pass _fast_safe anyway).
+        compiled = _rs.Draft202012Validator(schema, validate_formats=False,
+                                            retriever=_no_retrieval)
+    except Exception:
+        return None  # anything it cannot compile is left to the reference
+    is_valid: Callable[[Any], bool] = compiled.is_valid
+    return is_valid
+
+
+def _no_retrieval(uri: str) -> Any:
+    raise LookupError(f"interfaces resolve local references only, not {uri}")
+
+
+def _fast_safe(schema: Any, root: bool = False) -> bool:
+    """True when every keyword of ``schema`` is one both validators read the same way."""
+    if isinstance(schema, bool):
+        return True
+    if not isinstance(schema, dict):
+        return False
+    for key, value in schema.items():
+        if key in _PLAIN_KEYWORDS:
+            continue
+        if key in _SCHEMA_ONE:
+            if not _fast_safe(value):
+                return False
+        elif key in _SCHEMA_LIST:
+            if not isinstance(value, list) or not all(_fast_safe(v) for v in value):
+                return False
+        elif key in _SCHEMA_MAP:
+            if not isinstance(value, dict) or not all(_fast_safe(v) for v in value.values()):
+                return False
+        elif key == "$ref":
+            if not isinstance(value, str) or not value.startswith("#"):
+                return False
+        elif key == "$schema":
+            if not root or value not in (_DRAFT_2020_12, _DRAFT_2020_12 + "#"):
+                return False
+        elif key == "$id":
+            if not root:
+                return False
+        else:
+            return False
+    return True
+
+
+def _plain_json(value: Any) -> bool:
+    """Only what a JSON decoder produces, with integers a float holds exactly.
+
+    jsonschema-rs reads a tuple as an array and a str enum as a string where
+    jsonschema says "wrong type", and rejects other Python objects outright;
+    such instances, and the rare huge integer, go to the reference directly.
+    """
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return True
+    if t is int:
+        return bool(-_MAX_EXACT_INT <= value <= _MAX_EXACT_INT)
+    if t is float:
+        return math.isfinite(value)
+    if t is dict:
+        return all(type(k) is str and _plain_json(v) for k, v in value.items())
+    if t is list:
+        return all(_plain_json(v) for v in value)
+    return False
+
+
+def fast_validation_available() -> bool:
+    """Whether the compiled validator (the ``fast`` extra) is installed."""
+    return _rs is not None

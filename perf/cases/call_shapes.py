@@ -7,9 +7,11 @@
   kind (``peers/stdlib_echo_plugin.py``) so that the plugin's own JSON cost
   is on both sides of the ratio and the ratio is the supervisor's share.
 - ``embedded-seq-validated``: the same sequential call as ``embedded-seq-unvalidated``
-  through a versioned interface whose params and result are checked with
-  jsonschema on every call; its baseline is the unvalidated call, so the
-  ratio is the cost of validation.
+  through a versioned interface whose params and result are checked on every
+  call (by jsonschema-rs when the ``fast`` extra is installed, else jsonschema);
+  its baseline is the unvalidated call, so the ratio is the cost of validation.
+  ``embedded-seq-validated-jsonschema`` checks with jsonschema alone whatever is
+  installed, so one run shows both.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from perf.cases.supervisor_calls import (
     _stop,
 )
 from perf.harness import Context, case
+from protocol.interfaces import InterfaceSet, fast_validation_available
 from supervisor import PluginSpec
 from supervisor.config import SupervisorConfig
 
@@ -174,10 +177,15 @@ ECHO_INTERFACE: dict[str, Any] = {
 }
 
 
-async def _setup_versioned(ctx: Context, validate: bool) -> Embedded:
+async def _setup_versioned(ctx: Context, validate: bool, fast: bool = True) -> Embedded:
     spec = PluginSpec("echo", (sys.executable, str(STDLIB_ECHO), "--echo-version", "1.0"),
                       validate_params=validate, validate_results=validate)
-    config = SupervisorConfig(plugins=(spec,), interfaces=ECHO_INTERFACE)
+    interfaces = InterfaceSet.from_documents(ECHO_INTERFACE, fast=fast)
+    echo = interfaces.plugin["echo"].current
+    compiled = echo.params_fast is not None and echo.result_fast is not None
+    if validate:
+        ctx.note("validator", "jsonschema-rs" if compiled else "jsonschema")
+    config = SupervisorConfig(plugins=(spec,), interfaces=interfaces)
     st = await _start([spec], config=config)
     status = st.sup.runner("echo").status()
     how = status["interfaces"].get("echo", {}).get("how")
@@ -193,6 +201,10 @@ async def _setup_validated(ctx: Context) -> Embedded:
 
 async def _setup_unvalidated(ctx: Context) -> Embedded:
     return await _setup_versioned(ctx, False)
+
+
+async def _setup_validated_reference(ctx: Context) -> Embedded:
+    return await _setup_versioned(ctx, True, fast=False)
 
 
 async def _seq(ctx: Context) -> float:
@@ -227,6 +239,21 @@ async def embedded_seq_unvalidated(ctx: Context) -> float:
     teardown=_stop,
 )
 async def embedded_seq_validated(ctx: Context) -> float:
-    """The same call with params and result checked by jsonschema: validation's cost."""
+    """The same call with params and result checked (jsonschema-rs if installed): its cost."""
+    if not fast_validation_available() and not ctx.warming_up:
+        ctx.note("hint", "pip install '.[fast]' for the compiled validator")
+    return await _seq(ctx)
+
+
+@case(
+    "embedded-seq-validated-jsonschema",
+    group="validation",
+    unit="us/call",
+    baseline="embedded-seq-unvalidated",
+    setup=_setup_validated_reference,
+    teardown=_stop,
+)
+async def embedded_seq_validated_jsonschema(ctx: Context) -> float:
+    """The same checks by jsonschema alone, the compiled validator left out even if installed."""
     return await _seq(ctx)
 
