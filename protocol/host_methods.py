@@ -20,7 +20,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.interfaces import How, Interface, InterfaceVersion
+from protocol.interfaces import How, Interface, InterfaceVersion, binding_json
 from protocol.versions import Version
 
 __all__ = ["HostBinding", "negotiate_host_call", "negotiate_host_calls"]
@@ -57,16 +57,8 @@ class HostBinding:
         return result
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"how": str(self.how)}
-        for key in ("host", "plugin", "wire"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = str(value)
-        if self.reason:
-            out["reason"] = self.reason
-        if self.deprecated:
-            out["deprecated"] = self.deprecated
-        return out
+        return binding_json(self.how, self.host, self.plugin, self.wire, self.reason,
+                            self.deprecated)
 
 
 def negotiate_host_call(iface: Interface | None, method: str, declared: Version | None,

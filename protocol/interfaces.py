@@ -343,16 +343,23 @@ class Binding:
         return result
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"how": str(self.how)}
-        for key in ("host", "plugin", "wire"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = str(value)
-        if self.reason:
-            out["reason"] = self.reason
-        if self.deprecated:
-            out["deprecated"] = self.deprecated
-        return out
+        return binding_json(self.how, self.host, self.plugin, self.wire, self.reason,
+                            self.deprecated)
+
+
+def binding_json(how: How, host: Version | None, plugin: Version | None,
+                 wire: Version | None, reason: str | None,
+                 deprecated: str | None) -> dict[str, Any]:
+    """A negotiated method as status and events show it (both call directions)."""
+    out: dict[str, Any] = {"how": str(how)}
+    for key, value in (("host", host), ("plugin", plugin), ("wire", wire)):
+        if value is not None:
+            out[key] = str(value)
+    if reason:
+        out["reason"] = reason
+    if deprecated:
+        out["deprecated"] = deprecated
+    return out
 
 
 AdapterLookup = Callable[[str, int, int], tuple[Converter, Converter] | None]
