@@ -660,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             import uvloop  # noqa: F401
         except ImportError:
-            print("--uvloop needs uvloop: pip install uvloop (or '.[uvloop]')", file=sys.stderr)
+            print("--uvloop needs uvloop: pip install uvloop", file=sys.stderr)
             return 2
     if args.pin is not None:
         # Children inherit the mask, so both ends of every pipe share one CPU.

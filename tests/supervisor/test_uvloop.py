@@ -7,7 +7,7 @@ own transports (socketpairs instead of pipes, pipe data handed over with
 use there and that every way a call can end behaves as it does on asyncio:
 answer, plugin error, timeout, caller cancellation, a crash mid-call, writes
 into a dead pipe, plugin-to-host calls. Skipped when uvloop is not installed
-(it is an optional extra: ``pip install '.[uvloop]'``).
+(not a dependency, nor an extra: see perf/README.md "Speed options").
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from supervisor.connection import Connection, ConnectionCallbacks, _asyncio_read
 from supervisor.errors import CallError
 from tests.supervisor.fake import fake_spec
 
-uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed (pip install '.[uvloop]')")
+uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed (pip install uvloop)")
 
 pytestmark = pytest.mark.anyio
 
