@@ -53,6 +53,40 @@ async def test_thousand_pipelined_calls_each_get_their_own_answer() -> None:
     assert all(results[i] == {"i": i, "pad": "x" * (i % 50)} for i in range(1000))
 
 
+async def test_calls_started_together_go_out_in_few_writes_and_in_order() -> None:
+    """On asyncio, requests made in one loop iteration are joined into one write after
+    the first; every one still gets its own answer, and a cancel written right after
+    its request still reaches the plugin after it (the plugin then reports it)."""
+    async with Supervisor([fake_spec()]) as sup:
+        await sup.wait_ready(timeout=10)
+        conn = sup.runner("fake").conn
+        assert conn is not None and conn._writer is not None
+        transport = conn._writer.transport
+        writes: list[int] = []
+        real_write = transport.write
+
+        def counting(data: bytes | bytearray | memoryview) -> None:
+            writes.append(len(data))
+            real_write(data)
+
+        transport.write = counting  # type: ignore[method-assign]
+        results: dict[int, object] = {}
+
+        async def one(i: int) -> None:
+            results[i] = await sup.call("fake", "echo", {"i": i})
+
+        async with anyio.create_task_group() as tg:
+            for i in range(200):
+                tg.start_soon(one, i)
+        assert results == {i: {"i": i} for i in range(200)}
+        assert 2 <= len(writes) < 20, writes  # not one write per request
+        with pytest.raises(CallTimeout):
+            await sup.call("fake", "sleep", {"seconds": 30}, timeout=0.2)
+        with anyio.fail_after(10):
+            while not await sup.call("fake", "cancelled"):
+                await anyio.sleep(0.01)
+
+
 async def test_timeout_sends_cancel_to_the_plugin() -> None:
     async with Supervisor([fake_spec()]) as sup:
         with pytest.raises(CallTimeout) as info:
