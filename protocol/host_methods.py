@@ -6,10 +6,12 @@ version. A plugin may declare, in its handshake answer, the version of each host
 method it was built against (``hostMethods``). Same major: they talk the lower
 minor, so params of a newer plugin lose the members the host does not know, and
 results lose the members the older plugin does not know (down-conversion; a minor
-only adds optional members, so nothing required is lost). Another major: that host
-method is disabled for this plugin, calls to it get METHOD_UNAVAILABLE naming both
-versions, and the plugin is degraded, not failed. A plugin that declares nothing
-keeps the old behaviour: params and results checked at the host's current version.
+only adds optional members, so nothing required is lost). Another major: an adapter
+the host registered for that pair converts the params up and the result down;
+without one that host method is disabled for this plugin, calls to it get
+METHOD_UNAVAILABLE naming both versions, and the plugin is degraded, not failed. A
+plugin that declares nothing keeps the old behaviour: params and results checked at
+the host's current version.
 
 Sans-I/O like the rest of ``protocol``: the supervisor calls ``params_in`` before it
 runs the host's function and ``result_out`` after.
@@ -20,7 +22,14 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.interfaces import How, Interface, InterfaceVersion, binding_json
+from protocol.interfaces import (
+    AdapterLookup,
+    Converter,
+    How,
+    Interface,
+    InterfaceVersion,
+    binding_json,
+)
 from protocol.versions import Version
 
 __all__ = ["HostBinding", "negotiate_host_call", "negotiate_host_calls"]
@@ -39,21 +48,37 @@ class HostBinding:
     deprecated: str | None = None
     wire_side: InterfaceVersion | None = None
     """The schema of the version both understand, used to prune (down-conversion)."""
+    plugin_side: InterfaceVersion | None = None
+    """With an adapter: the plugin's major as the host knows it (None: unchecked)."""
+    to_plugin: Converter | None = None
+    """With an adapter: the host's result -> the plugin's major."""
+    from_plugin: Converter | None = None
+    """With an adapter: the plugin's params -> the host's major."""
 
     @property
     def degraded(self) -> bool:
         return self.how is How.DISABLED
 
     def params_in(self, params: Any) -> Any:
-        """The plugin's params -> what the host's function gets."""
+        """The plugin's params -> what the host's function gets. Raises
+        :class:`~protocol.interfaces.InterfaceViolation` when, through an adapter, they
+        break the plugin's own major (the host's schema then checks the converted ones)."""
         if self.how is How.DOWN_CONVERTED and self.wire_side is not None:
             return self.wire_side.prune("params", params)
+        if self.from_plugin is not None:
+            if self.plugin_side is not None:
+                self.plugin_side.check("params", params)
+            return self.from_plugin(params)
         return params
 
     def result_out(self, result: Any) -> Any:
         """The host function's result -> what the plugin gets."""
         if self.how is How.DOWN_CONVERTED and self.wire_side is not None:
             return self.wire_side.prune("result", result)
+        if self.to_plugin is not None:
+            result = self.to_plugin(result)
+            if self.plugin_side is not None:
+                result = self.plugin_side.prune("result", result)
         return result
 
     def to_json(self) -> dict[str, Any]:
@@ -61,8 +86,12 @@ class HostBinding:
                             self.deprecated)
 
 
+def _no_adapters(method: str, host_major: int, plugin_major: int) -> None:
+    return None
+
+
 def negotiate_host_call(iface: Interface | None, method: str, declared: Version | None,
-                        served: bool) -> HostBinding:
+                        served: bool, adapters: AdapterLookup = _no_adapters) -> HostBinding:
     """One host method as a plugin uses it."""
     if not served:
         return HostBinding(method, How.DISABLED, plugin=declared,
@@ -79,10 +108,21 @@ def negotiate_host_call(iface: Interface | None, method: str, declared: Version 
                            f"{cur.version}")
     if declared.major != cur.version.major:
         side = iface.best(declared.major, declared.minor)
-        return HostBinding(method, How.DISABLED, cur.version, declared, None,
-                           f"the plugin calls host method {method} {declared}, the host "
-                           f"serves {cur.version}; no adapter for host methods across majors",
-                           side.deprecated if side else None)
+        deprecated = side.deprecated if side else None
+        adapter = adapters(method, cur.version.major, declared.major)
+        if adapter is None:
+            return HostBinding(method, How.DISABLED, cur.version, declared, None,
+                               f"the plugin calls host method {method} {declared}, the host "
+                               f"serves {cur.version}, and no host-method adapter "
+                               f"{cur.version.major}->{declared.major} is registered",
+                               deprecated)
+        return HostBinding(method, How.ADAPTER, cur.version, declared, declared,
+                           f"adapter {cur.version.major}->{declared.major} converts between "
+                           f"{cur.version} and {declared}"
+                           + ("" if side is not None else
+                              f"; the host has no schema for {declared.major}.x, the "
+                              "plugin's side unchecked"),
+                           deprecated, None, side, adapter[0], adapter[1])
     wire = min(declared, cur.version)
     side = iface.best(wire.major, wire.minor)
     deprecated = side.deprecated if side is not None else None
@@ -96,8 +136,9 @@ def negotiate_host_call(iface: Interface | None, method: str, declared: Version 
 
 def negotiate_host_calls(host_interfaces: Mapping[str, Interface],
                          declared: Mapping[str, Version | None],
-                         served: Collection[str]) -> dict[str, HostBinding]:
+                         served: Collection[str],
+                         adapters: AdapterLookup = _no_adapters) -> dict[str, HostBinding]:
     """One binding per host method the plugin declares it uses."""
     return {name: negotiate_host_call(host_interfaces.get(name), name, version,
-                                      name in served)
+                                      name in served, adapters)
             for name, version in declared.items()}

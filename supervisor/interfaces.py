@@ -82,12 +82,19 @@ def interfaces_from(value: str | Path | InterfaceSet | Mapping[str, Any] | None
 
 @dataclass(frozen=True, slots=True)
 class Adapter:
-    """Converts one method's payloads between the host's major and a plugin's major."""
+    """Converts one method's payloads between the host's major and a plugin's major.
+
+    Each converter works on what travels in its direction: for a method the host
+    calls, ``to_plugin`` converts the params and ``from_plugin`` the result; for a
+    host method (``direction="host"``) the plugin sends the params, so
+    ``from_plugin`` converts them and ``to_plugin`` converts the host's result."""
 
     to_plugin: Converter
-    """Params the host's callers wrote (host major) -> params for the plugin's major."""
+    """Host major -> the plugin's major (the params of a plugin method, the result of a
+    host method)."""
     from_plugin: Converter
-    """The plugin's result (its major) -> a result in the host's major."""
+    """The plugin's major -> the host's (the result of a plugin method, the params of a
+    host method)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,31 +106,49 @@ class AdapterSpec:
     host_major: int
     plugin_major: int
     target: str
+    direction: str = "plugin"
+    """``plugin``: a method the host calls on plugins; ``host``: a method the host
+    serves to plugins."""
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("plugin", "host"):
+            raise ConfigError(f"adapter {self.method}: direction must be 'plugin' or 'host', "
+                              f"not {self.direction!r}")
 
 
 class AdapterRegistry:
-    """Adapters by (method, host major, plugin major)."""
+    """Adapters by (direction, method, host major, plugin major)."""
 
     def __init__(self) -> None:
-        self._adapters: dict[tuple[str, int, int], Adapter] = {}
+        self._adapters: dict[tuple[str, str, int, int], Adapter] = {}
 
     def register(self, method: str, host_major: int, plugin_major: int,
-                 adapter: Adapter) -> None:
+                 adapter: Adapter, direction: str = "plugin") -> None:
         if host_major == plugin_major:
             raise ConfigError(f"adapter for {method}: majors must differ (same major is "
                               "handled by down-conversion)")
-        self._adapters[(method, host_major, plugin_major)] = adapter
+        if direction not in ("plugin", "host"):
+            raise ConfigError(f"adapter for {method}: direction must be 'plugin' or 'host'")
+        self._adapters[(direction, method, host_major, plugin_major)] = adapter
 
     def load(self, spec: AdapterSpec) -> None:
-        self.register(spec.method, spec.host_major, spec.plugin_major, resolve(spec))
+        self.register(spec.method, spec.host_major, spec.plugin_major, resolve(spec),
+                      spec.direction)
 
     def lookup(self, method: str, host_major: int,
                plugin_major: int) -> tuple[Converter, Converter] | None:
-        adapter = self._adapters.get((method, host_major, plugin_major))
+        """For a method the host calls: (to_plugin, from_plugin) or None."""
+        adapter = self._adapters.get(("plugin", method, host_major, plugin_major))
+        return None if adapter is None else (adapter.to_plugin, adapter.from_plugin)
+
+    def lookup_host(self, method: str, host_major: int,
+                    plugin_major: int) -> tuple[Converter, Converter] | None:
+        """For a host method: (to_plugin, from_plugin) or None."""
+        adapter = self._adapters.get(("host", method, host_major, plugin_major))
         return None if adapter is None else (adapter.to_plugin, adapter.from_plugin)
 
     def keys(self) -> list[tuple[str, int, int]]:
-        return sorted(self._adapters)
+        return sorted(k[1:] for k in self._adapters)
 
 
 def resolve(spec: AdapterSpec) -> Adapter:

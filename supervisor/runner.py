@@ -111,10 +111,12 @@ class PluginRunner:
         leftovers: _platform.LeftoverRecord | None = None,
         interfaces: InterfaceSet | None = None,
         adapters: AdapterLookup | None = None,
+        host_adapters: AdapterLookup | None = None,
     ) -> None:
         self.spec = spec
         self._interfaces = interfaces or InterfaceSet()
         self._adapters = adapters
+        self._host_adapters = host_adapters
         self.bindings: dict[str, Binding] = {}
         """Every declared method's negotiated binding (for status)."""
         self.host_bindings: dict[str, HostBinding] = {}
@@ -598,8 +600,13 @@ class PluginRunner:
         disabled ones."""
         if not result.host_methods:
             return []
-        self.host_bindings = negotiate_host_calls(self._interfaces.host, result.host_methods,
-                                                  params.host_methods.keys())
+        if self._host_adapters is None:
+            self.host_bindings = negotiate_host_calls(
+                self._interfaces.host, result.host_methods, params.host_methods.keys())
+        else:
+            self.host_bindings = negotiate_host_calls(
+                self._interfaces.host, result.host_methods, params.host_methods.keys(),
+                self._host_adapters)
         disabled = []
         for b in self.host_bindings.values():
             if b.deprecated:
@@ -626,7 +633,30 @@ class PluginRunner:
                         f"host method {method} is disabled for plugin {self.spec.name!r}: "
                         f"{binding.reason}", plugin=self.spec.name, method=method,
                         binding=binding.to_json())
-        return binding.result_out(await self._host_handler(method, binding.params_in(params)))
+        try:
+            params = binding.params_in(params)
+        except InterfaceViolation as exc:
+            raise CallError(ErrorObject(
+                ErrorCode.INVALID_PARAMS,
+                f"Invalid params for host method {method} {exc.version}: {exc.path}: "
+                f"{exc.message}", {"origin": "pipevisor", **exc.to_data()})) from None
+        except Exception as exc:
+            raise self._adapter_failure(method, binding.to_json(), "params", exc) from None
+        result = await self._host_handler(method, params)
+        try:
+            return binding.result_out(result)
+        except Exception as exc:
+            raise self._adapter_failure(method, binding.to_json(), "result", exc) from None
+
+    def _adapter_failure(self, method: str, binding: dict[str, Any], what: str,
+                         exc: Exception) -> CallError:
+        log.error("plugin %s: host-method adapter for %s failed on the %s: %r",
+                  self.spec.name, method, what, exc)
+        return CallError(ErrorObject(
+            ErrorCode.INTERNAL_ERROR,
+            f"host-method adapter for {method} failed on the {what}: {exc!r}",
+            {"origin": "pipevisor", "plugin": self.spec.name, "method": method,
+             "binding": binding}))
 
     def _negotiate(self, result: HandshakeResult) -> list[Binding]:
         """Bind every declared method to an interface version; returns the disabled ones."""

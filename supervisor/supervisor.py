@@ -140,6 +140,7 @@ class Supervisor:
             leftovers=self._leftovers,
             interfaces=self.interfaces,
             adapters=self.adapters.lookup,
+            host_adapters=self.adapters.lookup_host,
         )
         self.runners[spec.name] = runner
 
@@ -238,10 +239,11 @@ class Supervisor:
         self._host_methods[name] = (fn, version)
 
     def register_adapter(self, method: str, host_major: int, plugin_major: int,
-                         adapter: Adapter) -> None:
+                         adapter: Adapter, direction: str = "plugin") -> None:
         """Bridge ``method`` between the host's major and a plugin's; used by plugins
-        whose handshake comes after this call."""
-        self.adapters.register(method, host_major, plugin_major, adapter)
+        whose handshake comes after this call. ``direction="host"`` for a method the
+        host serves to plugins (``Adapter`` says which converter does what)."""
+        self.adapters.register(method, host_major, plugin_major, adapter, direction)
 
     async def _dispatch_host_call(self, method: str, params: Any) -> Any:
         entry = self._host_methods.get(method)

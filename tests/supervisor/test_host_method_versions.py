@@ -17,6 +17,8 @@ from protocol.host_methods import negotiate_host_call
 from protocol.interfaces import How, InterfaceSet
 from protocol.versions import Version
 from supervisor import PluginState, Supervisor, SupervisorConfig
+from supervisor.errors import ConfigError
+from supervisor.interfaces import Adapter, AdapterSpec
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio
@@ -33,14 +35,28 @@ LOOKUP = {
     "1.0": {"params": obj(["key"], key=S), "result": obj(["value"], value=S)},
     "1.1": {"params": obj(["key"], key=S, default=S),
             "result": obj(["value"], value=S, found={"type": "boolean"})},
+    # an old major the host still describes, so a 0.x plugin's side can be checked
+    "0.3": {"params": obj(["name"], name=S), "result": obj(["v"], v=S)},
 }
 INTERFACES = {"host": {"lookup": LOOKUP}}
 
+OLD_LOOKUP = Adapter(
+    to_plugin=lambda result: {"v": result["value"], "ignored": True},  # host 1.x -> 0.x
+    from_plugin=lambda params: {"key": params["name"]},  # plugin 0.x -> host 1.x
+)
 
-def supervisor(*uses: str, name: str = "p") -> Supervisor:
+
+def old_lookup_adapter() -> Adapter:
+    """Named in config as 'tests.supervisor.test_host_method_versions:old_lookup_adapter'."""
+    return OLD_LOOKUP
+
+
+def supervisor(*uses: str, name: str = "p", adapters: tuple[AdapterSpec, ...] = ()
+               ) -> Supervisor:
     spec = fake_spec(name)
     spec = replace(spec, command=(*spec.command, *(f"--uses={u}" for u in uses)))
-    sup = Supervisor(SupervisorConfig(plugins=[spec], interfaces=INTERFACES))
+    sup = Supervisor(SupervisorConfig(plugins=[spec], interfaces=INTERFACES,
+                                      adapters=adapters))
     seen: list[dict[str, Any]] = []
 
     @sup.host_method("lookup", version="1.1")
@@ -93,6 +109,39 @@ async def test_another_major_disables_only_that_host_method() -> None:
         assert degradations == [{"method": "lookup", "host_method": True,
                                  "reason": runner.host_bindings["lookup"].reason}]
         assert sup.seen == []  # type: ignore[attr-defined]
+
+
+async def test_an_adapter_from_config_bridges_an_old_major() -> None:
+    spec = AdapterSpec("lookup", 1, 0, "tests.supervisor.test_host_method_versions:"
+                       "old_lookup_adapter", direction="host")
+    sup = supervisor("lookup=0.3", adapters=(spec,))
+    async with sup:
+        await sup.wait_ready(timeout=10)
+        runner = sup.runner("p")
+        assert runner.state is PluginState.READY
+        assert runner.status()["host_methods"]["lookup"]["how"] == "adapter"
+        # 0.x params in, the host's handler sees 1.x; its 1.x result goes back as 0.x,
+        # pruned to what 0.3 declares
+        assert await ask(sup, {"name": "e"}) == {"v": "E"}
+        assert sup.seen == [{"key": "e", "default": None}]  # type: ignore[attr-defined]
+        # the plugin's own major is checked before converting
+        bad = await ask(sup, {"name": 5})
+        assert bad["code"] == ErrorCode.INVALID_PARAMS and "$.name" in bad["message"]
+
+
+async def test_a_plugin_method_adapter_does_not_bridge_a_host_method() -> None:
+    spec = AdapterSpec("lookup", 1, 0, "tests.supervisor.test_host_method_versions:"
+                       "old_lookup_adapter")  # direction defaults to "plugin"
+    sup = supervisor("lookup=0.3", adapters=(spec,))
+    async with sup:
+        runner = sup.runner("p")
+        await runner.wait_state({PluginState.DEGRADED}, 10)
+        assert "no host-method adapter 1->0" in (runner.reason or "")
+
+
+def test_an_adapter_direction_is_checked() -> None:
+    with pytest.raises(ConfigError, match="direction"):
+        AdapterSpec("lookup", 1, 0, "x:y", direction="sideways")
 
 
 async def test_a_host_method_the_host_does_not_serve_degrades_the_plugin() -> None:
