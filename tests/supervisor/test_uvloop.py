@@ -26,6 +26,7 @@ from supervisor import CallTimeout, PluginCrashed, PluginError, Supervisor
 from supervisor.connection import Connection, ConnectionCallbacks, _asyncio_reader
 from supervisor.errors import CallError
 from tests.supervisor.fake import fake_spec
+from tests.supervisor.test_calls import test_plugin_can_call_the_host as _host_calls
 
 uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed (pip install uvloop)")
 
@@ -126,19 +127,8 @@ async def test_crash_mid_call_on_uvloop_fails_every_call_in_flight_and_restarts(
         assert _fast_path_in_use(conn)  # the new instance is hooked as well
 
 
-async def test_host_calls_on_uvloop() -> None:
-    async with Supervisor([fake_spec()]) as sup:
-
-        @sup.host_method("add")
-        async def add(a: int, b: int) -> int:
-            return a + b
-
-        result = await sup.call("fake", "call_host", {"method": "add", "params": {"a": 2, "b": 3}},
-                                timeout=10)
-        assert result == 5
-        missing = await sup.call("fake", "call_host", {"method": "nope", "params": {}},
-                                 timeout=10)
-        assert missing["code"] == ErrorCode.METHOD_NOT_FOUND
+# the asyncio test itself, collected again here so it runs on this module's uvloop backend
+test_host_calls_on_uvloop = _host_calls
 
 
 async def test_writes_into_a_dead_pipe_on_uvloop_end_in_the_call_outcome() -> None:
