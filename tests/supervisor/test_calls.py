@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import pytest
 
@@ -89,21 +91,25 @@ async def test_calls_started_together_go_out_in_few_writes_and_in_order() -> Non
 
 async def test_timeout_sends_cancel_to_the_plugin() -> None:
     async with Supervisor([fake_spec()]) as sup:
+        started = time.monotonic()
         with pytest.raises(CallTimeout) as info:
             await sup.call("fake", "sleep", {"seconds": 30}, timeout=0.3)
+        assert time.monotonic() - started < 10
         assert info.value.code == ErrorCode.TIMEOUT
         assert info.value.data["origin"] == "pipevisor"
         # the plugin saw the cancel notification for that request
         with anyio.fail_after(5):
             while not await sup.call("fake", "cancelled"):
                 await anyio.sleep(0.01)
+        assert sup.runner("fake").status()["in_flight"] == 0
 
 
 async def test_caller_cancellation_reaches_the_plugin() -> None:
     async with Supervisor([fake_spec()]) as sup:
         await sup.wait_ready(timeout=10)
-        with anyio.move_on_after(0.3):
+        with anyio.move_on_after(0.3) as scope:
             await sup.call("fake", "sleep", {"seconds": 30})
+        assert scope.cancelled_caught
         with anyio.fail_after(5):
             while not await sup.call("fake", "cancelled"):
                 await anyio.sleep(0.01)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from typing import Any
 
 import anyio
@@ -26,7 +25,14 @@ from supervisor import CallTimeout, PluginCrashed, PluginError, Supervisor
 from supervisor.connection import Connection, ConnectionCallbacks, _asyncio_reader
 from supervisor.errors import CallError
 from tests.supervisor.fake import fake_spec
+from tests.supervisor.test_calls import (
+    test_caller_cancellation_reaches_the_plugin as _caller_cancel,
+)
 from tests.supervisor.test_calls import test_plugin_can_call_the_host as _host_calls
+from tests.supervisor.test_calls import test_timeout_sends_cancel_to_the_plugin as _timeout
+from tests.supervisor.test_lifecycle import (
+    test_crash_mid_call_fails_every_call_in_flight_and_restarts as _crash,
+)
 
 uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed (pip install uvloop)")
 
@@ -71,64 +77,22 @@ async def test_calls_run_on_uvloop_through_the_fast_path() -> None:
         assert await sup.call("fake", "echo", big, timeout=20) == big
 
 
-async def test_timeout_on_uvloop_sends_cancel_to_the_plugin() -> None:
+# The asyncio tests themselves, collected again here so they run on this module's
+# uvloop backend: timeout, caller cancellation, a crash mid-call, plugin-to-host calls.
+test_timeout_on_uvloop_sends_cancel_to_the_plugin = _timeout
+test_caller_cancellation_on_uvloop_reaches_the_plugin = _caller_cancel
+test_crash_mid_call_on_uvloop_fails_every_call_in_flight_and_restarts = _crash
+test_host_calls_on_uvloop = _host_calls
+
+
+async def test_a_restarted_instance_on_uvloop_takes_the_fast_path_too() -> None:
     async with Supervisor([fake_spec()]) as sup:
-        started = time.monotonic()
-        with pytest.raises(CallTimeout) as info:
-            await sup.call("fake", "sleep", {"seconds": 30}, timeout=0.3)
-        assert time.monotonic() - started < 10
-        assert info.value.data["origin"] == "pipevisor"
-        with anyio.fail_after(5):
-            while not await sup.call("fake", "cancelled", timeout=10):
-                await anyio.sleep(0.01)
-        assert sup.runner("fake").status()["in_flight"] == 0
-
-
-async def test_caller_cancellation_on_uvloop_reaches_the_plugin() -> None:
-    async with Supervisor([fake_spec()]) as sup:
-        await sup.wait_ready(timeout=10)
-        with anyio.move_on_after(0.3) as scope:
-            await sup.call("fake", "sleep", {"seconds": 30})
-        assert scope.cancelled_caught
-        with anyio.fail_after(5):
-            while not await sup.call("fake", "cancelled", timeout=10):
-                await anyio.sleep(0.01)
-        assert sup.runner("fake").status()["in_flight"] == 0
-
-
-async def test_crash_mid_call_on_uvloop_fails_every_call_in_flight_and_restarts() -> None:
-    async with Supervisor([fake_spec()]) as sup:
-        await sup.wait_ready(timeout=10)
-        errors: list[BaseException] = []
-
-        async def sleeper() -> None:
-            try:
-                await sup.call("fake", "sleep", {"seconds": 30}, timeout=30)
-            except PluginCrashed as exc:
-                errors.append(exc)
-
-        started = time.monotonic()
-        async with anyio.create_task_group() as tg:
-            for _ in range(5):
-                tg.start_soon(sleeper)
-            with anyio.fail_after(5):
-                while sup.runner("fake").status()["in_flight"] < 5:
-                    await anyio.sleep(0.01)
-            with pytest.raises(PluginCrashed) as info:
-                await sup.call("fake", "crash", {"code": 7})
-        assert time.monotonic() - started < 10  # the crash settled them, not a timeout
-        assert len(errors) == 5
-        assert info.value.data["returncode"] == 7
-        assert "crashing on purpose" in info.value.data["stderr"][-1]
+        with pytest.raises(PluginCrashed):
+            await sup.call("fake", "crash", {"code": 7}, timeout=10)
         assert await sup.call("fake", "echo", ["again"], timeout=10) == ["again"]
-        assert sup.runner("fake").tracker.total_restarts == 1
         conn = sup.runner("fake").conn
         assert conn is not None
-        assert _fast_path_in_use(conn)  # the new instance is hooked as well
-
-
-# the asyncio test itself, collected again here so it runs on this module's uvloop backend
-test_host_calls_on_uvloop = _host_calls
+        assert _fast_path_in_use(conn)
 
 
 async def test_writes_into_a_dead_pipe_on_uvloop_end_in_the_call_outcome() -> None:
