@@ -130,6 +130,7 @@ class ProcTable:
         """Whether tree membership may differ from the previous refresh: a process
         appeared, a tree member ended or got a new parent."""
         self._kept: dict[int, _Kept] = {}
+        self._kept_fds = 0
         self._cursor: int | None = None
         self._refreshes = 0
         if max_kept_fds is None:
@@ -277,8 +278,6 @@ class ProcTable:
             self._forget(pid)
             return read_stat(pid)
         return rest
-
-    _kept_fds = 0
 
     @property
     def kept_fds(self) -> int:

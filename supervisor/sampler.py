@@ -74,7 +74,6 @@ class _Track:
     table says membership may have changed)."""
     last: TreeSample | None = None
     """The sample the last full check was made on (``Sampler._enforce``)."""
-    last_cpu_percent: float = -1.0
     last_lines: list[bytes | None] = field(default_factory=list)
     """The members' stat lines at the last tick (fast path): equal lines, equal figures."""
     at_rest: bool = False
@@ -420,16 +419,7 @@ class Sampler:
             track.window_cpu = 0.0
         span = min(limits.cpu_window, now - track.first)
         cpu_percent = 100.0 * max(0.0, track.window_cpu) / span if span > 0 else 0.0
-        resources = runner.resources
-        if (sample == track.last and cpu_percent == track.last_cpu_percent
-                and resources is not None and resources["throttled"] is False
-                and runner.paused_since is None and self._bucket_full(track, limits)):
-            # nothing moved since the last tick, so every comparison below would come out
-            # the same (an idle plugin, most of them at scale): only the time is new
-            resources["sampled_at"] = time.time()
-            track.last_refill = now
-            return
-        track.last, track.last_cpu_percent = sample, cpu_percent
+        track.last = sample
         track.at_rest = (cpu_percent == 0.0 and not window and runner.paused_since is None
                          and self._bucket_full(track, limits))
         runner.resources = {"rss": sample.rss, "cpu_percent": round(cpu_percent, 1),
