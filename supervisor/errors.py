@@ -20,9 +20,12 @@ only care about JSON-RPC can read ``exc.error.code``/``message``/``data``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import ErrorCode, ErrorObject, local_error
+
+if TYPE_CHECKING:
+    from protocol.interfaces import InterfaceViolation
 
 
 class PipevisorError(Exception):
@@ -115,6 +118,15 @@ def local(code: ErrorCode, message: str, **details: Any) -> LocalCallError:
     exc = error_from_object(local_error(code, message, **details))
     assert isinstance(exc, LocalCallError)
     return exc
+
+
+def invalid_params(what: str, exc: InterfaceViolation, **details: Any) -> CallError:
+    """-32602 for params that break an interface (plugin method or host method): the
+    message and ``data.path`` name the fault; the plugin never sees such params."""
+    return CallError(ErrorObject(
+        ErrorCode.INVALID_PARAMS,
+        f"Invalid params for {what} {exc.version}: {exc.path}: {exc.message}",
+        {"origin": "pipevisor", **details, **exc.to_data()}))
 
 
 def sanitize_plugin_error(error: ErrorObject) -> ErrorObject:

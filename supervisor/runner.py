@@ -51,7 +51,14 @@ from protocol.versions import VersionRange
 from supervisor import _platform
 from supervisor.config import PluginMode, PluginSpec, ProtocolErrorAction
 from supervisor.connection import Connection, ConnectionCallbacks, HostHandler
-from supervisor.errors import CallError, CallTimeout, PluginCrashed, PluginError, local
+from supervisor.errors import (
+    CallError,
+    CallTimeout,
+    PluginCrashed,
+    PluginError,
+    invalid_params,
+    local,
+)
 from supervisor.events import EventHub, SupervisorEvent
 from supervisor.limits import LimitAction
 from supervisor.policy import RestartTracker
@@ -330,10 +337,7 @@ class PluginRunner:
         try:
             wire = route.outgoing(params)
         except InterfaceViolation as exc:
-            raise CallError(ErrorObject(
-                ErrorCode.INVALID_PARAMS,
-                f"Invalid params for {method} {exc.version}: {exc.path}: {exc.message}",
-                {"origin": "pipevisor", "plugin": self.spec.name, **exc.to_data()})) from None
+            raise invalid_params(method, exc, plugin=self.spec.name) from None
         except Exception as exc:  # an adapter's bug must not look like the plugin's
             raise CallError(ErrorObject(
                 ErrorCode.INTERNAL_ERROR,
@@ -636,10 +640,7 @@ class PluginRunner:
         try:
             params = binding.params_in(params)
         except InterfaceViolation as exc:
-            raise CallError(ErrorObject(
-                ErrorCode.INVALID_PARAMS,
-                f"Invalid params for host method {method} {exc.version}: {exc.path}: "
-                f"{exc.message}", {"origin": "pipevisor", **exc.to_data()})) from None
+            raise invalid_params(f"host method {method}", exc) from None
         except Exception as exc:
             raise self._adapter_failure(method, binding.to_json(), "params", exc) from None
         result = await self._host_handler(method, params)

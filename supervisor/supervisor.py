@@ -20,11 +20,11 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from protocol import ErrorCode, ErrorObject, HandshakeParams, standard_error
+from protocol import ErrorCode, HandshakeParams, standard_error
 from protocol.interfaces import Direction, InterfaceViolation, negotiate_host_methods
 from supervisor import _platform
 from supervisor.config import PluginSpec, SupervisorConfig
-from supervisor.errors import CallError, ConfigError, local
+from supervisor.errors import CallError, ConfigError, invalid_params, local
 from supervisor.events import EventHub, Subscription
 from supervisor.interfaces import Adapter, AdapterRegistry, interfaces_from
 from supervisor.runner import PluginRunner
@@ -256,10 +256,7 @@ class Supervisor:
             try:
                 binding.outgoing(params)
             except InterfaceViolation as exc:
-                raise CallError(ErrorObject(
-                    ErrorCode.INVALID_PARAMS,
-                    f"Invalid params for host method {method} {exc.version}: {exc.path}: "
-                    f"{exc.message}", {"origin": "pipevisor", **exc.to_data()})) from None
+                raise invalid_params(f"host method {method}", exc) from None
         if isinstance(params, dict):
             result = await fn(**params)
         elif isinstance(params, list):
