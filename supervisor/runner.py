@@ -320,11 +320,8 @@ class PluginRunner:
                         f"interface {exc.version}: {exc.path}: {exc.message}",
                         plugin=self.spec.name, **exc.to_data()) from None
         except Exception as exc:
-            raise CallError(ErrorObject(
-                ErrorCode.INTERNAL_ERROR,
-                f"adapter for {method} {route.host}->{route.plugin} failed on the result: "
-                f"{exc!r}", {"origin": "pipevisor", "plugin": self.spec.name,
-                            "method": method})) from None
+            raise self._adapter_failure(f"adapter for {method} {route.host}->{route.plugin}",
+                                        method, "the result", exc) from None
 
     def _outgoing(self, route: Binding, params: Any) -> Any:
         """Params on their way to the plugin: disabled? valid? converted."""
@@ -339,10 +336,8 @@ class PluginRunner:
         except InterfaceViolation as exc:
             raise invalid_params(method, exc, plugin=self.spec.name) from None
         except Exception as exc:  # an adapter's bug must not look like the plugin's
-            raise CallError(ErrorObject(
-                ErrorCode.INTERNAL_ERROR,
-                f"adapter for {method} {route.host}->{route.plugin} failed on params: {exc!r}",
-                {"origin": "pipevisor", "plugin": self.spec.name, "method": method})) from None
+            raise self._adapter_failure(f"adapter for {method} {route.host}->{route.plugin}",
+                                        method, "params", exc) from None
         return wire
 
     def _on_invalid_result(self, exc: InterfaceViolation) -> None:
@@ -642,22 +637,23 @@ class PluginRunner:
         except InterfaceViolation as exc:
             raise invalid_params(f"host method {method}", exc) from None
         except Exception as exc:
-            raise self._adapter_failure(method, binding.to_json(), "params", exc) from None
+            raise self._adapter_failure(f"host-method adapter for {method}", method,
+                                        "params", exc) from None
         result = await self._host_handler(method, params)
         try:
             return binding.result_out(result)
         except Exception as exc:
-            raise self._adapter_failure(method, binding.to_json(), "result", exc) from None
+            raise self._adapter_failure(f"host-method adapter for {method}", method,
+                                        "the result", exc) from None
 
-    def _adapter_failure(self, method: str, binding: dict[str, Any], what: str,
+    def _adapter_failure(self, adapter: str, method: str, what: str,
                          exc: Exception) -> CallError:
-        log.error("plugin %s: host-method adapter for %s failed on the %s: %r",
-                  self.spec.name, method, what, exc)
+        """An adapter's bug, logged and answered -32603, so it never looks like the
+        plugin's (or the host's) own error."""
+        log.error("plugin %s: %s failed on %s: %r", self.spec.name, adapter, what, exc)
         return CallError(ErrorObject(
-            ErrorCode.INTERNAL_ERROR,
-            f"host-method adapter for {method} failed on the {what}: {exc!r}",
-            {"origin": "pipevisor", "plugin": self.spec.name, "method": method,
-             "binding": binding}))
+            ErrorCode.INTERNAL_ERROR, f"{adapter} failed on {what}: {exc!r}",
+            {"origin": "pipevisor", "plugin": self.spec.name, "method": method}))
 
     def _negotiate(self, result: HandshakeResult) -> list[Binding]:
         """Bind every declared method to an interface version; returns the disabled ones."""

@@ -129,6 +129,21 @@ async def test_an_adapter_from_config_bridges_an_old_major() -> None:
         assert bad["code"] == ErrorCode.INVALID_PARAMS and "$.name" in bad["message"]
 
 
+async def test_a_failing_host_method_adapter_answers_minus_32603_and_blames_itself() -> None:
+    def broken(params: Any) -> Any:
+        raise KeyError("name")
+
+    sup = supervisor("lookup=0.3")
+    sup.register_adapter("lookup", 1, 0, Adapter(lambda r: r, broken), direction="host")
+    async with sup:
+        await sup.wait_ready(timeout=10)
+        answer = await ask(sup, {"name": "f"})
+        assert answer["code"] == ErrorCode.INTERNAL_ERROR
+        assert "host-method adapter for lookup failed on params" in answer["message"]
+        assert sup.seen == []  # type: ignore[attr-defined]  # the handler never ran
+        assert await sup.call("p", "echo", {"still": 1}) == {"still": 1}
+
+
 async def test_a_plugin_method_adapter_does_not_bridge_a_host_method() -> None:
     spec = AdapterSpec("lookup", 1, 0, "tests.supervisor.test_host_method_versions:"
                        "old_lookup_adapter")  # direction defaults to "plugin"
