@@ -26,6 +26,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,14 +70,26 @@ def checkout_of(plugin: str) -> Path:
     return ROOT
 
 
-def one_run(plugin: str, call: str) -> tuple[float, float | None]:
-    """Seconds from spawn to the handshake answer and to the first call's answer."""
+@contextmanager
+def spawned(plugin: str) -> Iterator[subprocess.Popen[bytes]]:
+    """The plugin running with its own checkout's plugin_kit; killed if still there after."""
     env = {**os.environ, "PYTHONPATH": str(checkout_of(plugin))}
-    start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, plugin], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     assert proc.stdin is not None and proc.stdout is not None
     try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def one_run(plugin: str, call: str) -> tuple[float, float | None]:
+    """Seconds from spawn to the handshake answer and to the first call's answer."""
+    start = time.perf_counter()
+    with spawned(plugin) as proc:
+        assert proc.stdin is not None
         proc.stdin.write(HANDSHAKE)
         proc.stdin.flush()
         got = bytearray()
@@ -96,10 +110,6 @@ def one_run(plugin: str, call: str) -> tuple[float, float | None]:
         proc.stdin.close()
         proc.wait(DEADLINE)
         return handshake, first_call
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def main() -> None:

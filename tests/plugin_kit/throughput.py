@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 
-from tests.plugin_kit.startup_time import DEADLINE, HANDSHAKE, ROOT, checkout_of
+from tests.plugin_kit.startup_time import DEADLINE, HANDSHAKE, ROOT, spawned
 
 DEFAULT_PLUGINS = (
     str(ROOT / "examples" / "python-plugin-kit" / "pipevisor-kit-echo"),
@@ -38,12 +35,9 @@ def request(ident: int, method: str) -> bytes:
 
 def measure(plugin: str, method: str, n: int) -> tuple[float, float]:
     """(pipelined calls/s, sequential calls/s) for one fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(checkout_of(plugin))}
-    proc = subprocess.Popen([sys.executable, plugin], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    assert proc.stdin is not None and proc.stdout is not None
-    stdin, stdout = proc.stdin, proc.stdout
-    try:
+    with spawned(plugin) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        stdin, stdout = proc.stdin, proc.stdout
         stdin.write(HANDSHAKE)
         stdin.flush()
         assert json.loads(stdout.readline())["id"] == 0
@@ -80,10 +74,6 @@ def measure(plugin: str, method: str, n: int) -> tuple[float, float]:
         stdin.close()
         proc.wait(DEADLINE)
         return pipelined, sequential
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def main() -> None:
