@@ -493,10 +493,22 @@ class LeftoverRecord:
         """Recorded pid -> create_time."""
         return self._load()
 
-    def record(self, pid: int, create_time: float | None = None) -> None:
-        """Remember a spawned pid; create_time defaults to the live process's."""
+    def record(self, pid: int, create_time: float | None = None, *,
+               spawned_at: float | None = None) -> None:
+        """Remember a spawned pid; create_time defaults to the live process's.
+
+        A plugin that exits at once may already be reaped when this runs; then
+        ``spawned_at`` (wall time taken just before the spawn, a lower bound of the
+        real start) stands in, so that strays in its session or group are still
+        found next time; without it nothing is recorded.
+        """
         if create_time is None:
-            create_time = psutil.Process(pid).create_time()
+            try:
+                create_time = psutil.Process(pid).create_time()
+            except psutil.Error:
+                if spawned_at is None:
+                    return
+                create_time = spawned_at
         entries = self._load()
         entries[pid] = create_time
         self._save(entries)

@@ -156,6 +156,8 @@ class PluginRunner:
         self._exit_published = False  # this instance's `exit` event is out (one per instance)
         self.reason: str | None = None
         self.faults = 0
+        self.internal_faults = 0
+        """Exceptions raised while serving this plugin, each one ending its instance."""
         self.stderr_suppressed = 0
         self._log_tokens = _STDERR_LOG_RATE
         self._log_refill = time.monotonic()
@@ -302,6 +304,13 @@ class PluginRunner:
             if route is not None:
                 return await self._routed_call(route, conn, params, deadline)
             return await conn.call(method, params, max(0.0, deadline - anyio.current_time()))
+        except CallError:
+            raise
+        except Exception as exc:  # our bug on this call's path: the caller still gets an answer
+            self.fault(exc, f"a call to {method}")
+            raise local(ErrorCode.CONNECTION_CLOSED,
+                        f"plugin {self.spec.name!r}: pipevisor failed on this call: {exc!r}",
+                        plugin=self.spec.name, method=method) from None
         finally:
             slots.release()
 
@@ -394,7 +403,45 @@ class PluginRunner:
     # ================================================================ the loop
 
     async def run(self) -> None:
-        """The plugin's lifetime; returns after ``close()``."""
+        """The plugin's lifetime; returns after ``close()``.
+
+        The outer fault boundary: an exception between instances (a state change, an
+        event, the restart decision) leaves the plugin ``failed`` with the reason, its
+        neighbours untouched; ``start`` brings it back.
+        """
+        while True:
+            try:
+                await self._run_loop()
+                return
+            except Exception as exc:
+                self._fail_hard(exc)
+                if self._want == "close":
+                    return
+
+    def _fail_hard(self, exc: Exception) -> None:
+        self.internal_faults += 1
+        reason = f"pipevisor failed while serving it: {exc!r}"
+        log.error("plugin %s: %s (internal fault #%d); marked failed", self.spec.name, reason,
+                  self.internal_faults, exc_info=exc)
+        if self._want != "close":
+            self._want = None
+        # the state machine may be what broke: set the state without asking it
+        self.state, self.reason = S.FAILED, reason
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    def fault(self, exc: Exception, where: str) -> None:
+        """A failure outside the instance's own tasks (the sampler, say) while serving
+        this plugin: logged, counted, and the instance ends like after a crash."""
+        self.internal_faults += 1
+        detail = f"pipevisor failed in {where}: {exc!r}"
+        log.error("plugin %s: %s (internal fault #%d); ending this instance",
+                  self.spec.name, detail, self.internal_faults, exc_info=exc)
+        self._end(_End("internal", detail, error=local_error(
+            ErrorCode.CONNECTION_CLOSED, f"plugin {self.spec.name!r}: {detail}",
+            plugin=self.spec.name)))
+
+    async def _run_loop(self) -> None:
         while True:
             while self._want not in ("start", "restart", "close"):
                 self._wake = anyio.Event()
@@ -402,7 +449,10 @@ class PluginRunner:
             if self._want == "close":
                 return
             self._want = None
-            end = await self._run_instance()
+            try:
+                end = await self._run_instance()
+            except Exception as exc:  # the fault boundary: this plugin's problem only
+                end = self._internal_fault(exc)
             if self._want == "close":
                 self._finish(S.STOPPED, end.detail)
                 return
@@ -442,6 +492,24 @@ class PluginRunner:
                 continue
             self._want = "start"
 
+    def _internal_fault(self, exc: Exception) -> _End:
+        """Something raised while serving this plugin (spawn bookkeeping, reading, a
+        callback, a host handler's plumbing): the instance is over (its process was
+        killed on the way out), every call in flight is answered, and the restart
+        policy decides, exactly as after a crash. Nothing leaves this plugin's scope."""
+        self.internal_faults += 1
+        detail = f"pipevisor failed while serving it: {exc!r}"
+        log.error("plugin %s: %s (internal fault #%d); ending this instance",
+                  self.spec.name, detail, self.internal_faults, exc_info=exc)
+        error = local_error(ErrorCode.CONNECTION_CLOSED, f"plugin {self.spec.name!r}: {detail}",
+                            plugin=self.spec.name)
+        if self.conn is not None:
+            self.conn.close(error)
+        self._hub.publish(SupervisorEvent(self.spec.name, "fault", {
+            "fault": "internal", "detail": detail, "count": self.internal_faults}))
+        self.process = None
+        return _End("internal", detail, error=error)
+
     def _finish(self, state: PluginState, reason: str) -> None:
         if state is S.STOPPED and self.state is not S.STOPPING:
             self._set_state(S.STOPPING, reason)
@@ -457,6 +525,7 @@ class PluginRunner:
         self.bindings, self._routes, self.raw, self._first_stdout = {}, {}, False, None
         self.host_bindings = {}
         self._set_state(S.STARTING)
+        spawned_at = time.time()
         try:
             process = await spawn(self.spec, self._containment, self._env())
         except SpawnError as exc:
@@ -464,17 +533,17 @@ class PluginRunner:
             return _End("spawn", str(exc), give_up=True)
         self.process = process
         self.started_at = time.monotonic()
-        if self._leftovers is not None:
-            self._leftovers.record(process.pid)
-        conn = Connection(
-            self.spec.name, process.stdin, process.stdout,  # type: ignore[arg-type]
-            ConnectionCallbacks(self._on_notification, self._on_fault,
-                                None if self._host_handler is None else self._on_host_call),
-            max_line_bytes=self.spec.max_line_bytes,
-        )
-        self.conn = conn
         end: _End | None = None
         try:
+            if self._leftovers is not None:
+                self._leftovers.record(process.pid, spawned_at=spawned_at)
+            conn = Connection(
+                self.spec.name, process.stdin, process.stdout,  # type: ignore[arg-type]
+                ConnectionCallbacks(self._on_notification, self._on_fault,
+                                    None if self._host_handler is None else self._on_host_call),
+                max_line_bytes=self.spec.max_line_bytes,
+            )
+            self.conn = conn
             async with anyio.create_task_group() as tg:
                 tg.start_soon(conn.read_loop, tg)
                 tg.start_soon(pump_stderr, process, self._on_stderr)

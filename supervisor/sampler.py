@@ -297,6 +297,8 @@ class Sampler:
         self._runners = runners
         self.interval = interval
         self._tracks: dict[str, _Track] = {}
+        self.failures = 0
+        """Ticks that raised (logged; sampling goes on)."""
         self.last_tick_seconds = 0.0
         """Wall time the last tick's /proc reading took (for perf/)."""
         self._paused: dict[str, int] = {}
@@ -314,7 +316,14 @@ class Sampler:
         try:
             async with anyio.create_task_group() as tg:
                 while True:
-                    await self.tick(tg)
+                    try:
+                        await self.tick(tg)
+                    except Exception as exc:  # never the supervisor's end: log, start afresh
+                        self.failures += 1
+                        log.error("resource sampling failed (#%d); the next tick reads "
+                                  "every tree afresh: %r", self.failures, exc, exc_info=exc)
+                        self._tracks.clear()
+                        self._hot = None
                     await anyio.sleep(self.interval)
         finally:
             for name, pid in list(self._paused.items()):
@@ -403,7 +412,11 @@ class Sampler:
                     resources["sampled_at"] = wall
                 track.last_refill = now
                 continue
-            self._enforce(runner, track, sample, now, tg)
+            try:
+                self._enforce(runner, track, sample, now, tg)
+            except Exception as exc:  # this plugin's instance ends; the others are checked
+                self._tracks.pop(runner.spec.name, None)
+                runner.fault(exc, "limit enforcement")
 
     def _enforce(self, runner: PluginRunner, track: _Track, sample: TreeSample, now: float,
                  tg: anyio.abc.TaskGroup | None) -> None:

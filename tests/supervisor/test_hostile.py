@@ -1,0 +1,186 @@
+"""Hostile plugins (issue 13): whatever one plugin does, the supervisor and its neighbours
+survive it, every call ends exactly once, and the host's memory stays bounded.
+
+Each test runs real plugin processes (tests/plugins/hostile.py and friends) next to a
+well-behaved neighbour, and checks the invariants after the attack.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from supervisor import (
+    CallError,
+    CallPolicy,
+    HealthPolicy,
+    PluginSpec,
+    PluginState,
+    RestartPolicy,
+    StopPolicy,
+    Supervisor,
+    SupervisorConfig,
+)
+
+pytestmark = pytest.mark.anyio
+
+HOSTILE = str(Path(__file__).resolve().parent.parent / "plugins" / "hostile.py")
+
+
+def hostile(name: str, *attack: str, **overrides: Any) -> PluginSpec:
+    spec = PluginSpec(
+        name, (sys.executable, HOSTILE, *attack),
+        restart=RestartPolicy(first_backoff=0.05, max_delay=0.5, max_restarts=5,
+                              within_seconds=30),
+        stop=StopPolicy(shutdown_grace=1.0, eof_grace=1.0, term_grace=1.0),
+        calls=CallPolicy(timeout=10.0),
+        health=HealthPolicy(handshake_timeout=10.0, ping_interval=0),
+    )
+    return PluginSpec(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__},
+                         **overrides})
+
+
+NEIGHBOUR = hostile("neighbour", "serve")
+
+
+@asynccontextmanager
+async def supervising(*specs: PluginSpec, **config: Any) -> AsyncIterator[Supervisor]:
+    async with Supervisor(SupervisorConfig(plugins=(NEIGHBOUR, *specs), **config)) as sup:
+        await sup.wait_ready(["neighbour"], timeout=20)
+        yield sup
+        # the invariant every test ends on: the host and a neighbour still work
+        assert await sup.call("neighbour", "echo", {"text": "still here"}, timeout=5) == {
+            "text": "still here"}
+
+
+async def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.01)
+
+
+# ------------------------------------------------------------------ item 1: exit at once
+
+
+async def test_a_plugin_that_exits_at_once_never_takes_the_supervisor_down(
+        tmp_path: Path) -> None:
+    """Hundreds of instant exits with a tiny backoff: the process is often reaped before
+    the spawn is recorded (psutil.NoSuchProcess); that must stay this plugin's problem."""
+    script = tmp_path / "exit-at-once"
+    script.write_text("#!/bin/sh\nexit 1\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    quick = hostile("quitter", restart=RestartPolicy(
+        first_backoff=0.001, max_delay=0.001, max_restarts=100_000, within_seconds=60))
+    quick = PluginSpec(**{**{f: getattr(quick, f) for f in quick.__dataclass_fields__},
+                          "command": (str(script),)})
+    async with supervising(quick, state_dir=str(tmp_path / "state")) as sup:
+        runner = sup.runner("quitter")
+        await wait_for(lambda: runner.tracker.total_restarts >= 300, 60, "300 restarts")
+        assert runner.state is not PluginState.FAILED
+    assert not (tmp_path / "state" / "children.json").exists() or \
+        '"children": {}' in (tmp_path / "state" / "children.json").read_text()
+
+
+# ------------------------------------------------------------ item 2: one bad cancel line
+
+
+@pytest.mark.parametrize("bad_id", ["[1]", '{"a":1}', "[[]]"])
+async def test_a_cancel_with_an_unhashable_id_is_a_fault_not_a_crash(
+        tmp_path: Path, bad_id: str) -> None:
+    lines = tmp_path / "lines"
+    cancel = '{"jsonrpc":"2.0","method":"pipevisor/cancel","params":{"id":BAD}}\n'
+    lines.write_text(cancel.replace("BAD", bad_id))
+    async with supervising(hostile("liar", "lines", str(lines))) as sup:
+        await sup.wait_ready(["liar"], timeout=20)
+        assert await sup.call("liar", "echo", {"text": "x"}, timeout=5) == {"text": "x"}
+        assert sup.runner("liar").instance == 1
+
+
+
+# ------------------------------------------------- one fault boundary per plugin
+
+
+def _inject_once(monkeypatch: pytest.MonkeyPatch, owner: Any, attr: str,
+                 applies: Any, armed: list[bool]) -> list[str]:
+    """Make ``owner.attr`` raise once, the first time ``applies(self, *args)`` holds
+    after ``armed`` became true."""
+    original = getattr(owner, attr)
+    fired: list[str] = []
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if armed[0] and not fired and applies(self, *args):
+            fired.append(attr)
+            raise RuntimeError(f"injected fault in {attr}")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, attr, wrapper)
+    return fired
+
+
+def _victim(self: Any, *args: Any) -> bool:
+    return getattr(self, "name", None) == "victim" or (
+        getattr(getattr(self, "spec", None), "name", None) == "victim")
+
+
+def _steps() -> dict[str, tuple[Any, str, Any, str]]:
+    from supervisor import _platform
+    from supervisor.connection import Connection
+    from supervisor.events import EventHub
+    from supervisor.runner import PluginRunner
+    from supervisor.sampler import Sampler
+
+    return {
+        # name: (owner, attribute, applies, what triggers it)
+        "spawn-record": (_platform.LeftoverRecord, "record", lambda self, *a: True, "load"),
+        "handshake": (PluginRunner, "_negotiate", _victim, "load"),
+        "reading": (Connection, "_settle", _victim, "call"),
+        "writing": (Connection, "_send", _victim, "call"),
+        "notification": (PluginRunner, "_on_notification", _victim, "call"),
+        "stderr": (PluginRunner, "_on_stderr", _victim, "call"),
+        "sampling": (Sampler, "_enforce", lambda self, runner, *a: runner.spec.name == "victim",
+                     "load"),
+        "event-in-instance": (EventHub, "publish", lambda self, e: (
+            e.plugin == "victim" and e.kind == "state" and e.detail.get("to") == "ready"),
+            "load"),
+        "event-between-instances": (EventHub, "publish", lambda self, e: (
+            e.plugin == "victim" and e.kind == "restart"), "kill"),
+    }
+
+
+@pytest.mark.parametrize("step", list(_steps()))
+async def test_an_exception_while_serving_one_plugin_stays_in_its_scope(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, step: str) -> None:
+    from supervisor.limits import Limit, LimitAction, Limits
+
+    owner, attr, applies, trigger = _steps()[step]
+    victim = hostile("victim", "serve",
+                     limits=Limits(memory=Limit(2**30, LimitAction.WARN)))
+    async with supervising(state_dir=str(tmp_path / "state"), sample_interval=0.05) as sup:
+        armed = [trigger == "load"]
+        # patched before the load: callbacks are bound when an instance starts
+        fired = _inject_once(monkeypatch, owner, attr, applies, armed)
+        await sup.load(victim, wait=None if armed[0] else 20)
+        armed[0] = True
+        runner = sup.runner("victim")
+        if trigger == "call":
+            try:  # whatever breaks, the caller gets a result or a CallError, never more
+                await sup.call("victim", "echo", {"chatty": True}, timeout=5)
+            except CallError:
+                pass
+        elif trigger == "kill":
+            os.kill(runner.process.pid, 9)  # type: ignore[union-attr]
+        await wait_for(lambda: bool(fired) and runner.internal_faults >= 1, 20,
+                       "the injected fault")
+        assert sup.runner("neighbour").internal_faults == 0
+        if runner.state is PluginState.FAILED:
+            sup.restart("victim")  # the outer boundary marks it failed; start brings it back
+        await sup.wait_ready(["victim"], timeout=20)
+        assert await sup.call("victim", "echo", {"text": "back"}, timeout=5) == {"text": "back"}
