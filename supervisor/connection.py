@@ -53,6 +53,7 @@ HostHandler = Callable[[str, Any], Awaitable[Any]]
 
 _READ_CHUNK = 256 * 1024
 _HIGH_WATER = 256 * 1024
+_ID_TYPES = (str, int, float)
 _MAX_QUEUED_HOST_CALLS = 256
 """Plugin-to-host calls waiting for a handler slot; beyond this they get QUEUE_FULL."""
 
@@ -377,9 +378,12 @@ class Connection:
             elif t is NotificationReceived:
                 n = event.notification
                 if n.method == CANCEL and isinstance(n.params, dict):
-                    scope = self._host_scopes.get(n.params.get("id"))
-                    if scope is not None:
-                        scope.cancel()
+                    ident = n.params.get("id")
+                    # any JSON may stand here; only a plain id can name a host call
+                    if type(ident) in _ID_TYPES:
+                        scope = self._host_scopes.get(ident)
+                        if scope is not None:
+                            scope.cancel()
                 else:
                     self._cb.on_notification(n)
             elif t is ProtocolFault:
