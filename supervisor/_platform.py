@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from typing import Any, Literal
 
 import psutil
 
-from supervisor.limits import apply_rlimits
+from supervisor.limits import RLIMIT_IDS
 
 __all__ = [
     "FORWARDED_SIGNALS",
@@ -43,6 +44,7 @@ __all__ = [
     "reap_adopted",
     "reset_detection_cache",
     "resume_tree",
+    "set_rlimits_after_spawn",
     "signal_tree",
     "tree_pids",
     "wrap_command",
@@ -121,8 +123,7 @@ def _build_shim() -> tuple[str | None, str]:
     if override:
         if os.path.isfile(override) and os.access(override, os.X_OK):
             return os.path.realpath(override), f"PIPEVISOR_SHIM={override}"
-        log.warning("PIPEVISOR_SHIM=%s is not an executable file; ignoring it", override)
-        return None, f"PIPEVISOR_SHIM={override} is not executable"
+        return None, f"PIPEVISOR_SHIM={override} is not an executable file"
     if not IS_LINUX:
         return None, f"pvinit is Linux-only ({sys.platform})"
     try:
@@ -136,15 +137,13 @@ def _build_shim() -> tuple[str | None, str]:
         return str(target), f"cached {target.name}"
     compiler = _find_compiler()
     if compiler is None:
-        log.warning("no C compiler (cc/gcc) found; pvinit shim unavailable")
-        return None, "no C compiler (install gcc)"
+        return None, "no C compiler (cc, gcc or clang) on PATH"
     try:
         cache.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".pvinit-", dir=cache)
         os.close(fd)
     except OSError as exc:
-        log.warning("cannot use cache dir %s for pvinit: %s", cache, exc)
-        return None, f"cache dir unusable: {exc}"
+        return None, f"cache dir {cache} unusable: {exc}"
     try:
         proc = subprocess.run(
             [compiler, *_CFLAGS, "-o", tmp, str(_SHIM_SOURCE)],
@@ -154,14 +153,13 @@ def _build_shim() -> tuple[str | None, str]:
             check=False,
         )
         if proc.returncode != 0:
-            log.warning("compiling pvinit failed: %s", proc.stderr.strip())
-            return None, f"compile failed: {proc.stderr.strip()[:200]}"
+            log.debug("compiling pvinit failed: %s", proc.stderr.strip())
+            return None, f"compiling it failed: {proc.stderr.strip()[:200]}"
         os.chmod(tmp, 0o755)
         # Atomic: concurrent supervisors either see no file or a whole one.
         os.replace(tmp, target)
     except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("compiling pvinit failed: %s", exc)
-        return None, f"compile failed: {exc}"
+        return None, f"compiling it failed: {exc}"
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -184,7 +182,13 @@ def ensure_shim() -> str | None:
 # --------------------------------------------------------------------------- detection
 
 
+class _ShimUnusable(Exception):
+    """The shim binary exists but cannot be executed (noexec mount, wrong format, ...)."""
+
+
 def _probe_pidns(shim: str) -> tuple[bool, str]:
+    """Whether pvinit can have a pid namespace here (and why not); running it is also
+    the proof that the binary runs at all, else :class:`_ShimUnusable`."""
     try:
         proc = subprocess.run(
             [shim, "--probe-ns"],
@@ -194,7 +198,9 @@ def _probe_pidns(shim: str) -> tuple[bool, str]:
             timeout=10,
             check=False,
         )
-    except (OSError, subprocess.SubprocessError) as exc:
+    except OSError as exc:
+        raise _ShimUnusable(f"{shim} cannot run: {exc}") from exc
+    except subprocess.SubprocessError as exc:
         return False, f"probe failed: {exc}"
     reason = proc.stderr.strip().removeprefix("pvinit: ")
     if proc.returncode == 0:
@@ -204,20 +210,51 @@ def _probe_pidns(shim: str) -> tuple[bool, str]:
     return False, reason or f"probe exited {proc.returncode}"
 
 
+#: Whether rlimits can be set on another process (the no-shim fallback needs that).
+_CAN_PRLIMIT = hasattr(resource, "prlimit") or hasattr(psutil.Process, "rlimit")
+
+_fallback_warned = False
+
+
+def _without_shim(why: str) -> Containment:
+    """The 'session' fallback, announced by exactly one warning per process."""
+    global _fallback_warned
+    if not _fallback_warned:
+        _fallback_warned = True
+        rlimits = ("kernel rlimits (RLIMIT_CORE=0, the memory and fd backstops) are set "
+                   "just after the spawn instead of before the plugin runs"
+                   if _CAN_PRLIMIT else
+                   f"kernel rlimits (RLIMIT_CORE=0, the memory and fd backstops) are not "
+                   f"set at all on {sys.platform}")
+        log.warning(
+            "no pvinit shim (%s): process containment falls back to 'session' (each plugin "
+            "in its own session and process group). Lost: plugins no longer die with the "
+            "supervisor if it is killed (with a state_dir, the next start kills them), "
+            "a process that calls setsid escapes stop and that cleanup, and %s. "
+            "See docs/process-containment.md%s.",
+            why, rlimits, "; install gcc to get the shim" if IS_LINUX else "")
+    return Containment("session", None, f"no pvinit shim: {why}")
+
+
 @functools.cache
 def _detect(force: str, shim_env: str | None) -> Containment:
     if not IS_LINUX:
         if force == "pidns":
             raise RuntimeError(f"pid namespaces are Linux-only ({sys.platform})")
-        return Containment("session", None, f"{sys.platform}: process groups only")
+        return _without_shim(f"pvinit is Linux-only ({sys.platform})")
     shim, why = _shim_cached(shim_env)
     if shim is None:
         if force == "pidns":
             raise RuntimeError(f"pidns containment needs the pvinit shim: {why}")
-        return Containment("session", None, f"no pvinit shim: {why}")
+        return _without_shim(why)
+    try:
+        ok, detail = _probe_pidns(shim)
+    except _ShimUnusable as exc:
+        if force == "pidns":
+            raise RuntimeError(f"pidns containment needs the pvinit shim: {exc}") from exc
+        return _without_shim(str(exc))
     if force == "session":
         return Containment("session+pdeathsig", shim, "pid namespace disabled by configuration")
-    ok, detail = _probe_pidns(shim)
     if ok:
         return Containment("pidns", shim, detail)
     if force == "pidns":
@@ -240,8 +277,10 @@ def detect_containment(*, force: str | None = None) -> Containment:
 
 def reset_detection_cache() -> None:
     """Forget detection results, e.g. after a test changed PIPEVISOR_SHIM."""
+    global _fallback_warned
     _detect.cache_clear()
     _shim_cached.cache_clear()
+    _fallback_warned = False
 
 
 def wrap_command(argv: Sequence[str], containment: Containment,
@@ -255,21 +294,59 @@ def wrap_command(argv: Sequence[str], containment: Containment,
     that forked the shim exits.
 
     ``rlimits`` (short name -> value, see ``supervisor.limits.RLIMIT_IDS``) are set
-    in the plugin just before exec: by pvinit when there is a shim (so the shim
-    itself stays unconstrained), else by a ``preexec_fn`` in the forked child.
+    in the plugin just before exec by pvinit when there is a shim (so the shim
+    itself stays unconstrained). Without one they are ignored here: the caller
+    sets them right after the spawn with :func:`set_rlimits_after_spawn` (no
+    ``preexec_fn``: ``anyio.open_process`` does not take one, and it is unsafe
+    with threads).
     """
     if not argv:
         raise ValueError("empty plugin command")
     kwargs: dict[str, Any] = {"start_new_session": True}
     if containment.shim is None:
-        if rlimits:
-            kwargs["preexec_fn"] = functools.partial(apply_rlimits, dict(rlimits))
         return list(argv), kwargs
     _known_shims.add(os.path.realpath(containment.shim))
     mode = "--ns" if containment.mechanism == "pidns" else "--no-ns"
     flags = [f for name, value in (rlimits or {}).items()
              for f in ("--rlimit", f"{name}={int(value)}")]
     return [containment.shim, mode, "--parent", str(os.getpid()), *flags, "--", *argv], kwargs
+
+
+def _lower_rlimit(pid: int, which: int, value: int) -> None:
+    if hasattr(resource, "prlimit"):  # Linux
+        hard = resource.prlimit(pid, which)[1]
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.prlimit(pid, which, (value, value))
+        return
+    proc = psutil.Process(pid)  # FreeBSD
+    hard = proc.rlimit(which)[1]
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    proc.rlimit(which, (value, value))
+
+
+def set_rlimits_after_spawn(pid: int, containment: Containment,
+                            rlimits: Mapping[str, int] | None) -> None:
+    """Without the shim, lower the just-spawned plugin's rlimits from outside.
+
+    Call it right after the spawn returns. The plugin has been running since its
+    exec, so there is a window (typically well under a millisecond, longer when
+    the event loop is busy) in which it runs with the supervisor's limits;
+    docs/process-containment.md has the figures. With a shim this does nothing:
+    pvinit set them before exec. Limits are only lowered (at most to the hard
+    limit the plugin already has). A plugin already gone is left to the exit
+    watcher; any other failure is logged, the plugin keeps running.
+    """
+    if containment.shim is not None or not rlimits or not _CAN_PRLIMIT:
+        return
+    for name, value in rlimits.items():
+        try:
+            _lower_rlimit(pid, RLIMIT_IDS[name], int(value))
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            return
+        except (OSError, psutil.Error) as exc:
+            log.warning("cannot set rlimit %s=%d on plugin pid %d: %s", name, value, pid, exc)
 
 
 # --------------------------------------------------------------------------- tree operations

@@ -97,10 +97,10 @@ async def spawn(
     executable = resolve_executable(spec.command[0], env.get("PATH"))
     if spec.cwd is not None and not os.path.isdir(spec.cwd):
         raise SpawnError(f"working directory does not exist: {spec.cwd}")
-    argv, kwargs = _platform.wrap_command([executable, *spec.command[1:]], containment,
-                                          spec.limits.rlimits())
+    rlimits = spec.limits.rlimits()
+    argv, kwargs = _platform.wrap_command([executable, *spec.command[1:]], containment, rlimits)
     try:
-        return await anyio.open_process(
+        process = await anyio.open_process(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -111,6 +111,9 @@ async def spawn(
         )
     except OSError as exc:
         raise SpawnError(f"cannot start {executable}: {exc}") from exc
+    # no shim: nothing set them before exec, so set them now (a short window, see there)
+    _platform.set_rlimits_after_spawn(process.pid, containment, rlimits)
+    return process
 
 
 async def pump_stderr(process: Process, on_line: Callable[[str], None]) -> None:
