@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +56,13 @@ _READ_CHUNK = 256 * 1024
 _HIGH_WATER = 256 * 1024
 _ID_TYPES = (str, int, float)
 _MAX_QUEUED_HOST_CALLS = 256
-"""Plugin-to-host calls waiting for a handler slot; beyond this they get QUEUE_FULL."""
+"""Plugin-to-host calls waiting for a handler slot; beyond this they get QUEUE_FULL
+at once from the reader, without a task."""
+PAUSE_WATER = 1024 * 1024
+"""Bytes queued for a plugin's stdin above which the host stops reading its stdout
+while it owes the plugin answers (replies to its requests, errors for its invalid
+lines): a plugin that writes but never reads is held by its own full pipe instead of
+growing the host's memory. Reading resumes once the plugin has read what is queued."""
 
 
 def _asyncio_writer(stream: ByteSendStream) -> asyncio.StreamWriter | None:
@@ -145,6 +152,15 @@ class Connection:
         """Writes waiting to go out in one piece (``_send``); None when none is due."""
         self.closed_error: ErrorObject | None = None
         self.eof = anyio.Event()
+        self._max_open = max_host_calls + _MAX_QUEUED_HOST_CALLS
+        self._serving = 0
+        """Requests from the plugin being served (a task each); at most ``_max_open``."""
+        self._owed: list[bytes] = []
+        """Answers made by the reader itself (QUEUE_FULL), written with the peer's output."""
+        self.host_calls_refused = 0
+        self.read_pauses = 0
+        """Times reading stopped because the plugin did not read what it was owed."""
+        self._resume: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------- writing
 
@@ -190,6 +206,17 @@ class Connection:
         async with self._write_lock:
             await self._stdin.send(data)
 
+    async def _send_cancel(self, data: bytes) -> None:
+        """A cancel is a courtesy: queued without waiting for a plugin that does not read
+        (one per abandoned call, so bounded by the callers), at most a second otherwise."""
+        writer = self._writer
+        if writer is not None:
+            if not writer.is_closing():
+                self._send(writer, data)
+            return
+        with anyio.move_on_after(1.0):
+            await self._write_quietly(data)
+
     async def _write_quietly(self, data: bytes) -> None:
         """Write, ignoring a dead pipe: the reader will notice and settle everything."""
         try:
@@ -197,14 +224,21 @@ class Connection:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
 
-    async def close_stdin(self) -> None:
-        if self._writer is not None and self._joined:
-            self._flush_joined(self._writer)  # what was said before EOF still goes out
-        async with self._write_lock:
-            try:
-                await self._stdin.aclose()
-            except (anyio.BrokenResourceError, OSError):
-                pass
+    async def close_stdin(self, timeout: float = 1.0) -> None:
+        """End the plugin's input. What is queued still goes out if the plugin reads it
+        within ``timeout``; one that does not read gets its pipe closed regardless."""
+        writer = self._writer
+        if writer is not None and self._joined:
+            self._flush_joined(writer)  # what was said before EOF still goes out
+        with anyio.move_on_after(timeout):
+            async with self._write_lock:
+                try:
+                    await self._stdin.aclose()
+                except (anyio.BrokenResourceError, OSError):
+                    pass
+                return
+        if writer is not None:
+            writer.transport.abort()
 
     # ------------------------------------------------------------------- calls
 
@@ -229,7 +263,7 @@ class Connection:
         response = slot.response
         if response is None:
             self._slots.pop(ident, None)
-            await self._write_quietly(self.peer.cancel(ident))
+            await self._send_cancel(self.peer.cancel(ident))
             raise local(
                 ErrorCode.TIMEOUT,
                 f"plugin {self.name!r} did not answer {method!r} within {timeout:g} s",
@@ -260,10 +294,13 @@ class Connection:
             else:
                 self._send(writer, data)
                 if writer.transport.get_write_buffer_size() > _HIGH_WATER:
-                    try:
-                        await writer.drain()
-                    except (ConnectionResetError, BrokenPipeError):
-                        pass  # as above: the reader settles the call
+                    # a plugin that does not read: wait for it no longer than the call may
+                    # take (the timer has settled the future by then: a timeout)
+                    with anyio.move_on_after(timeout if timeout is not None else math.inf):
+                        try:
+                            await writer.drain()
+                        except (ConnectionResetError, BrokenPipeError):
+                            pass  # as above: the reader settles the call
             await slot.future
         except BaseException:
             # The caller was cancelled: tell the plugin, then let cancellation propagate.
@@ -271,7 +308,7 @@ class Connection:
                 self._slots.pop(ident, None)
                 cancel = self.peer.cancel(ident)
                 with anyio.CancelScope(shield=True):
-                    await self._write_quietly(cancel)
+                    await self._send_cancel(cancel)
             raise
         finally:
             if timer is not None:
@@ -298,7 +335,7 @@ class Connection:
                 self._slots.pop(ident, None)
                 cancel = self.peer.cancel(ident)
                 with anyio.CancelScope(shield=True):
-                    await self._write_quietly(cancel)
+                    await self._send_cancel(cancel)
             raise
         return slot
 
@@ -321,12 +358,21 @@ class Connection:
                 except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                     break
                 self._handle(self.peer.receive_data(data), tg)
-                out = self.peer.take_output()
+                out = self._take_output()
                 if out:
-                    await self._write_quietly(out)
+                    await self._write_quietly(out)  # waits while the plugin does not read
             self._handle(self.peer.receive_eof(), tg)
         finally:
+            if self._resume is not None:
+                self._resume.cancel()
             self.eof.set()
+
+    def _take_output(self) -> bytes:
+        out = self.peer.take_output()
+        if self._owed:
+            owed, self._owed = self._owed, []
+            out = b"".join([out, *owed])
+        return out
 
     async def _read_in_callbacks(self, reader: asyncio.StreamReader,
                                  writer: asyncio.StreamWriter, tg: TaskGroup) -> None:
@@ -345,9 +391,11 @@ class Connection:
                 return
             try:
                 self._handle(self.peer.receive_data(data), tg)
-                out = self.peer.take_output()
+                out = self._take_output()
                 if out and not writer.is_closing():
                     self._send(writer, out)
+                    if writer.transport.get_write_buffer_size() > PAUSE_WATER:
+                        self._pause_reading(reader, writer)
             except BaseException as exc:  # re-raised from the task, not in the transport
                 failure.append(exc)
                 reader.feed_eof()
@@ -368,13 +416,47 @@ class Connection:
         if failure:
             raise failure[0]
 
+    def _pause_reading(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Stop reading stdout until the plugin has read what it is owed (the callback
+        path's back-pressure; the portable path gets it by awaiting its writes)."""
+        transport = getattr(reader, "_transport", None)
+        if self._resume is not None or transport is None:
+            return
+        self.read_pauses += 1
+        if self.read_pauses in (1, 10, 100) or self.read_pauses % 1000 == 0:
+            log.warning("plugin %s does not read its stdin (%d bytes queued for it): its "
+                        "stdout is not read until it does (pause #%d)", self.name,
+                        writer.transport.get_write_buffer_size(), self.read_pauses)
+        transport.pause_reading()
+        self._resume = asyncio.get_running_loop().create_task(
+            self._resume_reading(writer, transport))
+
+    async def _resume_reading(self, writer: asyncio.StreamWriter,
+                              transport: asyncio.ReadTransport) -> None:
+        try:
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the pipe broke: the reader must see the end
+        finally:
+            self._resume = None
+            if not transport.is_closing():
+                transport.resume_reading()
+
     def _handle(self, events: list[Any], tg: TaskGroup) -> None:
         for event in events:
             t = type(event)
             if t is ResponseReceived:
                 self._settle(event)
             elif t is RequestReceived:
-                tg.start_soon(self._serve, event.request)
+                request = event.request
+                if self._serving >= self._max_open:
+                    self.host_calls_refused += 1
+                    self._owed.append(self.peer.send_error(request.id, local_error(
+                        ErrorCode.QUEUE_FULL,
+                        f"too many host calls in flight from this plugin (max {self._max_open})")))
+                else:
+                    self._serving += 1
+                    tg.start_soon(self._serve, request)
             elif t is NotificationReceived:
                 n = event.notification
                 if n.method == CANCEL and isinstance(n.params, dict):
@@ -408,16 +490,17 @@ class Connection:
     # --------------------------------------------------------- plugin -> host
 
     async def _serve(self, request: Request) -> None:
+        try:
+            await self._serve_one(request)
+        finally:
+            self._serving -= 1
+
+    async def _serve_one(self, request: Request) -> None:
         handler = self._cb.host_handler
         try:
             if handler is None:
                 raise CallError(standard_error(ErrorCode.METHOD_NOT_FOUND,
                                                f"host offers no method {request.method!r}"))
-            if self._host_calls.value == 0 and (
-                self._host_calls.statistics().tasks_waiting >= _MAX_QUEUED_HOST_CALLS
-            ):
-                raise CallError(local_error(ErrorCode.QUEUE_FULL,
-                                            "too many host calls in flight from this plugin"))
             async with self._host_calls:
                 with anyio.CancelScope() as scope:
                     self._host_scopes[request.id] = scope

@@ -882,7 +882,7 @@ class PluginRunner:
                     pass
                 await process.wait()
         if process.returncode is None:
-            await conn.close_stdin()
+            await conn.close_stdin(min(stop.eof_grace, 1.0))
             if await wait_exit(process, stop.eof_grace):
                 return
         await terminate(process, stop.term_grace)

@@ -184,3 +184,71 @@ async def test_an_exception_while_serving_one_plugin_stays_in_its_scope(
             sup.restart("victim")  # the outer boundary marks it failed; start brings it back
         await sup.wait_ready(["victim"], timeout=20)
         assert await sup.call("victim", "echo", {"text": "back"}, timeout=5) == {"text": "back"}
+
+
+# ------------------------------------------ item 5: floods hold no memory in the host
+
+
+def _rss() -> int:
+    import psutil
+    return int(psutil.Process().memory_info().rss)
+
+
+async def _neighbour_latency(sup: Supervisor, calls: int = 50) -> float:
+    """The median seconds of a neighbour's echo under the attack."""
+    times = []
+    for _ in range(calls):
+        started = anyio.current_time()
+        await sup.call("neighbour", "echo", {"text": "x"}, timeout=5)
+        times.append(anyio.current_time() - started)
+    return sorted(times)[len(times) // 2]
+
+
+@pytest.mark.parametrize("attack", ["flood-requests", "flood-invalid"])
+async def test_a_plugin_that_floods_and_never_reads_holds_no_memory(attack: str) -> None:
+    """It writes requests (or invalid lines, each owed an error) as fast as it can and
+    never reads its stdin: the host stops reading it once what it owes is queued, so
+    its memory stays flat, calls to it time out, and the neighbour is unaffected."""
+    async with supervising(hostile("flood", attack)) as sup:
+        await sup.wait_ready(["flood"], timeout=20)
+        before = _rss()
+        with anyio.move_on_after(3):
+            while True:
+                await _neighbour_latency(sup, 10)
+        grown = _rss() - before
+        assert grown < 32 * 2**20, f"the host grew {grown >> 20} MiB in 3 s under {attack}"
+        assert await _neighbour_latency(sup) < 0.05
+        with pytest.raises(CallError) as caught:
+            await sup.call("flood", "echo", {"text": "x"}, timeout=0.5)
+        assert caught.value.code == -31002  # timeout: it reads nothing
+
+
+async def test_a_host_call_flood_is_answered_queue_full_beyond_the_bound() -> None:
+    """1,000 host calls at once: 64 run, 256 wait, the rest are answered QUEUE_FULL by
+    the reader at once (no task each); the handler never runs more than 64 at a time."""
+    running = peak = calls = 0
+    release = anyio.Event()
+
+    async with Supervisor(SupervisorConfig(plugins=(NEIGHBOUR, hostile("asker", "host-flood",
+                                                                       "1000")))) as sup:
+        @sup.host_method("host.slow")
+        async def slow() -> dict[str, int]:
+            nonlocal running, peak, calls
+            running += 1
+            calls += 1
+            peak = max(peak, running)
+            try:
+                await release.wait()
+            finally:
+                running -= 1
+            return {}
+
+        await sup.wait_ready(timeout=20)
+        runner = sup.runner("asker")
+        await wait_for(lambda: runner.conn is not None
+                       and runner.conn.host_calls_refused >= 1000 - 320, 20, "refusals")
+        assert runner.conn is not None and runner.conn.host_calls_refused == 1000 - 320
+        release.set()
+        await wait_for(lambda: calls == 320 and running == 0, 20, "the admitted calls")
+        assert peak == 64
+        assert await sup.call("asker", "echo", {"text": "x"}, timeout=5) == {"text": "x"}
