@@ -46,6 +46,7 @@ __all__ = [
     "resume_tree",
     "set_rlimits_after_spawn",
     "signal_tree",
+    "tree_alive",
     "tree_pids",
     "wrap_command",
 ]
@@ -360,6 +361,38 @@ def tree_pids(pid: int) -> list[int]:
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return []
     return [pid, *(c.pid for c in children)]
+
+
+_PF_EXITING = 0x4  # include/linux/sched.h: the task has started to exit
+
+
+def _running(pid: int) -> bool:
+    """Alive and not on its way out (not a zombie, not already in exit)."""
+    if IS_LINUX:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            return False
+        fields = stat[stat.rfind(b")") + 2:].split()
+        try:
+            state, flags = fields[0], int(fields[6])
+        except (IndexError, ValueError):
+            return False
+        return state not in (b"Z", b"X", b"x") and not flags & _PF_EXITING
+    try:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
+        return False
+
+
+def tree_alive(pid: int) -> bool:
+    """Whether a plugin process of the tree (pvinit aside) is alive and not exiting.
+
+    Tells a plugin that closed a pipe and lives on from one whose pipes closed
+    because it is exiting, whose exit status is then worth waiting for.
+    """
+    return any(_running(p) for p in tree_pids(pid) if not _is_shim(p))
 
 
 def _is_shim(pid: int) -> bool:

@@ -7,6 +7,7 @@ platform layer so that its whole tree dies with it (see ``_platform``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -25,6 +26,9 @@ log = logging.getLogger("pipevisor.process")
 
 STDERR_LINE_MAX = 64 * 1024
 """Longer stderr lines are split: a log line is not worth unbounded memory."""
+
+EOF_EXIT_GRACE = 0.03
+"""Seconds a plugin whose pipe closed gets to exit before it is judged to live on."""
 
 
 class SpawnError(Exception):
@@ -144,6 +148,45 @@ async def wait_exit(process: Process, timeout: float) -> bool:
         await process.wait()
         return True
     return process.returncode is not None
+
+
+async def wait_exit_after_eof(process: Process, grace: float = EOF_EXIT_GRACE,
+                              dying: float = 1.0) -> bool:
+    """After the plugin's stdout or stdin closed: True once the process has exited.
+
+    A plugin usually closes its pipes by exiting, and its exit status follows within
+    milliseconds (through pvinit, a few more); that is worth waiting for, up to
+    ``dying`` seconds, to report the real exit code. A plugin that closed a pipe and
+    lives on is not exiting: then this returns False after ``grace`` seconds, so the
+    caller can end the instance at once instead of leaving calls hanging.
+    """
+    if await wait_exit(process, grace):
+        return True
+    if _platform.tree_alive(process.pid):
+        return False
+    return await wait_exit(process, max(0.0, dying - grace))
+
+
+async def wait_stdin_closed(process: Process) -> None:
+    """Return once the plugin's stdin pipe is closed: by the plugin (it closed its end,
+    or exited) or by us.
+
+    On asyncio the pipe transport watches for it (the kernel flags the write end as
+    soon as the last reader is gone), so this returns at once, without any write;
+    pvinit keeps no copy of the pipe, so the plugin's close is the last one. Other
+    backends watch nothing on an idle pipe: this never returns there, and the next
+    write fails instead.
+    """
+    writer = getattr(process.stdin, "_stream", None)
+    if isinstance(writer, asyncio.StreamWriter):
+        try:
+            # shielded: cancelling a task that awaits the transport's own close future
+            # would cancel that future, and the transport then fails to settle it
+            await asyncio.shield(writer.wait_closed())
+        except OSError:  # BrokenPipeError, ConnectionResetError: closed all the same
+            pass
+        return
+    await anyio.sleep_forever()
 
 
 async def terminate(process: Process, term_grace: float) -> None:

@@ -20,6 +20,11 @@
  *
  * stdin/stdout/stderr belong to the plugin (protocol pipes, log pipe): this
  * program never writes to stdout; diagnostics go to stderr as "pvinit: ...".
+ * Each pvinit process puts /dev/null on its fds 0-2 as soon as it has forked
+ * the process below it (drop_stdio), so the plugin holds the only copies of
+ * its pipes: when it closes its stdout or stdin, the supervisor sees EOF or
+ * EPIPE at once, as without the shim.  Diagnostics after that hand-over are
+ * lost; only "gave up killing descendants" can come that late.
  * Only libc; all waiting is done with sigwaitinfo() on blocked signals, so no
  * code runs in signal handlers.
  *
@@ -132,6 +137,22 @@ static void diag(const char *fmt, ...)
 }
 
 static void noop_handler(int sig) { (void)sig; }
+
+/* Give up this process's copies of the plugin's stdin, stdout and stderr once
+ * the process below has its own.  fds 0-2 stay open, on /dev/null, so that
+ * nothing opened later lands on them and a stray write goes nowhere. */
+static void drop_stdio(void)
+{
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    for (int fd = 0; fd <= 2; fd++) {
+        if (null < 0)
+            close(fd);
+        else if (fd != null)
+            dup2(null, fd);
+    }
+    if (null > 2)
+        close(null);
+}
 
 /* Block `set` and give each member a no-op handler: blocked signals are queued
  * even for a namespace init (which would otherwise drop SIG_DFL signals) and
@@ -406,6 +427,7 @@ static void run_inner(int sock, char **argv, const sigset_t *orig_mask, int use_
         close(sock);
         run_plugin(argv, orig_mask, &set, use_ns, self, outer_pid);
     }
+    drop_stdio();
 
     int plugin_status = 0;
     for (;;) {
@@ -531,6 +553,7 @@ int main(int argc, char **argv)
         run_inner(sv[1], plugin_argv, &orig_mask, use_ns, outer_pid);
     }
     close(sv[1]);
+    drop_stdio();
 
     int inner_status = 0;
     for (;;) {
