@@ -1,27 +1,53 @@
 """State changes and incidents, published to whoever follows them (CLI, control socket, tests).
 
-Publishing never blocks the supervisor: each subscriber has a bounded
-buffer, and a subscriber that falls behind loses the oldest events and is
-told how many it lost, instead of slowing every plugin down.
+Publishing never blocks the supervisor: each subscriber has a queue bounded in
+events *and* in bytes (an event's size is estimated once, from the lengths of
+its strings; see :func:`event_size`), so a subscriber that stops reading holds
+at most its budget, however large the events are. What happens past the
+budget depends on who subscribed:
+
+* an embedded subscriber (``async with sup.subscribe() as events``, the host's
+  own code) loses the *oldest* events and is told how many in
+  :attr:`Subscription.dropped`; it keeps receiving the newest ones;
+* a subscriber given ``on_lag`` (the control socket's remote subscribers) is
+  *ended*, as tokio's broadcast channel does with a lagging receiver: its queue
+  is freed at once, ``on_lag(dropped)`` is called so its owner can send a final
+  "lagged, N events dropped" notice and disconnect, and :meth:`Subscription.next`
+  raises :class:`SubscriptionLagged` once what was queued before is read.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import orjson
+
+log = logging.getLogger("pipevisor.events")
+
+DEFAULT_MAXLEN = 10_000
+"""Events an embedded subscriber may have queued (``Supervisor.subscribe(maxlen=)``)."""
+
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+"""Estimated bytes an embedded subscriber may have queued: one event as large as a
+plugin may send (the 16 MiB line limit) always fits, 10,000 stderr lines of 64 KiB
+do not (the oldest go first)."""
+
+EVENT_OVERHEAD = 100
+"""Bytes counted per event on top of its strings (the object, its dict, the time)."""
 
 
 @dataclass(frozen=True, slots=True)
 class SupervisorEvent:
     plugin: str
     kind: str
-    """'state', 'exit', 'fault', 'log', 'restart', 'limit', 'dropped' ..."""
+    """'state', 'exit', 'fault', 'log', 'restart', 'limit', 'notification', 'stderr' ..."""
     detail: dict[str, Any] = field(default_factory=dict)
     time: float = field(default_factory=time.time)
 
@@ -29,23 +55,121 @@ class SupervisorEvent:
         return {"plugin": self.plugin, "kind": self.kind, "time": self.time, **self.detail}
 
 
-class Subscription:
-    def __init__(self, maxlen: int) -> None:
-        self._queue: deque[SupervisorEvent] = deque(maxlen=maxlen)
-        self._wakeup = anyio.Event()
-        self.dropped = 0
+def event_size(event: SupervisorEvent) -> int:
+    """What queueing ``event`` costs, estimated cheaply: the lengths of its strings plus a
+    fixed overhead. Flat details (strings, numbers: state changes, stderr lines, faults)
+    cost one pass over the keys; a nested value (a notification's params) is measured
+    by encoding it once, which costs about what decoding its line already cost."""
+    size = EVENT_OVERHEAD + len(event.plugin) + len(event.kind)
+    for key, value in event.detail.items():
+        size += len(key) + 8
+        t = type(value)
+        if t is str or t is bytes:
+            size += len(value)
+        elif value is None or t is int or t is float or t is bool:
+            continue
+        else:
+            try:
+                size += len(orjson.dumps(value, default=str))
+            except (TypeError, orjson.JSONEncodeError):
+                size += 1024
+    return size
 
-    def _push(self, event: SupervisorEvent) -> None:
-        if len(self._queue) == self._queue.maxlen:
-            self.dropped += 1
-        self._queue.append(event)
+
+class SubscriptionLagged(Exception):
+    """The subscriber fell behind its budget and was ended (subscriptions with ``on_lag``)."""
+
+    def __init__(self, dropped: int) -> None:
+        super().__init__(f"subscriber fell behind: {dropped} events dropped")
+        self.dropped = dropped
+
+
+class Subscription:
+    """One subscriber's queue: at most ``maxlen`` events and ``max_bytes`` estimated bytes.
+
+    The newest event is always accepted (a single event larger than the budget is
+    held alone: it exists anyway, and the reader is about to take it); older ones
+    make room. ``wants`` filters before queueing, so events the subscriber would
+    skip neither cost memory nor count as dropped.
+    """
+
+    def __init__(self, maxlen: int, max_bytes: int = DEFAULT_MAX_BYTES, *,
+                 wants: Callable[[SupervisorEvent], bool] | None = None,
+                 on_lag: Callable[[int], None] | None = None) -> None:
+        if maxlen < 1 or max_bytes < 1:
+            raise ValueError("maxlen and max_bytes must be positive")
+        self._queue: deque[SupervisorEvent] = deque()
+        self._sizes: deque[int] = deque()
+        self._wakeup = anyio.Event()
+        self.maxlen = maxlen
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
+        """Estimated bytes queued now (never above ``max_bytes`` but for one lone event)."""
+        self.dropped = 0
+        """Events lost because this subscriber fell behind."""
+        self.lagged = False
+        """True once a subscription with ``on_lag`` was ended for falling behind."""
+        self.accepted = 0
+        """Events queued so far (with ``on_lag`` nothing is dropped from the middle, so the
+        n-th event :meth:`next` returns is the n-th accepted)."""
+        self._wants = wants
+        self._on_lag = on_lag
+
+    def _push(self, event: SupervisorEvent, size: int | None = None) -> None:
+        if self.lagged or (self._wants is not None and not self._wants(event)):
+            if self.lagged:
+                self.dropped += 1
+            return
+        queue, sizes = self._queue, self._sizes
+        if len(sizes) != len(queue):  # someone emptied _queue by hand (tests do)
+            self._resync()
+        if size is None:
+            size = event_size(event)
+        if queue and (len(queue) >= self.maxlen or self.queued_bytes + size > self.max_bytes):
+            if self._on_lag is not None:
+                self._lag()
+                return
+            while queue and (len(queue) >= self.maxlen
+                             or self.queued_bytes + size > self.max_bytes):
+                queue.popleft()
+                self.queued_bytes -= sizes.popleft()
+                self.dropped += 1
+        queue.append(event)
+        sizes.append(size)
+        self.queued_bytes += size
+        self.accepted += 1
         self._wakeup.set()
 
+    def _lag(self) -> None:
+        """Past the budget with ``on_lag``: free the queue, end, tell the owner once."""
+        self.dropped += len(self._queue) + 1
+        self._queue.clear()
+        self._sizes.clear()
+        self.queued_bytes = 0
+        self.lagged = True
+        self._wakeup.set()
+        assert self._on_lag is not None
+        try:
+            self._on_lag(self.dropped)
+        except Exception:  # the owner's bug must not reach the publisher (a plugin's runner)
+            log.exception("event subscriber's on_lag failed")
+
+    def _resync(self) -> None:
+        self._sizes = deque(event_size(e) for e in self._queue)
+        self.queued_bytes = sum(self._sizes)
+
     async def next(self) -> SupervisorEvent:
+        """The oldest queued event; waits for one. Raises :class:`SubscriptionLagged` once
+        a subscription with ``on_lag`` was ended and its queue is empty."""
         while not self._queue:
+            if self.lagged:
+                raise SubscriptionLagged(self.dropped)
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
-        return self._queue.popleft()
+        event = self._queue.popleft()
+        if len(self._sizes) > len(self._queue):
+            self.queued_bytes -= self._sizes.popleft()
+        return event
 
     def __aiter__(self) -> AsyncIterator[SupervisorEvent]:
         return self._iterate()
@@ -60,12 +184,22 @@ class EventHub:
         self._subscribers: set[Subscription] = set()
 
     def publish(self, event: SupervisorEvent) -> None:
-        for sub in self._subscribers:
-            sub._push(event)
+        subscribers = self._subscribers
+        if not subscribers:
+            return
+        size = event_size(event)  # once, whatever the number of subscribers
+        for sub in tuple(subscribers):  # a lagging one may leave while we go
+            sub._push(event, size)
 
     @asynccontextmanager
-    async def subscribe(self, maxlen: int = 10_000) -> AsyncIterator[Subscription]:
-        sub = Subscription(maxlen)
+    async def subscribe(self, maxlen: int = DEFAULT_MAXLEN, *,
+                        max_bytes: int = DEFAULT_MAX_BYTES,
+                        wants: Callable[[SupervisorEvent], bool] | None = None,
+                        on_lag: Callable[[int], None] | None = None,
+                        ) -> AsyncIterator[Subscription]:
+        """A subscription for the ``async with`` block; see :class:`Subscription` for
+        ``maxlen``, ``max_bytes``, ``wants`` and ``on_lag``."""
+        sub = Subscription(maxlen, max_bytes, wants=wants, on_lag=on_lag)
         self._subscribers.add(sub)
         try:
             yield sub

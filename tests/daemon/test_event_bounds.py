@@ -1,0 +1,89 @@
+"""Event subscribers bounded in bytes, not only in count (issue #13, 5b): the hub's
+queues with fabricated events, and an embedded subscriber that does not read while a
+real plugin sends 300 x 1 MiB notifications (the test process's RSS measured)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+
+import anyio
+import psutil
+import pytest
+
+from supervisor import Supervisor
+from supervisor.events import EventHub, Subscription, SubscriptionLagged, SupervisorEvent
+from tests.daemon.hostile_helpers import BLASTER
+from tests.supervisor.fake import fake_spec
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1 << 20
+
+
+# ============================================================ event hub (embedded)
+
+
+def _event(kind: str, size: int, i: int = 0) -> SupervisorEvent:
+    return SupervisorEvent("p", kind, {"i": i, "blob": "z" * size})
+
+
+async def test_a_subscription_is_bounded_in_bytes_and_keeps_the_newest() -> None:
+    hub = EventHub()
+    async with hub.subscribe(1000, max_bytes=3 * MiB) as sub:
+        for i in range(100):
+            hub.publish(_event("big", MiB, i))
+        assert sub.queued_bytes <= 3 * MiB
+        assert sub.dropped >= 97
+        got = [(await sub.next()).detail["i"] for _ in range(len(sub._queue))]
+        assert got[-1] == 99 and got == sorted(got)
+        # one event larger than the whole budget is still delivered, alone
+        hub.publish(_event("huge", 5 * MiB))
+        assert (await sub.next()).kind == "huge"
+        assert sub.queued_bytes == 0
+
+
+async def test_a_subscription_with_on_lag_is_ended_not_trimmed() -> None:
+    hub = EventHub()
+    told: list[int] = []
+    async with hub.subscribe(10, max_bytes=MiB, on_lag=told.append,
+                             wants=lambda e: e.kind != "skip") as sub:
+        for i in range(1000):
+            hub.publish(_event("skip", 10, i))  # filtered before queueing: costs nothing
+        assert sub.queued_bytes == 0 and sub.dropped == 0
+        for i in range(11):
+            hub.publish(_event("kept", 10, i))
+        assert told == [11] and sub.lagged and sub.queued_bytes == 0
+        with pytest.raises(SubscriptionLagged) as lagged:
+            await sub.next()
+        assert lagged.value.dropped == 11
+
+
+async def test_an_embedded_subscriber_that_does_not_read_holds_a_bounded_amount(
+        sock_dir: str) -> None:
+    """The host's own subscriber (``async with sup.subscribe()``) loses the oldest events
+    and is told how many; 300 x 1 MiB notifications used to be held in full (~300 MB)."""
+    script = os.path.join(sock_dir, "blaster.py")
+    await anyio.Path(script).write_text(BLASTER)
+    spec = replace(fake_spec("blaster"), command=(sys.executable, script))
+    me = psutil.Process()
+    async with Supervisor([spec]) as sup:
+        await sup.wait_ready(timeout=20)
+        async with sup.subscribe() as events:
+            assert isinstance(events, Subscription)
+            before = me.memory_info().rss
+            assert await sup.call("blaster", "blast", {"count": 300, "size": MiB},
+                                  timeout=60) == "blasted"
+            grown = me.memory_info().rss - before
+            print(f"test process RSS growth with an idle embedded subscriber: "
+                  f"{grown / MiB:.1f} MiB")
+            assert grown < 48 * MiB
+            assert events.dropped >= 280
+            assert events.queued_bytes <= events.max_bytes
+            last = None
+            while events._queue:
+                ev = await events.next()
+                if ev.kind == "notification":
+                    last = ev.detail["params"]["i"]
+            assert last == 299  # the newest are the ones kept
