@@ -19,7 +19,7 @@ import click
 import orjson
 
 from protocol import ErrorCode
-from supervisor.client import Client, ControlError, DaemonNotRunning
+from supervisor.client import Client, ControlError, DaemonBusy, DaemonNotRunning, EventsLagged
 from supervisor.errors import CallError, CallTimeout, PipevisorError
 
 EXIT_OK = 0
@@ -33,6 +33,9 @@ EXIT_UNKNOWN_PLUGIN = 4
 EXIT_TIMEOUT = 5
 EXIT_UNAVAILABLE = 6
 """The plugin is loaded but not serving (stopped, failed, starting, restarting)."""
+EXIT_BUSY = 7
+"""The daemon runs but refused the connection or the request for lack of room (every
+control connection in use, out of file descriptors, ...): nothing was done, retry."""
 EXIT_INTERRUPTED = 130
 
 _UNAVAILABLE = {ErrorCode.PLUGIN_NOT_READY, ErrorCode.PLUGIN_STOPPED, ErrorCode.PLUGIN_CRASHED,
@@ -85,6 +88,9 @@ def _with_client(socket_path: str | None, as_json: bool, work: Callable[[Client]
     try:
         with Client(socket_path) as client:
             return work(client)
+    except DaemonBusy as exc:
+        _fail(EXIT_BUSY, f"{exc} (nothing was done)", as_json,
+              {"message": str(exc), "socket": exc.socket_path, "reason": "busy"})
     except DaemonNotRunning as exc:
         _fail(EXIT_NO_DAEMON, f"{exc} (is `pipevisor run` running? --socket or "
                               "PIPEVISOR_SOCKET select another daemon)", as_json,
@@ -347,21 +353,31 @@ def logs(plugin: str, lines: int, follow: bool, socket_path: str | None, as_json
     def show(line: str) -> None:
         click.echo(orjson.dumps({"plugin": plugin, "line": line}).decode() if as_json else line)
 
+    def tail(c: Client) -> None:
+        answer = c.request("logs", {"plugin": plugin, "lines": lines})
+        if answer.get("omitted"):
+            click.echo(f"pipevisor: {answer['omitted']} older lines left out: the answer is "
+                       "capped in bytes (docs/bounds.md)", err=True)
+        for line in answer["lines"]:
+            show(line)
+
     def work(c: Client) -> None:
         if not follow:
-            for line in c.logs(plugin, lines):
-                show(line)
+            tail(c)
             return
         # subscribe first so nothing falls between the tail and the live lines
-        with c.subscribe(plugins=[plugin], kinds=["stderr", "dropped"]) as events:
-            for line in c.logs(plugin, lines):
-                show(line)
-            for ev in events:
-                if ev.get("kind") == "dropped":
-                    click.echo(f"pipevisor: {ev.get('count')} lines dropped (reader too slow)",
-                               err=True)
-                else:
-                    show(str(ev.get("line", "")))
+        first = True
+        while True:
+            with c.subscribe(plugins=[plugin], kinds=["stderr"]) as events:
+                if first:
+                    tail(c)
+                    first = False
+                try:
+                    for ev in events:
+                        show(str(ev.get("line", "")))
+                except EventsLagged as lag:
+                    click.echo(f"pipevisor: {lag.dropped} or more lines dropped (reader too "
+                               "slow); following again", err=True)
 
     _with_client(socket_path, as_json, work)
 
@@ -379,10 +395,16 @@ def events(plugins: tuple[str, ...], kinds: tuple[str, ...], socket_path: str | 
     """Follow state changes, exits, restarts and limit breaches live, until Ctrl-C."""
 
     def work(c: Client) -> None:
-        with c.subscribe(plugins=list(plugins) or None, kinds=list(kinds) or None) as stream:
-            for ev in stream:
-                click.echo(orjson.dumps(ev, default=str).decode() if as_json
-                           else _event_line(ev))
+        while True:  # until Ctrl-C; a reader that fell behind subscribes again
+            with c.subscribe(plugins=list(plugins) or None,
+                             kinds=list(kinds) or None) as stream:
+                try:
+                    for ev in stream:
+                        click.echo(orjson.dumps(ev, default=str).decode() if as_json
+                                   else _event_line(ev))
+                except EventsLagged as lag:
+                    click.echo(f"pipevisor: {lag.dropped} or more events dropped (reader too "
+                               "slow); following again", err=True)
 
     _with_client(socket_path, as_json, work)
 

@@ -12,14 +12,25 @@ objects through unchanged, and :func:`error_from_object` maps them back).
 The socket is the ``socket_path`` argument, else ``$PIPEVISOR_SOCKET``, else
 :func:`supervisor.paths.default_socket_path` (where ``pipevisor run`` listens
 by default).
+
+What the daemon can say on its own (docs/bounds.md) is turned into exceptions
+the caller can act on: :class:`DaemonBusy` (refused for lack of room: retry),
+:class:`BadAnswer` (an answer over the line limit or not JSON: that request
+fails, and every waiting one if the stream cannot be trusted any more),
+:class:`EventsLagged` (a subscriber fell behind and was disconnected). A
+connection the daemon closed because it was idle is reopened on the next
+request, so a client kept for hours between calls keeps working.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
+import select
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -28,11 +39,16 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.abc
+import orjson
 
 from protocol import (
+    DEFAULT_MAX_LINE_BYTES,
     ErrorObject,
+    Fault,
+    FaultKind,
     NotificationReceived,
     Peer,
+    ProtocolFault,
     ResponseReceived,
 )
 from protocol.messages import ErrorResponse, RequestId
@@ -57,8 +73,50 @@ class DaemonConnectionLost(DaemonNotRunning):
     """The daemon closed the connection before answering (it stopped or crashed)."""
 
 
+class DaemonBusy(PipevisorError):
+    """The daemon runs but refused the connection or the request for lack of room (every
+    connection in use, out of file descriptors, too many large requests at once, its
+    listen backlog full). Nothing was done; retrying later may succeed."""
+
+    def __init__(self, socket_path: str, reason: str) -> None:
+        super().__init__(f"the pipevisor daemon on {socket_path} is busy: {reason}")
+        self.socket_path = socket_path
+
+
+class BadAnswer(PipevisorError):
+    """An answer from the daemon could not be read: longer than the client's line limit,
+    or not JSON. The request it answered failed with this; when the stream could not be
+    trusted any more, every request waiting on the connection failed and it was closed
+    (the next request opens a new one)."""
+
+
+class EventsLagged(PipevisorError):
+    """The subscriber read events more slowly than they came: the daemon dropped
+    ``dropped`` (at least) and ended the subscription. Subscribe again to go on."""
+
+    def __init__(self, dropped: int) -> None:
+        super().__init__(f"the event subscriber fell behind: {dropped} events dropped, "
+                         "the daemon ended the subscription")
+        self.dropped = dropped
+
+
 class ControlError(CallError):
     """The daemon refused a control request itself (bad params, unknown method, bad reload)."""
+
+
+class _Unread(Exception):
+    """The daemon closed an idle connection before reading our request: safe to resend."""
+
+
+_REOPEN = frozenset({"idle", "evicted"})
+"""Notices after which the request was never read, and a new connection is the remedy."""
+
+_GARBLED = frozenset({FaultKind.INVALID_JSON, FaultKind.INVALID_UTF8,
+                      FaultKind.TRUNCATED_MESSAGE})
+
+_ID_IN_HEAD = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
+_REASON = re.compile(rb'"reason"\s*:\s*"(\w+)"')
+_MESSAGE = re.compile(rb'"message"\s*:\s*"((?:[^"\\]|\\.)*)')
 
 
 def resolve_socket_path(socket_path: str | None = None) -> str:
@@ -78,6 +136,31 @@ def _settle(method: str, event: ResponseReceived) -> Any:
     if isinstance(msg, ErrorResponse):
         _raise_for(method, msg.error)
     return msg.result  # type: ignore[union-attr]
+
+
+def _notice(fault: Fault) -> tuple[str, str] | None:
+    """(reason, message) when ``fault`` is a notice the daemon sends before it closes a
+    connection on its own (an error answer with id null, supervisor.control.notice)."""
+    if fault.kind is not FaultKind.UNEXPECTED_RESPONSE or fault.id is not None:
+        return None
+    raw = fault.raw  # the line's first 200 bytes: read what is there, even if cut
+    reason = _REASON.search(raw)
+    message = _MESSAGE.search(raw)
+    text = message.group(1).decode("utf-8", "replace") if message else ""
+    return (reason.group(1).decode() if reason else "unknown",
+            text.replace('\\"', '"') or "the daemon closed the connection")
+
+
+def _answer_id(fault: Fault) -> RequestId:
+    """The id an oversized answer was for, read from the line's first bytes (None if not)."""
+    found = _ID_IN_HEAD.search(fault.raw)
+    if found is None:
+        return None
+    try:
+        ident: RequestId = orjson.loads(found.group(1))
+    except orjson.JSONDecodeError:
+        return None
+    return ident
 
 
 def _call_params(plugin: str, method: str, params: Any, timeout: float | None) -> dict[str, Any]:
@@ -103,20 +186,43 @@ def _opt(**kw: Any) -> dict[str, Any]:
 
 
 def _blocking_connect(path: str, timeout: float) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-    except FileNotFoundError:
-        sock.close()
-        raise DaemonNotRunning(path, "the socket does not exist") from None
-    except ConnectionRefusedError:
-        sock.close()
-        raise DaemonNotRunning(path, "connection refused (stale socket file?)") from None
-    except OSError as exc:
-        sock.close()
-        raise DaemonNotRunning(path, str(exc) or type(exc).__name__) from None
-    return sock
+    """Connect; a full listen backlog (EAGAIN) is retried until ``timeout``, then reported
+    as :class:`DaemonBusy`, not as a missing daemon."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            sock.close()
+            raise DaemonNotRunning(path, "the socket does not exist") from None
+        except ConnectionRefusedError:
+            sock.close()
+            raise DaemonNotRunning(path, "connection refused (stale socket file?)") from None
+        except (BlockingIOError, TimeoutError) as exc:
+            sock.close()
+            if time.monotonic() + pause >= deadline:
+                why = ("its listen backlog stayed full" if isinstance(exc, BlockingIOError)
+                       else "it did not take the connection")
+                raise DaemonBusy(path, f"{why} for {timeout:g} s; retry later") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+            continue
+        except OSError as exc:
+            sock.close()
+            raise DaemonNotRunning(path, str(exc) or type(exc).__name__) from None
+        return sock
+
+
+def _failure(path: str, reason: str, message: str) -> PipevisorError:
+    """The exception for a notice the daemon sent before closing the connection."""
+    if reason == "busy":
+        return DaemonBusy(path, message)
+    if reason == "closed":  # no notice: the end of the stream was all it said
+        return DaemonConnectionLost(path, message)
+    return DaemonConnectionLost(path, f"the daemon closed the connection: {message}")
 
 
 # ================================================================ blocking
@@ -128,14 +234,28 @@ class Client:
     Thread-safe: a lock lets one request at a time use the connection, so
     threads sharing a client are serialised; give each thread its own client
     for concurrent calls. ``events`` opens a connection of its own.
+
+    ``max_answer_bytes`` is the longest answer line read (the daemon never
+    writes a longer one); a longer or garbled answer raises :class:`BadAnswer`.
     """
 
-    def __init__(self, socket_path: str | None = None, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, socket_path: str | None = None, *, connect_timeout: float = 5.0,
+                 max_answer_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self.socket_path = resolve_socket_path(socket_path)
         self._connect_timeout = connect_timeout
+        self._max_answer = max_answer_bytes
         self._lock = threading.Lock()
-        self._sock = self._connect()
-        self._peer = Peer()
+        self._sock: socket.socket | None = self._connect()
+        self._peer = self._new_peer()
+        self._lost: str | None = None
+        """Why the daemon closed this connection (None while it is open)."""
+        self._reopen = False
+        """Whether a new connection is the remedy (idle close, garbled stream)."""
+        self._lost_reason = "closed"
+        """The daemon's reason in its notice (busy, idle, evicted ...), if it sent one."""
+
+    def _new_peer(self) -> Peer:
+        return Peer(max_line_bytes=self._max_answer)
 
     def _connect(self) -> socket.socket:
         sock = _blocking_connect(self.socket_path, self._connect_timeout)
@@ -143,7 +263,8 @@ class Client:
         return sock
 
     def close(self) -> None:
-        self._sock.close()
+        if self._sock is not None:
+            self._sock.close()
 
     def __enter__(self) -> Client:
         return self
@@ -152,26 +273,114 @@ class Client:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    def _drop(self, reason: str, reopen: bool) -> None:
+        """Stop using this connection; the next request opens a new one if ``reopen``."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._lost, self._reopen = reason, reopen
+
+    def _ready_socket(self) -> socket.socket:
+        """The connection to use: the current one unless the daemon closed it meanwhile
+        (then a new one if that is the remedy; else the reason why not)."""
+        sock = self._sock
+        if sock is not None:
+            self._take_pending(sock)
+            sock = self._sock
+        if sock is None:
+            if not self._reopen:
+                raise _failure(self.socket_path, self._lost_reason,
+                               self._lost or "the connection was closed")
+            sock = self._sock = self._connect()
+            self._peer = self._new_peer()
+            self._lost, self._reopen, self._lost_reason = None, False, "closed"
+        return sock
+
+    def _take_pending(self, sock: socket.socket) -> None:
+        """Read, without waiting, what the daemon sent while we were not asking (a notice
+        that it closed the connection, the end of the stream)."""
+        poller = select.poll()  # (poll, not select: any fd number, and not the socket's
+        poller.register(sock, select.POLLIN)  # timeout, which recv would wait out first)
+        while poller.poll(0):
+            try:
+                data = sock.recv(65536)
+            except OSError as exc:
+                self._drop(str(exc) or "the daemon closed the connection", False)
+                return
+            if not data:
+                if self._lost is None:
+                    self._drop("the daemon closed the connection", False)
+                else:
+                    self._drop(self._lost, self._reopen)
+                return
+            for event in self._peer.receive_data(data):
+                if isinstance(event, ProtocolFault):
+                    note = _notice(event.fault)
+                    if note is not None:
+                        self._lost_reason = note[0]
+                        self._lost, self._reopen = note[1], note[0] in _REOPEN
+
     def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """One control request (see protocol/SPEC.md, "Control socket")."""
         with self._lock:
-            ident, data = self._peer.send_request(method, params)
-            try:
-                self._sock.sendall(data)
-            except OSError as exc:
-                raise DaemonConnectionLost(self.socket_path, str(exc)) from None
-            try:
-                while True:
-                    for event in self._receive(self._sock, self._peer):
-                        if isinstance(event, ResponseReceived) and event.response.id == ident:
-                            return _settle(method, event)
-            except (KeyboardInterrupt, SystemExit):
-                # interrupted while waiting: tell the daemon, which cancels the work
+            for attempt in (1, 2):
+                sock = self._ready_socket()
                 try:
-                    self._sock.sendall(self._peer.cancel(ident))
-                except OSError:
-                    pass
-                raise
+                    return self._exchange(sock, method, params)
+                except _Unread:
+                    if attempt == 2:
+                        raise DaemonConnectionLost(self.socket_path, self._lost
+                                                   or "closed before our request") from None
+            raise AssertionError("unreachable")
+
+    def _exchange(self, sock: socket.socket, method: str, params: dict[str, Any] | None) -> Any:
+        ident, data = self._peer.send_request(method, params)
+        try:
+            sock.sendall(data)
+        except OSError as exc:
+            # the daemon may have refused or closed us: a notice before it says why
+            self._take_pending(sock)
+            if self._lost is not None:
+                if self._reopen:
+                    raise _Unread from None
+                raise _failure(self.socket_path, self._lost_reason, self._lost) from None
+            raise DaemonConnectionLost(self.socket_path, str(exc)) from None
+        try:
+            while True:
+                for event in self._receive(sock, self._peer):
+                    if isinstance(event, ResponseReceived):
+                        if event.response.id == ident:
+                            return _settle(method, event)
+                    elif isinstance(event, ProtocolFault):
+                        self._on_fault(event.fault, ident, method)
+        except (KeyboardInterrupt, SystemExit):
+            # interrupted while waiting: tell the daemon, which cancels the work
+            try:
+                sock.sendall(self._peer.cancel(ident))
+            except OSError:
+                pass
+            raise
+
+    def _on_fault(self, fault: Fault, ident: RequestId, method: str) -> None:
+        """A line that is not the answer we wait for: raise if it means there will be none."""
+        note = _notice(fault)
+        if note is not None:
+            reason, message = note
+            self._lost_reason = reason
+            self._drop(message, reason in _REOPEN)
+            if reason in _REOPEN:
+                raise _Unread
+            raise _failure(self.socket_path, reason, message)
+        if fault.kind is FaultKind.OVERSIZED_LINE:
+            answered = _answer_id(fault)
+            if answered in (ident, None):  # ours (one request at a time), or unreadable
+                self._peer.cancel(ident, notify=False)
+                raise BadAnswer(f"the answer to {method} could not be read: {fault.detail} "
+                                "(the client's line limit)")
+        elif fault.kind in _GARBLED:
+            self._drop(f"garbled answer: {fault.detail}", True)
+            raise BadAnswer(f"the answer to {method} could not be read ({fault.detail}); "
+                            "the connection was closed")
 
     def _receive(self, sock: socket.socket, peer: Peer) -> list[Any]:
         try:
@@ -223,6 +432,8 @@ class Client:
         return result
 
     def logs(self, plugin: str, lines: int = 100) -> list[str]:
+        """The newest ``lines`` stderr lines (fewer if they would make the answer larger
+        than the daemon's cap; ``request("logs", ...)["omitted"]`` says how many)."""
         result: list[str] = self.request("logs", {"plugin": plugin, "lines": lines})["lines"]
         return result
 
@@ -235,12 +446,16 @@ class Client:
     def subscribe(self, plugins: list[str] | None = None,
                   kinds: list[str] | None = None) -> Iterator[Iterator[dict[str, Any]]]:
         """Subscribe on a connection of its own; events published after ``with`` is
-        entered are all delivered (or counted in a ``dropped`` event)."""
+        entered are all delivered until the iterator raises :class:`EventsLagged` (the
+        reader fell behind and the daemon ended the subscription)."""
         sock = self._connect()
-        peer = Peer()
+        peer = self._new_peer()
         try:
             ident, data = peer.send_request("subscribe", _filters(plugins, kinds))
-            sock.sendall(data)
+            try:
+                sock.sendall(data)
+            except OSError as exc:
+                raise DaemonConnectionLost(self.socket_path, str(exc)) from None
             pending: deque[dict[str, Any]] = deque()
             while not self._absorb(self._receive(sock, peer), ident, pending):
                 pass
@@ -248,16 +463,16 @@ class Client:
             def iterate() -> Iterator[dict[str, Any]]:
                 while True:
                     while pending:
-                        yield pending.popleft()
+                        yield _event_or_raise(pending.popleft())
                     self._absorb(self._receive(sock, peer), ident, pending)
 
             yield iterate()
         finally:
             sock.close()
 
-    @staticmethod
-    def _absorb(events: list[Any], ident: RequestId, pending: deque[dict[str, Any]]) -> bool:
-        return _absorb(events, ident, pending)
+    def _absorb(self, events: list[Any], ident: RequestId,
+                pending: deque[dict[str, Any]]) -> bool:
+        return _absorb(events, ident, pending, self.socket_path)
 
     def events(self, plugins: list[str] | None = None,
                kinds: list[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -267,8 +482,18 @@ class Client:
             yield from events
 
 
-def _absorb(events: list[Any], ident: RequestId, pending: deque[dict[str, Any]]) -> bool:
-    """Queue event notifications; True once the subscribe answer was among ``events``."""
+def _event_or_raise(event: dict[str, Any]) -> dict[str, Any]:
+    """An event for the subscriber, or :class:`EventsLagged` for the daemon's last one."""
+    if event.get("kind") == "lagged" and event.get("plugin") is None:
+        raise EventsLagged(int(event.get("count") or 0))
+    return event
+
+
+def _absorb(events: list[Any], ident: RequestId, pending: deque[dict[str, Any]],
+            socket_path: str) -> bool:
+    """Queue event notifications; True once the subscribe answer was among ``events``.
+    A notice or a garbled line raises (after the events before it are queued, the
+    ``lagged`` one included)."""
     subscribed = False
     for event in events:
         if isinstance(event, ResponseReceived) and event.response.id == ident:
@@ -278,6 +503,15 @@ def _absorb(events: list[Any], ident: RequestId, pending: deque[dict[str, Any]])
             event.notification.method == EVENT and isinstance(event.notification.params, dict)
         ):
             pending.append(event.notification.params)
+        elif isinstance(event, ProtocolFault):
+            note = _notice(event.fault)
+            if note is not None:
+                if note[0] == "lagged":  # its "lagged" event is queued: that one says it
+                    continue
+                raise _failure(socket_path, *note)
+            if event.fault.kind in _GARBLED or event.fault.kind is FaultKind.OVERSIZED_LINE:
+                raise BadAnswer(f"an event from the daemon could not be read: "
+                                f"{event.fault.detail}")
     return subscribed
 
 
@@ -325,6 +559,7 @@ class TransportLink(asyncio.Protocol):
         self._corked: list[bytes] | None = None
         """Messages written since this iteration's first one (see ``_write``)."""
         self._corked_bytes = 0
+        self._lost_seen = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -346,6 +581,7 @@ class TransportLink(asyncio.Protocol):
         return False  # the other end is done: close
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost_seen = True
         if not self.closed.done():
             self.closed.set_result(None)
         self._writable.set()  # blocked writers wake up and find the transport closed
@@ -406,8 +642,26 @@ class TransportLink(asyncio.Protocol):
             self.transport.resume_reading()
 
     def abort(self) -> None:
-        if self.transport is not None:
+        # not once the connection is lost: after a close() that had to flush first,
+        # asyncio's transport.abort() would fail (its loop is already gone)
+        if self.transport is not None and not self._lost_seen:
             self.transport.abort()
+
+    def close_after(self, data: bytes, grace: float) -> None:
+        """Write ``data`` after everything already written, close once the other end has
+        read it all, and cut the connection if it has not within ``grace`` seconds (a
+        peer that does not read must not keep the buffer)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        corked, self._corked = self._corked, None
+        self._corked_bytes = 0
+        if corked:
+            transport.write(b"".join(corked))
+        if data:
+            transport.write(data)
+        transport.close()
+        self._loop.call_later(grace, self.abort)  # (a no-op once it is closed)
 
 
 class StreamLink:
@@ -463,6 +717,9 @@ class Waiter(Generic[T]):
     def done(self) -> bool:
         return self._event.is_set()
 
+    def result(self) -> T:
+        return self._result  # type: ignore[return-value]  # only asked once done
+
     def set_result(self, result: T) -> None:
         self._result = result
         self._event.set()
@@ -491,18 +748,29 @@ class AsyncClient:
     answer settles its caller's future where it arrives, so a call costs two
     event-loop iterations on this side (the write, the wake-up). Other
     backends read with a task.
+
+    An answer longer than ``max_answer_bytes`` fails its own request with
+    :class:`BadAnswer`; a garbled line fails every waiting request and the
+    connection is replaced on the next request, as is one the daemon closed
+    because it was idle.
     """
 
-    def __init__(self, socket_path: str | None = None, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, socket_path: str | None = None, *, connect_timeout: float = 5.0,
+                 max_answer_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self.socket_path = resolve_socket_path(socket_path)
         self._connect_timeout = connect_timeout
-        self._peer = Peer()
+        self._max_answer = max_answer_bytes
+        self._peer = Peer(max_line_bytes=max_answer_bytes)
         self._link: TransportLink | StreamLink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._waiting: dict[RequestId, asyncio.Future[ResponseReceived | None]
-                           | Waiter[ResponseReceived | None]] = {}
+        self._waiting: dict[RequestId, asyncio.Future[_Settled] | Waiter[_Settled]] = {}
         self._lost: str | None = None
+        """Why the current connection is unusable (None while it is fine)."""
+        self._reopen = False
+        """Whether a new connection is the remedy (the daemon closed an idle one, or we
+        dropped a garbled one); never after ``__aexit__`` or a daemon that went away."""
+        self._reopening: anyio.Lock | None = None
 
     async def _connect_socket(self) -> socket.socket:
         # connected blocking in a worker thread: instant for a local socket
@@ -513,99 +781,199 @@ class AsyncClient:
         return await wrap_socket(await self._connect_socket())
 
     async def __aenter__(self) -> AsyncClient:
+        await self._open()
+        return self
+
+    async def _open(self) -> None:
+        """Connect and start driving the connection (a new Peer: a new id space)."""
         sock = await self._connect_socket()
+        peer = Peer(max_line_bytes=self._max_answer)
         loop = asyncio_loop()
         if loop is not None:
-            link = TransportLink(loop, self._on_data, self._on_lost)
+            box: list[TransportLink] = []
+
+            def received(data: bytes) -> bytes:
+                if self._link is box[0]:
+                    self._on_data(data)
+                return b""
+
+            def lost() -> None:
+                if self._link is box[0]:
+                    self._on_lost("the daemon closed the connection")
+
+            link = TransportLink(loop, received, lost)
+            box.append(link)
+            self._peer, self._link, self._loop = peer, link, loop
             try:
                 await loop.create_unix_connection(lambda: link, sock=sock)
             except BaseException:
                 sock.close()
                 raise
-            self._loop, self._link = loop, link
-            return self
-        stream = await wrap_socket(sock)
-        self._link = StreamLink(stream)
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._read, stream)
-        return self
+        else:
+            stream = await wrap_socket(sock)
+            stream_link = StreamLink(stream)
+            self._peer, self._link = peer, stream_link
+            if self._tg is None:
+                self._tg = anyio.create_task_group()
+                await self._tg.__aenter__()
+            self._tg.start_soon(self._read, stream_link)
+        self._lost, self._reopen = None, False
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool | None:
         link = self._link
         assert link is not None
         self._on_lost("the client was closed")
+        self._reopen = False
         if isinstance(link, TransportLink):
             link.abort()
+        if self._tg is None:
             return None
-        assert self._tg is not None
         self._tg.cancel_scope.cancel()
         try:
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
-            await link.stream.aclose()
+            if isinstance(link, StreamLink):
+                await link.stream.aclose()
 
-    def _on_data(self, data: bytes) -> bytes:
+    def _on_data(self, data: bytes) -> None:
         waiting = self._waiting
         for event in self._peer.receive_data(data):
             if isinstance(event, ResponseReceived):
                 waiter = waiting.get(event.response.id)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(event)
-        return b""
+            elif isinstance(event, ProtocolFault):
+                self._on_fault(event.fault)
+
+    def _on_fault(self, fault: Fault) -> None:
+        """A line that is not an answer: a notice (the daemon is closing the connection),
+        an answer over the line limit, or garbage (the stream cannot be trusted)."""
+        note = _notice(fault)
+        if note is not None:
+            reason, message = note
+            self._lost, self._reopen = message, reason in _REOPEN
+            # idle or evicted: nothing waiting was read, so it may be sent again
+            self._settle_all(_Unread() if self._reopen
+                             else _failure(self.socket_path, reason, message))
+            return
+        if fault.kind is FaultKind.OVERSIZED_LINE:
+            ident = _answer_id(fault)
+            waiter = self._waiting.get(ident) if ident is not None else None
+            if waiter is not None:
+                self._peer.cancel(ident, notify=False)
+                if not waiter.done():
+                    waiter.set_result(BadAnswer(
+                        f"an answer could not be read: {fault.detail} (the client's "
+                        "line limit)"))
+                return
+            self._drop(f"an answer could not be read: {fault.detail}")
+        elif fault.kind in _GARBLED:
+            self._drop(f"an answer could not be read ({fault.detail}); the connection "
+                       "was closed")
+
+    def _drop(self, why: str) -> None:
+        """The stream cannot be trusted: every waiting request fails with BadAnswer and
+        the connection is closed (the next request opens a new one)."""
+        self._lost, self._reopen = why, True
+        self._settle_all(BadAnswer(why))
+        link = self._link
+        if isinstance(link, TransportLink):
+            link.abort()
+        # StreamLink: its reader sees _lost and stops after this chunk
+
+    def _settle_all(self, outcome: _Settled) -> None:
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_result(outcome)
 
     def _on_lost(self, reason: str = "the daemon closed the connection") -> None:
         """Every caller still waiting learns at once that no answer will come."""
         if self._lost is None:
             failure = self._link.failure if isinstance(self._link, TransportLink) else None
             self._lost = reason if failure is None else f"client error: {failure!r}"
-        for waiter in self._waiting.values():
-            if not waiter.done():
-                waiter.set_result(None)
+        self._settle_all(None)
 
-    async def _read(self, stream: anyio.abc.SocketStream) -> None:
+    async def _read(self, link: StreamLink) -> None:
+        stream = link.stream
         try:
-            while True:
+            while self._link is link and (self._lost is None or not self._reopen):
                 try:
                     data = await stream.receive()
-                except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                        ConnectionError):
                     break
-                self._on_data(data)
+                if self._link is link:
+                    self._on_data(data)
         finally:
-            self._on_lost("the daemon closed the connection")
+            if self._link is link:
+                self._on_lost("the daemon closed the connection")
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _reconnect(self) -> None:
+        if self._reopening is None:
+            self._reopening = anyio.Lock()
+        async with self._reopening:
+            if self._lost is None:
+                return  # another request already opened a new connection
+            old = self._link
+            if isinstance(old, TransportLink):
+                old.abort()
+            await self._open()
 
     async def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        link = self._link
-        if link is None:
+        if self._link is None:
             raise RuntimeError("use AsyncClient as 'async with AsyncClient(...) as client'")
-        if self._lost is not None:
-            raise DaemonConnectionLost(self.socket_path, self._lost)
-        ident, data = self._peer.send_request(method, params)
+        for attempt in (1, 2):
+            if self._lost is not None:
+                if not self._reopen:
+                    raise DaemonConnectionLost(self.socket_path, self._lost)
+                await self._reconnect()
+            try:
+                return await self._request_once(method, params)
+            except _Unread:
+                if attempt == 2:
+                    raise DaemonConnectionLost(self.socket_path, self._lost
+                                               or "closed before our request") from None
+        raise AssertionError("unreachable")
+
+    async def _request_once(self, method: str, params: dict[str, Any] | None) -> Any:
+        link = self._link
+        assert link is not None
+        peer = self._peer
+        ident, data = peer.send_request(method, params)
         loop = self._loop
-        waiter: asyncio.Future[ResponseReceived | None] | Waiter[ResponseReceived | None]
+        waiter: asyncio.Future[_Settled] | Waiter[_Settled]
         waiter = loop.create_future() if loop is not None else Waiter()
-        self._waiting[ident] = waiter
+        waiting = self._waiting
+        waiting[ident] = waiter
         try:
             try:
                 await link.send(data)
             except _LINK_ERRORS as e:
+                said = waiter.result() if waiter.done() else None
+                if isinstance(said, BaseException):
+                    raise said from None  # the daemon said why before it closed
                 raise DaemonConnectionLost(self.socket_path, str(e) or "send failed") from None
             try:
                 event = await waiter
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
-                    cancel = self._peer.cancel(ident)
-                    if cancel and self._lost is None:
+                    cancel = peer.cancel(ident)
+                    if cancel and self._lost is None and self._link is link:
                         try:
                             await link.send(cancel)
                         except _LINK_ERRORS:
                             pass
                 raise
         finally:
-            del self._waiting[ident]
+            if waiting.get(ident) is waiter:
+                del waiting[ident]
         if event is None:
             raise DaemonConnectionLost(self.socket_path, self._lost or "no answer")
+        if isinstance(event, BaseException):
+            raise event
         return _settle(method, event)
 
     # -------------------------------------------------------- the API
@@ -651,6 +1019,8 @@ class AsyncClient:
         return result
 
     async def logs(self, plugin: str, lines: int = 100) -> list[str]:
+        """The newest ``lines`` stderr lines (fewer if they would make the answer larger
+        than the daemon's cap; ``request("logs", ...)["omitted"]`` says how many)."""
         answer = await self.request("logs", {"plugin": plugin, "lines": lines})
         result: list[str] = answer["lines"]
         return result
@@ -658,22 +1028,27 @@ class AsyncClient:
     @asynccontextmanager
     async def subscribe(self, plugins: list[str] | None = None, kinds: list[str] | None = None
                         ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        """Subscribe on a connection of its own; events published after the
-        ``async with`` is entered are all delivered (or counted in a ``dropped`` event)."""
+        """Subscribe on a connection of its own; events published after the ``async with``
+        is entered are all delivered until the iterator raises :class:`EventsLagged`
+        (the reader fell behind and the daemon ended the subscription)."""
         stream = await self._connect()
-        peer = Peer()
+        peer = Peer(max_line_bytes=self._max_answer)
         try:
             ident, data = peer.send_request("subscribe", _filters(plugins, kinds))
-            await stream.send(data)
+            try:
+                await stream.send(data)
+            except _LINK_ERRORS as exc:
+                raise DaemonConnectionLost(self.socket_path, str(exc) or "send failed") from None
             pending: deque[dict[str, Any]] = deque()
-            while not _absorb(await self._receive(stream, peer), ident, pending):
+            while not _absorb(await self._receive(stream, peer), ident, pending,
+                              self.socket_path):
                 pass
 
             async def iterate() -> AsyncIterator[dict[str, Any]]:
                 while True:
                     while pending:
-                        yield pending.popleft()
-                    _absorb(await self._receive(stream, peer), ident, pending)
+                        yield _event_or_raise(pending.popleft())
+                    _absorb(await self._receive(stream, peer), ident, pending, self.socket_path)
 
             yield iterate()
         finally:
@@ -697,11 +1072,18 @@ class AsyncClient:
                 yield event
 
 
+_Settled = ResponseReceived | BaseException | None
+"""What a waiting request is settled with: its answer, why it failed, or None (lost)."""
+
+
 __all__ = [
     "AsyncClient",
+    "BadAnswer",
     "Client",
     "ControlError",
+    "DaemonBusy",
     "DaemonConnectionLost",
     "DaemonNotRunning",
+    "EventsLagged",
     "resolve_socket_path",
 ]

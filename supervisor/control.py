@@ -30,6 +30,7 @@ connect can control every plugin. Methods are listed in protocol/SPEC.md
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -38,10 +39,11 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import anyio
+import orjson
 import psutil
 from anyio.abc import TaskGroup, TaskStatus
 
@@ -52,17 +54,20 @@ from protocol import (
     Notification,
     NotificationReceived,
     Peer,
+    ProtocolFault,
     Request,
     RequestReceived,
     encode,
     local_error,
 )
+from protocol.codec import FaultKind
 from protocol.errors import EncodeError
-from protocol.messages import RequestId
+from protocol.framing import DEFAULT_MAX_LINE_BYTES
+from protocol.messages import ErrorResponse, RequestId
 from supervisor.client import StreamLink, TransportLink, Waiter, asyncio_loop, wrap_socket
 from supervisor.config import PluginSpec
 from supervisor.errors import CallError, ConfigError, PipevisorError
-from supervisor.events import SupervisorEvent
+from supervisor.events import Subscription, SubscriptionLagged, SupervisorEvent
 from supervisor.metrics import CONTENT_TYPE
 from supervisor.states import SERVING, PluginState
 from supervisor.supervisor import Supervisor
@@ -73,15 +78,58 @@ MAX_IN_FLIGHT = 64
 """Requests one client connection may have running at once; past it, reading pauses."""
 
 MAX_CONNECTIONS = 128
-"""Client connections served at once; one more is told so and closed (each costs buffers)."""
+"""Client connections served at once. One more makes the connection idle the longest
+leave (it is told ``evicted``); with none idle it is refused (``busy``)."""
+
+IDLE_TIMEOUT = 60.0
+"""Seconds a connection may sit with nothing in flight, no subscription and no complete
+request before the daemon closes it (``idle``). Bytes of an unfinished line do not
+count as activity (a client dribbling one byte at a time is idle)."""
 
 MAX_SUBSCRIPTIONS = 16
-"""Event subscriptions one connection may hold (each owns a bounded buffer)."""
+"""Event subscriptions one connection may hold (they share the connection's queue)."""
 
 SUBSCRIPTION_BUFFER = 1000
-"""Events buffered per subscription for a slow reader before the oldest are dropped."""
+"""Events queued for one connection's subscriptions while its client is not reading."""
+
+SUBSCRIPTION_BYTES = 4 * 1024 * 1024
+"""Estimated bytes (supervisor.events.event_size) queued for one connection's
+subscriptions. Past either bound the client is sent a final ``lagged`` event with the
+count and disconnected, and the queue is freed at once."""
+
+LAG_CLOSE_GRACE = 10.0
+"""Seconds a lagging client gets to read what was already written to it (the ``lagged``
+notice is last) before its connection is cut."""
+
+MAX_LINE_BYTES = DEFAULT_MAX_LINE_BYTES
+"""Longest request line (16 MiB, the plugin wire's limit, so any call an embedded host
+can make can be made through the socket). One byte more and the client is told
+``line_too_long`` and disconnected: nothing past the limit is ever held."""
+
+FREE_PARTIAL_BYTES = 64 * 1024
+"""Bytes of an unfinished request line every connection may hold on its own."""
+
+PARTIAL_BUDGET = 32 * 1024 * 1024
+"""Bytes of unfinished request lines beyond FREE_PARTIAL_BYTES, shared by every
+connection: a connection that would go past it is told ``busy`` and closed. So all
+connections together hold at most MAX_CONNECTIONS x 64 KiB + 32 MiB of partial lines."""
+
+MAX_ANSWER_BYTES = DEFAULT_MAX_LINE_BYTES
+"""No line the daemon writes is longer: the clients' own line limit. A longer answer
+is replaced by an error saying so; a longer event by a ``too_large`` event."""
+
+LOGS_ANSWER_BYTES = 4 * 1024 * 1024
+"""``logs`` answers at most this many bytes of lines: the newest lines that fit, and
+``omitted`` says how many older ones were left out."""
 
 MAX_LOG_LINES = 10_000
+
+ACCEPT_BACKOFF = 0.1
+"""Seconds the accept loop pauses after a failure no idle connection could make up for."""
+
+REFUSAL_LOG_INTERVAL = 10.0
+"""At most one log line per this many seconds for refused connections and accept
+failures (with the count of those not logged)."""
 
 QUIET_KINDS = frozenset({"stderr"})
 """Kinds a subscription without an explicit ``kinds`` filter does not receive: stderr
@@ -122,6 +170,104 @@ def control_error(code: ErrorCode, message: str) -> ErrorObject:
 
 class ControlSocketError(PipevisorError):
     """The control socket cannot be set up (taken by a live daemon, not a socket, ...)."""
+
+
+def notice(code: ErrorCode, message: str, reason: str, **data: Any) -> bytes:
+    """A line the daemon sends on its own before it closes a connection: an error answer
+    with id null (JSON-RPC's "no request to pin it on"). ``data`` comes before
+    ``message`` so that a client that keeps only a line's first 200 bytes still reads
+    ``data.reason`` (busy, evicted, idle, line_too_long, lagged)."""
+    error = {"code": int(code), "data": {"origin": "control", "reason": reason, **data},
+             "message": message}
+    return encode({"jsonrpc": "2.0", "id": None, "error": error})
+
+
+class RateLimitedLog:
+    """One log line per ``interval`` seconds at most; the next one says how many were not
+    logged in between. For what a hostile client can repeat as fast as it likes."""
+
+    def __init__(self, logger: logging.Logger, interval: float = REFUSAL_LOG_INTERVAL) -> None:
+        self._log = logger
+        self._interval = interval
+        self._next = 0.0
+        self.suppressed = 0
+
+    def __call__(self, level: int, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self.suppressed += 1
+            return
+        if self.suppressed:
+            message += " (%d more like it not logged)"
+            args = (*args, self.suppressed)
+            self.suppressed = 0
+        self._next = now + self._interval
+        self._log.log(level, message, *args)
+
+
+_FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class AcceptGuard:
+    """What a listening loop needs to survive running out of file descriptors.
+
+    ``accept`` failing with EMFILE/ENFILE leaves the connection in the kernel's
+    backlog, where its client waits for ever. The guard keeps one spare descriptor
+    open: on EMFILE it closes it, accepts the waiting connection with the freed
+    slot, lets the caller write a refusal and close, and opens the spare again.
+    Failures are logged at most once per REFUSAL_LOG_INTERVAL. Shared by the
+    control socket and the metrics endpoint."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.log = RateLimitedLog(log)
+        self._spare: int | None = None
+        self._reserve()
+
+    def _reserve(self) -> None:
+        if self._spare is None:
+            try:
+                self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self._spare = None
+
+    @staticmethod
+    def exhausted(exc: OSError) -> bool:
+        return exc.errno in _FD_EXHAUSTED
+
+    def accept_with_spare(self, sock: socket.socket) -> socket.socket | None:
+        """Out of descriptors: accept one waiting connection with the spare one, for a
+        refusal. None when there is no spare or nothing to accept."""
+        if self._spare is None:
+            self._reserve()
+            return None
+        os.close(self._spare)
+        self._spare = None
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            conn = None
+        return conn
+
+    def after_refusal(self) -> None:
+        self._reserve()
+
+    def close(self) -> None:
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+
+
+def refuse(sock: socket.socket, data: bytes) -> None:
+    """Write ``data`` if the socket takes it at once, then close: never wait on a client
+    that is being turned away."""
+    try:
+        sock.setblocking(False)
+        sock.send(data)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 class _BadParams(Exception):
@@ -206,22 +352,49 @@ def _remove_if_ours(path: str, inode: int) -> None:
         pass
 
 
+@dataclass(frozen=True, slots=True)
+class ControlLimits:
+    """Every bound of the control socket, with its default (docs/bounds.md)."""
+
+    max_in_flight: int = MAX_IN_FLIGHT
+    max_connections: int = MAX_CONNECTIONS
+    idle_timeout: float = IDLE_TIMEOUT
+    max_line_bytes: int = MAX_LINE_BYTES
+    free_partial_bytes: int = FREE_PARTIAL_BYTES
+    partial_budget: int = PARTIAL_BUDGET
+    max_subscriptions: int = MAX_SUBSCRIPTIONS
+    subscription_buffer: int = SUBSCRIPTION_BUFFER
+    subscription_bytes: int = SUBSCRIPTION_BYTES
+    lag_close_grace: float = LAG_CLOSE_GRACE
+    max_answer_bytes: int = MAX_ANSWER_BYTES
+    logs_answer_bytes: int = LOGS_ANSWER_BYTES
+
+
 async def serve_control(
     sup: Supervisor,
     socket_path: str,
     hooks: DaemonHooks,
     *,
-    max_in_flight: int = MAX_IN_FLIGHT,
-    max_connections: int = MAX_CONNECTIONS,
+    max_in_flight: int | None = None,
+    max_connections: int | None = None,
+    limits: ControlLimits | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the control socket until cancelled; the socket file is removed on exit."""
+    """Serve the control socket until cancelled; the socket file is removed on exit.
+    ``max_in_flight`` and ``max_connections`` override the same fields of ``limits``."""
+    limits = limits or ControlLimits()
+    if max_in_flight is not None:
+        limits = replace(limits, max_in_flight=max_in_flight)
+    if max_connections is not None:
+        limits = replace(limits, max_connections=max_connections)
     sock = _bind(socket_path)
     inode = os.lstat(socket_path).st_ino
-    server = _Server(sup, hooks, socket_path, max_in_flight, max_connections)
+    server = _Server(sup, hooks, socket_path, limits)
+    guard = AcceptGuard("control socket")
     try:
         async with anyio.create_task_group() as tg:
             log.info("control socket listening on %s", socket_path)
+            tg.start_soon(server.sweep_idle)
             task_status.started()
             while True:
                 await anyio.wait_readable(sock)
@@ -230,11 +403,11 @@ async def serve_control(
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:  # EMFILE and friends: keep serving the others
-                    log.error("control socket %s: accept failed: %s", socket_path, exc)
-                    await anyio.sleep(0.1)
+                    await server.accept_failed(sock, guard, exc)
                     continue
                 tg.start_soon(server.accepted, conn)
     finally:
+        guard.close()
         sock.close()
         _remove_if_ours(socket_path, inode)
 
@@ -292,30 +465,39 @@ Handler = Callable[["_Server", "_Connection", dict[str, Any]], Awaitable[Any]]
 
 
 class _Server:
-    def __init__(self, sup: Supervisor, hooks: DaemonHooks, path: str, max_in_flight: int,
-                 max_connections: int) -> None:
-        self.max_connections = max_connections
-        self.connections = 0
+    def __init__(self, sup: Supervisor, hooks: DaemonHooks, path: str,
+                 limits: ControlLimits) -> None:
+        self.limits = limits
+        self.max_connections = limits.max_connections
+        self.max_in_flight = limits.max_in_flight
+        self.conns: dict[_Connection, None] = {}
+        """Connections served now, oldest first."""
+        self.partial_charged = 0
+        """Bytes of unfinished lines charged to PARTIAL_BUDGET, all connections."""
         self.sup = sup
         self.hooks = hooks
         self.path = path
-        self.max_in_flight = max_in_flight
         self.usage = _Usage()
         self.started = time.time()
+        self._arrived = anyio.Event()
+        self._refusals = RateLimitedLog(log)
+
+    @property
+    def connections(self) -> int:
+        return len(self.conns)
 
     async def accepted(self, sock: socket.socket) -> None:
-        if self.connections >= self.max_connections:
-            refusal = control_error(ErrorCode.INTERNAL_ERROR,
-                                    f"too many control connections ({self.max_connections})")
-            try:
-                sock.setblocking(False)
-                sock.send(encode({"jsonrpc": "2.0", "id": None, "error": refusal.to_json()}))
-            except OSError:
-                pass
-            sock.close()
+        if len(self.conns) >= self.max_connections and self.evict_idle() is None:
+            self._refusals(logging.WARNING, "control socket %s: refused a connection: all %d "
+                           "connections are busy (none idle to make room)",
+                           self.path, self.max_connections)
+            refuse(sock, notice(ErrorCode.OVER_LIMIT,
+                                f"daemon busy: all {self.max_connections} control "
+                                "connections are in use; retry later", "busy"))
             return
         conn = _Connection(self)
-        self.connections += 1
+        self.conns[conn] = None
+        self._arrived.set()
         try:
             loop = asyncio_loop()
             if loop is not None:
@@ -325,7 +507,70 @@ class _Server:
         except Exception:  # a broken client must never take the daemon down
             log.exception("control connection failed")
         finally:
-            self.connections -= 1
+            self.conns.pop(conn, None)
+            conn.release_partial()
+            conn.ended.set()
+
+    def evict_idle(self) -> _Connection | None:
+        """Make room: the connection idle the longest leaves, told why. None if none is."""
+        idle = [c for c in self.conns if c.idle]
+        if not idle:
+            return None
+        victim = min(idle, key=lambda c: c.last_active)
+        self._refusals(logging.WARNING, "control socket %s: closing the connection idle the "
+                       "longest (%.0f s) to make room for a new one", self.path,
+                       time.monotonic() - victim.last_active)
+        victim.shut(notice(ErrorCode.OVER_LIMIT,
+                           "closed to make room for another client (this connection was "
+                           "idle the longest); reconnect", "evicted"), 1.0)
+        return victim
+
+    async def accept_failed(self, sock: socket.socket, guard: AcceptGuard,
+                            exc: OSError) -> None:
+        """accept() failed: keep serving. Out of descriptors, an idle connection of ours
+        makes room; else the waiting client is told ``busy`` through the spare
+        descriptor, so that it does not wait in the backlog for ever."""
+        if not guard.exhausted(exc):
+            guard.log(logging.ERROR, "control socket %s: accept failed: %s", self.path, exc)
+            await anyio.sleep(ACCEPT_BACKOFF)
+            return
+        victim = self.evict_idle()
+        guard.log(logging.ERROR, "control socket %s: accept failed: %s; %s", self.path,
+                  exc.strerror or exc, "closed the connection idle the longest"
+                  if victim is not None else "refusing waiting clients as busy")
+        if victim is not None:
+            with anyio.move_on_after(1.0):
+                await victim.ended.wait()  # its descriptor is free once it has ended
+            return
+        conn = guard.accept_with_spare(sock)
+        if conn is not None:
+            refuse(conn, notice(ErrorCode.OVER_LIMIT,
+                                f"daemon busy: out of file descriptors ({exc.strerror}); "
+                                "retry later", "busy"))
+            guard.after_refusal()
+        await anyio.sleep(ACCEPT_BACKOFF)
+
+    async def sweep_idle(self) -> None:
+        """Close connections idle for ``idle_timeout``: wakes when the oldest could be
+        due (never while there is no connection at all)."""
+        timeout = self.limits.idle_timeout
+        while True:
+            if not self.conns:
+                self._arrived = anyio.Event()
+                await self._arrived.wait()
+                continue
+            now = time.monotonic()
+            due = now + timeout
+            for conn in list(self.conns):
+                if not conn.idle:
+                    continue
+                expires = conn.last_active + timeout
+                if expires <= now:
+                    conn.shut(notice(ErrorCode.OVER_LIMIT,
+                                     f"closed after {timeout:g} s idle; reconnect", "idle"), 1.0)
+                else:
+                    due = min(due, expires)
+            await anyio.sleep(max(0.01, due - now))
 
     # ------------------------------------------------------------ methods
 
@@ -412,8 +657,10 @@ class _Server:
         if type(lines) is not int or not 0 <= lines <= MAX_LOG_LINES:
             raise _BadParams(f'"lines" must be an integer in 0..{MAX_LOG_LINES}')
         runner = self.sup.runner(name)
-        return {"plugin": name, "lines": runner.stderr.last(lines) if lines else [],
-                "suppressed": runner.stderr_suppressed}
+        tail = runner.stderr.last(lines) if lines else []
+        kept, omitted = _newest_within(tail, self.limits.logs_answer_bytes)
+        return {"plugin": name, "lines": kept, "suppressed": runner.stderr_suppressed,
+                "omitted": omitted}
 
     async def metrics(self, conn: _Connection, p: dict[str, Any]) -> Any:
         return {"text": self.sup.metrics(), "content_type": CONTENT_TYPE}
@@ -435,6 +682,21 @@ METHODS: dict[str, Handler] = {
     for name in ("status", "call", "notify", "start", "stop", "restart", "load", "unload",
                  "reload", "logs", "metrics", "subscribe", "unsubscribe")
 }
+
+
+def _newest_within(lines: list[str], budget: int) -> tuple[list[str], int]:
+    """The newest of ``lines`` whose JSON encoding fits in ``budget`` bytes, and how many
+    older ones were left out. Each line is measured as it will be sent (escapes count),
+    newest first, so the cost is bounded by the budget, not by the tail."""
+    used = 0
+    start = len(lines)
+    while start > 0:
+        cost = len(orjson.dumps(lines[start - 1])) + 1
+        if used + cost > budget:
+            break
+        used += cost
+        start -= 1
+    return lines[start:], start
 
 
 # ================================================================ parameter checks
@@ -481,9 +743,10 @@ def _opt_names(p: dict[str, Any], key: str) -> frozenset[str] | None:
 
 @dataclass(slots=True)
 class _Subscription:
-    scope: anyio.CancelScope
     plugins: frozenset[str] | None
     kinds: frozenset[str] | None
+    start: int
+    """Index (in the connection's event queue) of the first event published after it."""
 
     def wants(self, event: SupervisorEvent) -> bool:
         if self.plugins is not None and event.plugin not in self.plugins:
@@ -507,11 +770,16 @@ class _Connection:
     every slot taken but none waiting, reading goes on, so a cancel
     notification for a running call is still read. Closing the connection cancels the group: calls
     in flight are cancelled (the plugin is told) and subscriptions end.
+
+    Every subscription of the connection shares one queue in the event hub
+    (bounded in events and bytes, filtered before queueing) and one forwarding
+    task; a client that lets it overflow is sent ``lagged`` and disconnected.
     """
 
     def __init__(self, server: _Server) -> None:
         self.server = server
-        self.peer = Peer(answer_garbage=True)
+        self.limits = server.limits
+        self.peer = Peer(answer_garbage=True, max_line_bytes=server.limits.max_line_bytes)
         self._max = server.max_in_flight
         self._running: dict[RequestId, anyio.CancelScope] = {}
         self._queued: OrderedDict[RequestId, Request] = OrderedDict()
@@ -520,10 +788,51 @@ class _Connection:
         costs a few microseconds more per request, most of it in loop look-ups)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subs: dict[int, _Subscription] = {}
+        self._events: Subscription | None = None
         self._next_sub = 1
         self._tg: TaskGroup | None = None
         self._link: TransportLink | StreamLink | None = None
         self._closing = False
+        self.last_active = time.monotonic()
+        """When the client last sent a complete message or had a request answered."""
+        self.partial = 0
+        """Bytes of the unfinished line the peer holds (after the last newline)."""
+        self._charge = 0
+        """Of those, bytes charged to the server's shared PARTIAL_BUDGET."""
+        self.ended = anyio.Event()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight or waiting, no subscription: closing it loses nothing."""
+        return not (self._closing or self._running or self._queued or self._subs)
+
+    def release_partial(self) -> None:
+        self.server.partial_charged -= self._charge
+        self._charge = 0
+
+    def shut(self, data: bytes, grace: float) -> None:
+        """Close on the daemon's initiative: ``data`` (a notice) is written last, the client
+        gets ``grace`` seconds to read it, then the connection is cut. Its slot and its
+        share of the partial-line budget are free at once; its work ends with it."""
+        if self._closing:
+            return
+        self._closing = True
+        self.server.conns.pop(self, None)
+        self.release_partial()
+        link = self._link
+        if isinstance(link, TransportLink):
+            link.close_after(data, grace)
+        elif link is not None and self._tg is not None:
+            self._tg.start_soon(self._shut_stream, link, data, grace)
+
+    async def _shut_stream(self, link: StreamLink, data: bytes, grace: float) -> None:
+        with anyio.move_on_after(grace):
+            try:
+                await link.send(data)
+            except _LINK_ERRORS:
+                pass
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
 
     async def run_transport(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
         """asyncio: requests are read in the transport's callback (:class:`TransportLink`),
@@ -562,7 +871,7 @@ class _Connection:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 try:
-                    while True:
+                    while not self._closing:
                         try:
                             out = self.feed(await stream.receive())
                             if out:
@@ -570,6 +879,8 @@ class _Connection:
                         except (anyio.EndOfStream, *_LINK_ERRORS):
                             break
                         await link.wait_readable()
+                    if self._closing:  # shut by the daemon: the notice goes out first
+                        await anyio.sleep_forever()
                 finally:
                     # the client is gone (or the server stops): its work goes with it
                     self._closing = True
@@ -579,10 +890,42 @@ class _Connection:
 
     def feed(self, data: bytes) -> bytes:
         """Take bytes from the client; returns what the protocol obliges us to answer
-        at once (parse errors, invalid requests), for the caller to write."""
+        at once (parse errors, invalid requests), for the caller to write.
+
+        The line limit and the shared budget for unfinished lines are checked
+        *before* the bytes reach the peer's buffer, so nothing past either is held."""
         if self._closing:  # what a departing client sent still arrives: its work is over
             return b""
-        for event in self.peer.receive_data(data):
+        limits = self.limits
+        first = data.find(b"\n")
+        if first < 0:
+            longest = partial = self.partial + len(data)
+        else:
+            longest = self.partial + first
+            partial = len(data) - data.rfind(b"\n") - 1
+        if longest > limits.max_line_bytes:
+            self._line_too_long()
+            return b""
+        if partial != self.partial:
+            charge = max(0, partial - limits.free_partial_bytes)
+            server = self.server
+            if charge > self._charge and (
+                    server.partial_charged + charge - self._charge > limits.partial_budget):
+                server._refusals(logging.WARNING, "control socket %s: closed a connection "
+                                 "sending a large request: unfinished request lines already "
+                                 "hold the budget of %d bytes", server.path,
+                                 limits.partial_budget)
+                self.shut(notice(ErrorCode.OVER_LIMIT,
+                                 "daemon busy: too many large requests arriving at once; "
+                                 "retry later", "busy"), 1.0)
+                return b""
+            server.partial_charged += charge - self._charge
+            self._charge = charge
+            self.partial = partial
+        events = self.peer.receive_data(data)
+        if events:
+            self.last_active = time.monotonic()
+        for event in events:
             if isinstance(event, RequestReceived):
                 request = event.request
                 if len(self._running) < self._max:
@@ -591,11 +934,22 @@ class _Connection:
                     self._queued[request.id] = request
             elif isinstance(event, NotificationReceived):
                 self._on_notification(event.notification)
-            # faults: the peer already queued any answer the protocol owes
+            elif (isinstance(event, ProtocolFault)
+                  and event.fault.kind is FaultKind.OVERSIZED_LINE):
+                self._line_too_long()
+                return b""
+            # other faults: the peer already queued any answer the protocol owes
         if self._queued:  # past the bound: read no more until a slot frees
             assert self._link is not None
             self._link.pause_reading()
         return self.peer.take_output()
+
+    def _line_too_long(self) -> None:
+        limit = self.limits.max_line_bytes
+        self.server._refusals(logging.WARNING, "control socket %s: closed a connection that "
+                              "sent a line longer than %d bytes", self.server.path, limit)
+        self.shut(notice(ErrorCode.PARSE_ERROR, f"request line longer than {limit} bytes; "
+                         "closing the connection", "line_too_long", limit=limit), 1.0)
 
     def _start(self, request: Request, scope: anyio.CancelScope) -> None:
         """Hand the request to an idle worker, or to a new one."""
@@ -676,12 +1030,21 @@ class _Connection:
                 log.error("control %s: cannot encode the result: %s", method, exc)
                 data = self.peer.send_error(ident, control_error(
                     ErrorCode.INTERNAL_ERROR, f"result not encodable: {exc}"))
+            if len(data) > self.limits.max_answer_bytes + 1:  # (+1: the newline)
+                # never a line the client cannot read: it would wait for it for ever
+                log.warning("control %s: answer of %d bytes is over the limit of %d bytes",
+                            method, len(data) - 1, self.limits.max_answer_bytes)
+                data = encode(ErrorResponse(ident, control_error(
+                    ErrorCode.INTERNAL_ERROR,
+                    f"the answer to {method} is {len(data) - 1} bytes, over the control "
+                    f"socket's limit of {self.limits.max_answer_bytes} bytes")))
             try:
                 await self._link.send(data)
             except _LINK_ERRORS:
                 pass
         finally:
             self._running.pop(ident, None)
+            self.last_active = time.monotonic()
 
     async def _answer(self, method: str, params: Any) -> Any:
         handler = METHODS.get(method)
@@ -707,40 +1070,69 @@ class _Connection:
 
     async def subscribe(self, plugins: frozenset[str] | None,
                         kinds: frozenset[str] | None) -> dict[str, Any]:
-        if len(self._subs) >= MAX_SUBSCRIPTIONS:
-            raise _BadParams(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
-        assert self._tg is not None
+        if len(self._subs) >= self.limits.max_subscriptions:
+            raise _BadParams(f"at most {self.limits.max_subscriptions} subscriptions "
+                             "per connection")
+        if self._events is None:
+            assert self._tg is not None
+            # registered with the hub before the answer goes out: no event falls in between
+            await self._tg.start(self._forward)
+        assert self._events is not None
         sid = self._next_sub
         self._next_sub += 1
-        sub = _Subscription(anyio.CancelScope(), plugins, kinds)
-        self._subs[sid] = sub
-        # registered with the hub before the answer goes out: no event falls in between
-        await self._tg.start(self._forward, sid, sub)
+        self._subs[sid] = _Subscription(plugins, kinds, self._events.accepted)
         return {"subscription": sid}
 
     def unsubscribe(self, sid: int) -> bool:
-        sub = self._subs.pop(sid, None)
-        if sub is None:
-            return False
-        sub.scope.cancel()
-        return True
+        return self._subs.pop(sid, None) is not None
 
-    async def _forward(self, sid: int, sub: _Subscription, *,
-                       task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        reported = 0
-        with sub.scope:
-            async with self.server.sup.subscribe(SUBSCRIPTION_BUFFER) as events:
-                task_status.started()
-                while True:
+    def _wants(self, event: SupervisorEvent) -> bool:
+        """Queue only what one of the subscriptions will send (filtered before queueing)."""
+        return any(sub.wants(event) for sub in self._subs.values())
+
+    async def _forward(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                       ) -> None:
+        """The connection's one forwarding task: event queue -> its subscriptions."""
+        limits = self.limits
+        async with self.server.sup.events.subscribe(
+                limits.subscription_buffer, max_bytes=limits.subscription_bytes,
+                wants=self._wants, on_lag=self._lagged) as events:
+            self._events = events
+            task_status.started()
+            taken = 0
+            while True:
+                try:
                     event = await events.next()
-                    if events.dropped > reported:
-                        lost, reported = events.dropped - reported, events.dropped
-                        await self._emit(sid, {"plugin": None, "kind": "dropped",
-                                               "time": time.time(), "count": lost})
-                    if sub.wants(event):
-                        await self._emit(sid, event.to_json())
+                except SubscriptionLagged:
+                    return  # _lagged told the client and is closing the connection
+                index, taken = taken, taken + 1
+                for sid, sub in list(self._subs.items()):
+                    if (index >= sub.start and sub.wants(event)
+                            and not await self._emit(sid, event.to_json())):
+                        return
 
-    async def _emit(self, sid: int, payload: dict[str, Any]) -> None:
+    def _lagged(self, dropped: int) -> None:
+        """The client let its event queue overflow (called while an event is published):
+        the queue is already freed; tell the client and disconnect it."""
+        try:
+            limits = self.limits
+            now = time.time()
+            lines = [self.peer.send_notification(EVENT, {
+                "subscription": sid, "plugin": None, "kind": "lagged", "time": now,
+                "count": dropped}) for sid in self._subs]
+            self.server._refusals(logging.WARNING, "control socket %s: an event subscriber "
+                                  "fell behind (%d events dropped): disconnected",
+                                  self.server.path, dropped)
+            self.shut(b"".join(lines) + notice(
+                ErrorCode.OVER_LIMIT,
+                f"event subscriber fell behind: {dropped} events dropped (more than "
+                f"{limits.subscription_buffer} events or {limits.subscription_bytes} bytes "
+                "queued); disconnected", "lagged", dropped=dropped), limits.lag_close_grace)
+        except Exception:  # never into the publisher (a plugin's runner)
+            log.exception("control socket: ending a lagging subscriber failed")
+
+    async def _emit(self, sid: int, payload: dict[str, Any]) -> bool:
+        """Send one event; False once the client is gone."""
         payload["subscription"] = sid
         try:
             data = self.peer.send_notification(EVENT, payload)
@@ -748,8 +1140,14 @@ class _Connection:
             data = self.peer.send_notification(EVENT, {
                 "subscription": sid, "plugin": payload.get("plugin"), "kind": "unencodable",
                 "time": payload.get("time"), "error": str(exc)})
+        if len(data) > self.limits.max_answer_bytes + 1:
+            data = self.peer.send_notification(EVENT, {
+                "subscription": sid, "plugin": payload.get("plugin"), "kind": "too_large",
+                "time": payload.get("time"), "event_kind": payload.get("kind"),
+                "size": len(data) - 1, "limit": self.limits.max_answer_bytes})
         assert self._link is not None
         try:
             await self._link.send(data)
         except _LINK_ERRORS:
-            self.unsubscribe(sid)
+            return False
+        return True

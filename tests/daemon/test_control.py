@@ -240,20 +240,27 @@ async def test_events_stream_and_stderr_follow(sock_dir: str) -> None:
                         break
 
 
-async def test_slow_event_reader_gets_drops_reported(sock_dir: str) -> None:
+async def test_slow_event_reader_is_told_it_lagged_and_disconnected(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "c.sock")
     async with running([fake_spec("a")], path), AsyncClient(path) as c:
         stream = await _raw(path)
         buf: list[bytes] = []
         await stream.send(b'{"jsonrpc":"2.0","id":1,"method":"subscribe",'
-                          b'"params":{"kinds":["stderr","dropped"]}}\n')
+                          b'"params":{"kinds":["stderr"]}}\n')
         await _read_until(stream, lambda m: m.get("id") == 1, buf)
-        # we do not read while 30000 lines go by: far more than buffer + socket hold
+        # we do not read while 30000 lines go by: far more than the queue + socket hold
         assert await c.call("a", "stderr_flood", {"lines": 30000}) == "flooded"
-        dropped = await _read_until(
-            stream, lambda m: m.get("params", {}).get("kind") == "dropped", buf)
-        assert dropped["params"]["count"] > 0
+        lagged = await _read_until(
+            stream, lambda m: m.get("params", {}).get("kind") == "lagged", buf)
+        assert lagged["params"]["count"] > 0 and lagged["params"]["subscription"] == 1
+        closing = await _read_until(stream, lambda m: "error" in m, buf)
+        assert closing["id"] is None
+        assert closing["error"]["data"]["reason"] == "lagged"
+        with anyio.fail_after(10), pytest.raises(anyio.EndOfStream):
+            while True:
+                await stream.receive()
         await stream.aclose()
+        assert await c.call("a", "echo", [1]) == [1]  # nobody else is affected
 
 
 async def test_unsubscribe_stops_only_that_subscription(sock_dir: str) -> None:
@@ -286,16 +293,40 @@ async def test_unsubscribe_stops_only_that_subscription(sock_dir: str) -> None:
 
 
 async def test_connections_beyond_the_cap_are_told_and_closed(sock_dir: str) -> None:
+    """At the cap a new connection is refused ``busy`` when every connection is doing
+    something (here: following events)."""
     path = os.path.join(sock_dir, "c.sock")
-    async with running([fake_spec("a")], path, max_connections=1), AsyncClient(path) as c:
+    async with running([fake_spec("a")], path, max_connections=1), AsyncClient(path) as c, \
+            c.subscribe(kinds=["state"]):
         extra = await _raw(path)
         refusal = await _read_until(extra, lambda m: "error" in m, [])
-        assert "too many control connections (1)" in refusal["error"]["message"]
+        assert "all 1 control connections are in use" in refusal["error"]["message"]
+        assert refusal["error"]["data"] == {"origin": "control", "reason": "busy"}
         with anyio.fail_after(10), pytest.raises(anyio.EndOfStream):
             while True:
                 await extra.receive()
         await extra.aclose()
-        assert await c.call("a", "echo", [1]) == [1]  # the first client is unaffected
+
+
+async def test_at_the_cap_the_connection_idle_the_longest_makes_room(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "c.sock")
+    async with running([fake_spec("a")], path, max_connections=2) as sup:
+        first, second = await _raw(path), await _raw(path)
+        buf: list[bytes] = []
+        await first.send(b'{"jsonrpc":"2.0","id":1,"method":"logs","params":{"plugin":"a"}}\n')
+        await _read_until(first, lambda m: m.get("id") == 1, buf)
+        await second.send(b'{"jsonrpc":"2.0","id":1,"method":"logs","params":{"plugin":"a"}}\n')
+        await _read_until(second, lambda m: m.get("id") == 1, [])
+        async with AsyncClient(path) as c:  # a third: the first (idle longest) leaves
+            assert await c.call("a", "echo", [1]) == [1]
+        told = await _read_until(first, lambda m: "error" in m, buf)
+        assert told["error"]["data"]["reason"] == "evicted"
+        with anyio.fail_after(10), pytest.raises(anyio.EndOfStream):
+            while True:
+                await first.receive()
+        await first.aclose()
+        await second.aclose()
+        assert sup.runner("a").state is PluginState.READY
 
 
 class _OddHooks(FakeHooks):
