@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -206,3 +207,32 @@ def test_the_control_socket_survives_running_out_of_file_descriptors(sock_dir: s
         assert 1 <= logged <= 5, d.stderr()
         with Client(d.socket) as client:
             assert client.call("a", "echo", [2]) == [2]
+
+
+def test_the_metrics_endpoint_survives_running_out_of_file_descriptors(
+        sock_dir: str) -> None:
+    """~400 idle connections to metrics_listen: EMFILE in accept crashed the daemon and
+    stopped every plugin. Now the daemon keeps running, a scrape still gets its answer
+    (the oldest idle connection makes room) and the failure is logged."""
+    config = '[daemon]\nmetrics_listen = "127.0.0.1:0"\n' + BASE + fake_table("a")
+    with running_daemon(sock_dir, config) as d:
+        found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", d.stderr())
+        assert found, d.stderr()
+        port = int(found.group(1))
+        url = f"http://127.0.0.1:{port}/metrics"
+        with fd_limit(d.proc.pid, 16):
+            idle = [socket.create_connection(("127.0.0.1", port), timeout=10)
+                    for _ in range(60)]
+            with urllib.request.urlopen(url, timeout=20) as response:
+                assert response.status == 200
+                assert b'pipevisor_plugin_up{plugin="a"} 1' in response.read()
+            assert d.proc.poll() is None, d.stderr()
+            for s in idle:
+                s.close()
+        with urllib.request.urlopen(url, timeout=20) as response:
+            assert response.status == 200
+        with Client(d.socket) as client:
+            assert client.call("a", "echo", [1]) == [1]
+        assert d.proc.poll() is None
+        logged = re.findall(r"metrics: accept failed: Too many open files", d.stderr())
+        assert 1 <= len(logged) <= 3, d.stderr()
