@@ -103,6 +103,13 @@ class PluginSpec:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     stderr_lines: int = 1000
     """Lines of the plugin's stderr kept in memory for status and crash reports."""
+    stderr_tail_bytes: int = 1 << 20
+    """... and at most this many bytes of them (docs/bounds.md)."""
+    log_lines_per_second: float = 200.0
+    """stderr lines and ``pipevisor/log`` messages forwarded to the host's log per
+    second (burst: one second's worth); the rest is counted and reported."""
+    log_bytes_per_second: int = 128 * 1024
+    """... and at most this many bytes of them per second."""
     autostart: bool = True
     mode: PluginMode = PluginMode.AUTO
     start_sequence: tuple[StartStep, ...] = ()
@@ -136,6 +143,12 @@ class PluginSpec:
             raise ConfigError(f"plugin {self.name!r}: max_line_bytes must be at least 1024")
         if self.calls.max_in_flight < 1 or self.calls.max_queued < 0:
             raise ConfigError(f"plugin {self.name!r}: max_in_flight must be >= 1, max_queued >= 0")
+        if self.stderr_lines < 0 or self.stderr_tail_bytes < 1:
+            raise ConfigError(f"plugin {self.name!r}: stderr_lines must be >= 0 and "
+                              "stderr_tail_bytes >= 1")
+        if not (self.log_lines_per_second >= 1 and self.log_bytes_per_second >= 1024):
+            raise ConfigError(f"plugin {self.name!r}: log_lines_per_second must be >= 1 and "
+                              "log_bytes_per_second >= 1024")
         if self.calls.timeout <= 0:
             raise ConfigError(f"plugin {self.name!r}: call timeout must be positive")
 

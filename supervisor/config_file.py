@@ -120,7 +120,7 @@ _TOP_KEYS = {"supervisor", "daemon", "discovery", "defaults", "plugins"}
 _SUPERVISOR_SKIP = {"plugins"}
 _SPEC_SKIP = {"name", "command"}
 _PLUGIN_EXTRA = {"command", "path", "args", "enabled"}
-_SIZE_KEYS = ("memory.max", "max_line_bytes")
+_SIZE_KEYS = ("memory.max", "max_line_bytes", "stderr_tail_bytes", "log_bytes_per_second")
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

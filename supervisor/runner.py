@@ -61,10 +61,10 @@ from supervisor.errors import (
 )
 from supervisor.events import EventHub, SupervisorEvent
 from supervisor.limits import LimitAction
+from supervisor.plugin_log import LogBudget, StderrTail
 from supervisor.policy import RestartTracker
 from supervisor.process import (
     SpawnError,
-    StderrTail,
     describe_exit,
     pump_stderr,
     spawn,
@@ -81,9 +81,6 @@ _LOG_LEVELS = {
     "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL,
     "alert": logging.CRITICAL, "emergency": logging.CRITICAL,
 }
-_STDERR_LOG_RATE = 200.0
-"""stderr lines per second per plugin forwarded to the log; the rest is counted, not lost
-from the tail buffer."""
 _CRASH_TAIL_LINES = 10
 
 
@@ -148,7 +145,7 @@ class PluginRunner:
         self.conn: Connection | None = None
         self.process: Process | None = None
         self.handshake: HandshakeResult | None = None
-        self.stderr = StderrTail(spec.stderr_lines)
+        self.stderr = StderrTail(spec.stderr_lines, spec.stderr_tail_bytes)
         self.instance = 0
         self.started_at: float | None = None
         self.ready_at: float | None = None
@@ -158,9 +155,10 @@ class PluginRunner:
         self.faults = 0
         self.internal_faults = 0
         """Exceptions raised while serving this plugin, each one ending its instance."""
-        self.stderr_suppressed = 0
-        self._log_tokens = _STDERR_LOG_RATE
-        self._log_refill = time.monotonic()
+        self.log_budget = LogBudget(spec.log_lines_per_second, spec.log_bytes_per_second,
+                                    time.monotonic())
+        """What of stderr and ``pipevisor/log`` reaches the host's log (docs/bounds.md)."""
+        self._suppressed_noted = 0.0
         self._slots = anyio.Semaphore(spec.calls.max_in_flight, fast_acquire=True)
         self._waiting = 0
         self._plugin_log = logging.getLogger(f"pipevisor.plugin.{spec.name}")
@@ -889,29 +887,38 @@ class PluginRunner:
 
     # ======================================================= plugin's output
 
+    @property
+    def stderr_suppressed(self) -> int:
+        """Lines (stderr and pipevisor/log) kept out of the log by the budget, in all."""
+        return self.log_budget.total_suppressed_lines
+
+    def _to_log(self, level: int, text: str) -> None:
+        """Log one line of the plugin's if its budget allows; say what was held back."""
+        budget = self.log_budget
+        now = time.monotonic()
+        if not budget.allow(len(text), now):
+            return
+        if budget.suppressed_lines and now - self._suppressed_noted >= 1.0:
+            self._suppressed_noted = now  # one note a second at most
+            lines, size = budget.take_suppressed()
+            self._plugin_log.warning("[%d lines (%d bytes) from the plugin not logged: over "
+                                     "its log budget of %g lines and %d bytes per second]",
+                                     lines, size, budget.lines_per_second,
+                                     budget.bytes_per_second)
+        self._plugin_log.log(level, "%s", text)
+
     def _on_stderr(self, line: str) -> None:
         self.stderr.add(line)
         # for `pipevisor logs --follow`; with no subscriber this is one small object
         self._hub.publish(SupervisorEvent(self.spec.name, "stderr", {"line": line}))
-        now = time.monotonic()
-        self._log_tokens = min(_STDERR_LOG_RATE,
-                               self._log_tokens + (now - self._log_refill) * _STDERR_LOG_RATE)
-        self._log_refill = now
-        if self._log_tokens >= 1:
-            self._log_tokens -= 1
-            if self.stderr_suppressed:
-                self._plugin_log.warning("[%d stderr lines not logged: rate limit]",
-                                         self.stderr_suppressed)
-                self.stderr_suppressed = 0
-            self._plugin_log.info("%s", line)
-        else:
-            self.stderr_suppressed += 1
+        self._to_log(logging.INFO, line)
 
     def _on_notification(self, n: Notification) -> None:
         params = n.params if isinstance(n.params, dict) else {}
         if n.method == LOG:
             level = _LOG_LEVELS.get(str(params.get("level")), logging.INFO)
-            self._plugin_log.log(level, "%s", params.get("message", ""))
+            message = params.get("message", "")
+            self._to_log(level, message if isinstance(message, str) else repr(message))
             self._hub.publish(SupervisorEvent(self.spec.name, "log", {
                 "level": params.get("level"), "message": params.get("message"),
                 "logger": params.get("logger")}))

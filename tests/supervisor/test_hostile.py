@@ -252,3 +252,60 @@ async def test_a_host_call_flood_is_answered_queue_full_beyond_the_bound() -> No
         await wait_for(lambda: calls == 320 and running == 0, 20, "the admitted calls")
         assert peak == 64
         assert await sup.call("asker", "echo", {"text": "x"}, timeout=5) == {"text": "x"}
+
+
+class _Counter:
+    """Counts what reaches the log from one plugin (records and bytes)."""
+
+    def __init__(self, name: str) -> None:
+        import logging
+        self.records = 0
+        self.bytes = 0
+        self.notes: list[str] = []
+        counter = self
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                text = record.getMessage()
+                counter.records += 1
+                counter.bytes += len(text)
+                if "not logged" in text:
+                    counter.notes.append(text)
+
+        self.handler = Handler()
+        self.logger = logging.getLogger(f"pipevisor.plugin.{name}")
+
+    def __enter__(self) -> _Counter:
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self.handler)
+
+
+@pytest.mark.parametrize("attack", ["stderr-nonl", "log-flood"])
+async def test_a_plugin_cannot_flood_the_log_or_the_tail(attack: str) -> None:
+    """stderr without newlines (cut into 64 KiB lines) or pipevisor/log as fast as it
+    can: the log gets at most the budget (200 lines and 128 KiB per second, one
+    second's burst) plus a 'not logged' note, the tail stays within its bytes."""
+    started = anyio.current_time()
+    with _Counter("noisy") as counted:
+        async with supervising(hostile("noisy", attack)) as sup:
+            await sup.wait_ready(["noisy"], timeout=20)
+            runner = sup.runner("noisy")
+            before = _rss()
+            await wait_for(lambda: runner.stderr_suppressed > 1000, 20, "the flood")
+            with anyio.move_on_after(2):
+                while True:
+                    await _neighbour_latency(sup, 10)
+            seconds = anyio.current_time() - started
+            grown = _rss() - before
+            assert await _neighbour_latency(sup) < 0.05
+    budget_bytes = 128 * 1024 * (seconds + 1) + 65 * 1024
+    budget_lines = 200 * (seconds + 1) + 1
+    assert counted.bytes <= budget_bytes + 200 * len(counted.notes), (counted.bytes, seconds)
+    assert counted.records <= budget_lines + len(counted.notes) + 1
+    assert counted.notes, "the suppressed lines must be reported"
+    assert len(counted.notes) <= seconds + 1
+    assert runner.stderr.bytes <= 1 << 20
+    assert grown < 48 * 2**20, f"the host grew {grown >> 20} MiB under {attack}"
