@@ -158,6 +158,8 @@ class Connection:
         self._owed: list[bytes] = []
         """Answers made by the reader itself (QUEUE_FULL), written with the peer's output."""
         self.host_calls_refused = 0
+        self.host_failures = 0
+        """Host methods that raised (not CallError) while serving this plugin."""
         self.read_pauses = 0
         """Times reading stopped because the plugin did not read what it was owed."""
         self._resume: asyncio.Task[None] | None = None
@@ -518,7 +520,11 @@ class Connection:
         except EncodeError as exc:
             data = self._error_reply(request.id, standard_error(ErrorCode.INTERNAL_ERROR, str(exc)))
         except Exception as exc:  # a host handler bug must not take the supervisor down
-            log.exception("host handler for %r failed", request.method)
+            self.host_failures += 1
+            n = self.host_failures
+            if n <= 10 or n % 1000 == 0:  # a plugin must not be able to flood the log
+                log.error("plugin %s: host method %r failed (#%d on this connection)",
+                          self.name, request.method, n, exc_info=exc)
             data = self._error_reply(
                 request.id,
                 standard_error(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),

@@ -9,6 +9,7 @@ concurrently, bounded by each plugin's grace periods.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -20,7 +21,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from protocol import ErrorCode, HandshakeParams, standard_error
+from protocol import ErrorCode, ErrorObject, HandshakeParams, standard_error
 from protocol.interfaces import Direction, InterfaceViolation, negotiate_host_methods
 from supervisor import _platform
 from supervisor.config import PluginSpec, SupervisorConfig
@@ -44,6 +45,9 @@ class Supervisor:
         self.events = EventHub()
         self.runners: dict[str, PluginRunner] = {}
         self._host_methods: dict[str, tuple[HostMethod, str]] = {}
+        self._host_signatures: dict[str, inspect.Signature] = {}
+        """Checked before a host method runs: params that do not fit it are a
+        plugin's mistake (-32602), not the host's failure (-32603 and a traceback)."""
         self._tg: TaskGroup | None = None
         self._containment: _platform.Containment | None = None
         self._leftovers: _platform.LeftoverRecord | None = None
@@ -237,6 +241,10 @@ class Supervisor:
 
     def add_host_method(self, name: str, fn: HostMethod, version: str = "1.0") -> None:
         self._host_methods[name] = (fn, version)
+        try:
+            self._host_signatures[name] = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin without one: params go in unchecked
+            self._host_signatures.pop(name, None)
 
     def register_adapter(self, method: str, host_major: int, plugin_major: int,
                          adapter: Adapter, direction: str = "plugin") -> None:
@@ -257,12 +265,21 @@ class Supervisor:
                 binding.outgoing(params)
             except InterfaceViolation as exc:
                 raise invalid_params(f"host method {method}", exc) from None
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = {}
         if isinstance(params, dict):
-            result = await fn(**params)
+            kwargs = params
         elif isinstance(params, list):
-            result = await fn(*params)
-        else:
-            result = await fn()
+            args = tuple(params)
+        signature = self._host_signatures.get(method)
+        if signature is not None:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise CallError(ErrorObject(
+                    ErrorCode.INVALID_PARAMS, f"Invalid params for host method {method}: {exc}",
+                    {"origin": "pipevisor", "method": method})) from None
+        result = await fn(*args, **kwargs)
         if binding is not None:
             try:
                 binding.incoming(result)

@@ -309,3 +309,38 @@ async def test_a_plugin_cannot_flood_the_log_or_the_tail(attack: str) -> None:
     assert len(counted.notes) <= seconds + 1
     assert runner.stderr.bytes <= 1 << 20
     assert grown < 48 * 2**20, f"the host grew {grown >> 20} MiB under {attack}"
+
+
+# ---------------------------------------------------- item 7: host methods' params
+
+
+async def test_host_method_params_that_do_not_fit_are_invalid_params_not_a_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from tests.supervisor.fake import fake_spec
+
+    async with Supervisor([fake_spec("asker")]) as sup:
+        @sup.host_method("add")
+        async def add(a: int, b: int) -> int:
+            return a + b
+
+        @sup.host_method("broken")
+        async def broken() -> None:
+            raise RuntimeError("the host's own bug")
+
+        await sup.wait_ready(timeout=20)
+
+        async def ask(method: str, params: Any) -> Any:
+            return await sup.call("asker", "call_host", {"method": method, "params": params},
+                                  timeout=10)
+
+        assert await ask("add", {"a": 2, "b": 3}) == 5
+        assert await ask("add", [2, 3]) == 5
+        for bad in ({"a": 1}, {"a": 1, "b": 2, "c": 3}, [1, 2, 3], None):
+            answer = await ask("add", bad)
+            assert answer["code"] == -32602, (bad, answer)
+            assert "add" in answer["message"]
+        caplog.clear()
+        for _ in range(50):
+            assert (await ask("broken", {}))["code"] == -32603
+        tracebacks = [r for r in caplog.records if r.exc_info and r.name.startswith("pipevisor")]
+        assert 1 <= len(tracebacks) <= 10
