@@ -1,8 +1,19 @@
-"""Shared fixtures: the anyio backend, a guard that no test leaves a process behind, and
-the language examples built once per session."""
+"""Shared fixtures: the anyio backend, a guard that no test leaves a process behind, the
+language examples built once per session, and the no-shim mode.
+
+``--no-shim`` runs the tests as on a host without the pvinit shim (no C compiler, macOS,
+...): it sets ``PIPEVISOR_SHIM=0`` for the whole session, inherited by every process the
+tests start, so containment falls back to ``session`` (docs/process-containment.md).
+Setting ``PIPEVISOR_SHIM=0`` by hand does the same. In that mode a test that needs pvinit
+by nature (a pid namespace, a parent-death signal) is skipped with the reason: mark it
+``@pytest.mark.needs_shim("why")``, or list it in ``_NEEDS_SHIM`` below when the module is
+not yours to mark. scripts/test runs the engine's tests (tests/supervisor) a second time
+this way.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +22,55 @@ from pathlib import Path
 import psutil
 import pytest
 
+from supervisor import _platform
 from tests.examples.toolchains import BUILD, EXAMPLES, Example, missing_toolchain, unavailable
+
+_NEEDS_SHIM = {
+    "tests/supervisor/test_lifecycle.py::test_nothing_survives_a_sigkilled_supervisor":
+        "only pvinit (parent-death signal, pid namespace) takes a SIGKILLed supervisor's "
+        "plugin trees with it",
+}
+"""Tests that need the shim by nature, by node id (without parameters) -> why."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--no-shim", action="store_true", default=False,
+        help="run without the pvinit shim (PIPEVISOR_SHIM=0 for the session and every "
+             "process it starts): the 'session' containment fallback; tests that need "
+             "pvinit are skipped")
+
+
+def no_shim_mode() -> bool:
+    """Whether this session runs without the shim (--no-shim or PIPEVISOR_SHIM=0)."""
+    return os.environ.get("PIPEVISOR_SHIM") == "0"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs_shim(reason): needs the pvinit shim by nature (pid namespace, "
+                   "parent-death signal); skipped under --no-shim / PIPEVISOR_SHIM=0")
+    if config.getoption("--no-shim"):
+        os.environ["PIPEVISOR_SHIM"] = "0"
+        _platform.reset_detection_cache()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if no_shim_mode():
+        return "pvinit shim: disabled (PIPEVISOR_SHIM=0), containment falls back to 'session'"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not no_shim_mode():
+        return
+    for item in items:
+        marker = item.get_closest_marker("needs_shim")
+        reason = _NEEDS_SHIM.get(item.nodeid.split("[", 1)[0])
+        if marker is not None:
+            reason = str(marker.args[0]) if marker.args else "needs the pvinit shim"
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=f"no-shim run: {reason}"))
 
 
 @pytest.fixture

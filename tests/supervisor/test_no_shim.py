@@ -20,11 +20,13 @@ import psutil
 import pytest
 
 from supervisor import Supervisor, SupervisorConfig, _platform
+from supervisor.checker import CheckOptions, check_plugin
 from supervisor.config import CallPolicy, HealthPolicy, PluginSpec, StopPolicy
 from supervisor.limits import RLIMIT_IDS, Limit, Limits
 from supervisor.policy import RestartPolicy
 
 PIPE_PLUGIN = str(Path(__file__).resolve().parent.parent / "plugins" / "pipe_plugin.py")
+ECHO = Path(__file__).resolve().parents[2] / "examples" / "python-stdlib" / "pipevisor-echo"
 MiB = 1 << 20
 
 pytestmark = pytest.mark.skipif(not _platform.IS_LINUX,
@@ -153,3 +155,14 @@ def test_wrap_command_never_asks_for_preexec_fn() -> None:
     argv, kwargs = _platform.wrap_command(["plugin", "--x"], none, {"core": 0, "nofile": 64})
     assert argv == ["plugin", "--x"]
     assert kwargs == {"start_new_session": True}
+
+
+@pytest.mark.anyio
+async def test_the_checker_runs_plugins_without_the_shim(
+        environ: dict[str, str | None]) -> None:
+    """`pipevisor check` spawns through the same containment layer (the --no-shim CI pass
+    leaves test_checker.py out, so this covers it)."""
+    environ["PIPEVISOR_SHIM"] = "0"
+    report = await check_plugin((str(ECHO),), CheckOptions(timeout=2.0, grace=2.0,
+                                                           idle_seconds=0.3))
+    assert report.ok, report.to_json()
