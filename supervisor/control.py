@@ -10,9 +10,17 @@ and its own task group, so that
 * a client that goes away takes its work with it: closing the connection
   cancels its in-flight calls (and the plugin is told, as for any cancelled
   call), and its event subscriptions end;
-* a slow event reader cannot grow the daemon's memory: each subscription is
-  an :class:`supervisor.events.Subscription` with a fixed size, and losses
-  are reported to the client as ``dropped`` events.
+* a slow event reader cannot grow the daemon's memory: a connection's
+  subscriptions share one :class:`supervisor.events.Subscription` bounded in
+  events and bytes; a client that lets it overflow is sent a last ``lagged``
+  event and disconnected;
+* no client can make the daemon hold more than its bounds (ControlLimits,
+  docs/bounds.md): the line limit and a shared budget for unfinished lines are
+  enforced before bytes are buffered, connections are capped (the one idle the
+  longest makes room), idle ones are closed, answers never exceed the
+  clients' line limit, and running out of descriptors in ``accept`` is
+  survived. When the daemon closes a connection on its own it says why first
+  (:func:`notice`).
 
 On asyncio (what ``pipevisor run`` uses) a connection is driven from its
 transport's callbacks (:class:`supervisor.client.TransportLink`) and its
@@ -172,13 +180,13 @@ class ControlSocketError(PipevisorError):
     """The control socket cannot be set up (taken by a live daemon, not a socket, ...)."""
 
 
-def notice(code: ErrorCode, message: str, reason: str, **data: Any) -> bytes:
+def notice(code: ErrorCode, message: str, reason: str) -> bytes:
     """A line the daemon sends on its own before it closes a connection: an error answer
-    with id null (JSON-RPC's "no request to pin it on"). ``data`` comes before
-    ``message`` so that a client that keeps only a line's first 200 bytes still reads
-    ``data.reason`` (busy, evicted, idle, line_too_long, lagged)."""
-    error = {"code": int(code), "data": {"origin": "control", "reason": reason, **data},
-             "message": message}
+    with id null (JSON-RPC's "no request to pin it on") and ``data.reason`` (busy,
+    evicted, idle, line_too_long, lagged). Keep ``message`` under ~80 characters: a
+    client reads such a line from a protocol fault, which keeps its first 200 bytes."""
+    error = {"code": int(code), "message": message,
+             "data": {"origin": "control", "reason": reason}}
     return encode({"jsonrpc": "2.0", "id": None, "error": error})
 
 
@@ -521,8 +529,8 @@ class _Server:
                        "longest (%.0f s) to make room for a new one", self.path,
                        time.monotonic() - victim.last_active)
         victim.shut(notice(ErrorCode.OVER_LIMIT,
-                           "closed to make room for another client (this connection was "
-                           "idle the longest); reconnect", "evicted"), 1.0)
+                           "closed to make room for another client (idle the longest); "
+                           "reconnect", "evicted"), 1.0)
         return victim
 
     async def accept_failed(self, sock: socket.socket, guard: AcceptGuard,
@@ -949,7 +957,7 @@ class _Connection:
         self.server._refusals(logging.WARNING, "control socket %s: closed a connection that "
                               "sent a line longer than %d bytes", self.server.path, limit)
         self.shut(notice(ErrorCode.PARSE_ERROR, f"request line longer than {limit} bytes; "
-                         "closing the connection", "line_too_long", limit=limit), 1.0)
+                         "closing the connection", "line_too_long"), 1.0)
 
     def _start(self, request: Request, scope: anyio.CancelScope) -> None:
         """Hand the request to an idle worker, or to a new one."""
@@ -1124,10 +1132,8 @@ class _Connection:
                                   "fell behind (%d events dropped): disconnected",
                                   self.server.path, dropped)
             self.shut(b"".join(lines) + notice(
-                ErrorCode.OVER_LIMIT,
-                f"event subscriber fell behind: {dropped} events dropped (more than "
-                f"{limits.subscription_buffer} events or {limits.subscription_bytes} bytes "
-                "queued); disconnected", "lagged", dropped=dropped), limits.lag_close_grace)
+                ErrorCode.OVER_LIMIT, f"event subscriber fell behind: {dropped} events "
+                "dropped; disconnected", "lagged"), limits.lag_close_grace)
         except Exception:  # never into the publisher (a plugin's runner)
             log.exception("control socket: ending a lagging subscriber failed")
 
