@@ -9,7 +9,9 @@ backstop for what grows faster than one sampling interval. See docs/limits.md.
 from __future__ import annotations
 
 import math
+import re
 import resource
+import signal
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -147,3 +149,38 @@ def apply_rlimits(limits: dict[str, int]) -> None:
         if hard != resource.RLIM_INFINITY:
             value = min(value, hard)
         resource.setrlimit(which, (value, value))
+
+
+_OUT_OF_MEMORY = re.compile(
+    r"MemoryError|Cannot allocate memory|out of memory|bad_alloc|ENOMEM"
+    r"|memory allocation of \d+ bytes failed|failed to allocate|allocation failed"
+    r"|OutOfMemoryError",
+    re.IGNORECASE)
+"""What runtimes print when an allocation fails: CPython, glibc/strerror, Go
+('runtime: out of memory'), Node ('JavaScript heap out of memory'), C++, Rust, Java."""
+
+_KILLED_HARD = (-signal.SIGKILL, -signal.SIGABRT, -signal.SIGSEGV, -signal.SIGBUS)
+
+
+def backstop_evidence(limits: Limits, returncode: int | None, stderr_tail: list[str],
+                      last_rss: int | None) -> str | None:
+    """Why an unexpected exit looks like the kernel memory backstop at work, or None.
+
+    The kernel does not say that an allocation failed because of RLIMIT_DATA/AS: the
+    plugin just sees ENOMEM and usually dies. Attributed to the memory limit only on
+    evidence: its stderr tail says it ran out of memory, or it died by a hard signal
+    while the last sample was within 10 % of the limit. A plugin that catches the
+    failure and exits quietly, or whose tail says nothing, stays a plain crash.
+    """
+    memory = limits.memory
+    if memory is None or limits.memory_backstop is MemoryBackstop.NONE:
+        return None
+    if returncode is None or returncode == 0:
+        return None
+    for line in reversed(stderr_tail):
+        if _OUT_OF_MEMORY.search(line):
+            return f"its stderr says {line.strip()[:160]!r}"
+    if last_rss is not None and last_rss >= 0.9 * memory.max and returncode in _KILLED_HARD:
+        return (f"killed by signal {-returncode} with {last_rss} bytes resident at the "
+                f"last sample (limit {memory.max})")
+    return None

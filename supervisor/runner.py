@@ -60,7 +60,7 @@ from supervisor.errors import (
     local,
 )
 from supervisor.events import EventHub, SupervisorEvent
-from supervisor.limits import LimitAction
+from supervisor.limits import LimitAction, backstop_evidence
 from supervisor.plugin_log import LogBudget, StderrTail
 from supervisor.policy import RestartTracker
 from supervisor.process import (
@@ -825,6 +825,13 @@ class PluginRunner:
             detail["reason"] = self._end_info.detail
         self._hub.publish(SupervisorEvent(self.spec.name, "exit", detail))
         failed = code != 0
+        if self._end_info is None and self._backstop_breach(code, tail):
+            end_info = self._end_info
+            if end_info is not None:  # restart or stop: the limit owns the ending
+                assert isinstance(end_info, _End)
+                conn.close(end_info.error or local_error(
+                    ErrorCode.OVER_LIMIT, end_info.detail, plugin=self.spec.name))
+                return
         if self._end_info is None:
             message = f"plugin {self.spec.name!r} {how}"
             give_up = False
@@ -985,18 +992,42 @@ class PluginRunner:
 
     # ================================================================ limits
 
+    def _backstop_breach(self, code: int | None, tail: list[str]) -> bool:
+        """An unexpected exit that the evidence pins on the kernel's memory rlimit is
+        reported as a memory breach (event, breach, metric), not as a plain crash."""
+        last_rss = self.resources.get("rss") if self.resources else None
+        evidence = backstop_evidence(self.spec.limits, code, tail,
+                                     last_rss if isinstance(last_rss, int) else None)
+        if evidence is None:
+            return False
+        memory = self.spec.limits.memory
+        assert memory is not None
+        rlimit = self.spec.limits.rlimits().get(self.spec.limits.memory_backstop.value, 0)
+        action = memory.action
+        if action not in (LimitAction.RESTART, LimitAction.STOP):
+            action = LimitAction.RESTART  # it is dead either way; the policy restarts it
+        self.on_breach("memory", rlimit, memory.max, action,
+                       f"an allocation failed at the kernel backstop "
+                       f"(RLIMIT_{self.spec.limits.memory_backstop.value.upper()}={rlimit}): "
+                       f"{evidence}", backstop=evidence)
+        return True
+
     def on_breach(self, limit: str, value: float, maximum: float, action: LimitAction,
-                  text: str) -> None:
-        """A limit was passed (called by the sampler): record, log, publish, and for
-        restart/stop end the instance so calls in flight fail with OVER_LIMIT."""
+                  text: str, *, backstop: str | None = None) -> None:
+        """A limit was passed (called by the sampler, or after an exit the kernel
+        backstop explains): record, log, publish, and for restart/stop end the
+        instance so calls in flight fail with OVER_LIMIT."""
         breach = {"limit": limit, "value": value, "max": maximum, "action": str(action),
                   "time": time.time(), "instance": self.instance}
+        if backstop is not None:
+            breach["backstop"] = backstop
         self.breaches.append(breach)
         self.breach_counts[limit, str(action)] += 1
         log.warning("plugin %s: over its %s limit: %s (action %s)", self.spec.name, limit,
                     text, action)
         self._hub.publish(SupervisorEvent(self.spec.name, "limit", {
-            "limit": limit, "value": value, "max": maximum, "action": str(action)}))
+            "limit": limit, "value": value, "max": maximum, "action": str(action),
+            **({"backstop": backstop} if backstop is not None else {})}))
         if action in (LimitAction.RESTART, LimitAction.STOP) and self._end_info is None:
             self._limit_stop = action is LimitAction.STOP
             message = f"plugin {self.spec.name!r} over its {limit} limit: {text}"

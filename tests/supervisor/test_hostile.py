@@ -344,3 +344,53 @@ async def test_host_method_params_that_do_not_fit_are_invalid_params_not_a_trace
             assert (await ask("broken", {}))["code"] == -32603
         tracebacks = [r for r in caplog.records if r.exc_info and r.name.startswith("pipevisor")]
         assert 1 <= len(tracebacks) <= 10
+
+
+# ------------------------------------------- item 9: the kernel backstop is a breach
+
+
+async def test_an_allocation_stopped_by_the_kernel_backstop_is_a_memory_breach() -> None:
+    """1 GiB at once under a 200 MiB limit: RLIMIT_DATA (400 MiB) fails the allocation
+    long before a sample could see it; the plugin dies of MemoryError. That is
+    reported as a memory breach (event, breach, counts), not as 'exited with code 1'."""
+    from supervisor.limits import Limit, LimitAction, Limits
+
+    greedy = hostile("greedy", "alloc", str(2**30),
+                     limits=Limits(memory=Limit(200 * 2**20, LimitAction.RESTART)))
+    async with supervising(greedy, sample_interval=0.2) as sup:
+        await sup.wait_ready(["greedy"], timeout=20)
+        runner = sup.runner("greedy")
+        async with sup.subscribe() as events:
+            with pytest.raises(CallError) as caught:
+                await sup.call("greedy", "alloc", {}, timeout=10)
+            with anyio.fail_after(10):
+                while (event := await events.next()).kind != "limit":
+                    pass
+        assert caught.value.code == -31004, caught.value.error  # OVER_LIMIT, not a crash
+        assert event.plugin == "greedy" and event.detail["limit"] == "memory"
+        assert "MemoryError" in event.detail["backstop"]
+        assert runner.breach_counts["memory", "restart"] == 1
+        assert runner.breaches[-1]["backstop"]
+        await wait_for(lambda: runner.instance == 2 and runner.state is PluginState.READY,
+                       20, "the restart the limit's action asks for")
+
+
+def test_backstop_evidence_is_only_claimed_on_evidence() -> None:
+    import signal
+
+    from supervisor.limits import Limit, Limits, MemoryBackstop, backstop_evidence
+
+    limits = Limits(memory=Limit(100 * 2**20))
+    oom = ["Traceback (most recent call last):", "MemoryError"]
+    assert backstop_evidence(limits, 1, oom, None)
+    assert backstop_evidence(limits, 1, ["ValueError: bad"], None) is None
+    assert backstop_evidence(limits, 0, oom, None) is None  # a clean exit is not a breach
+    assert backstop_evidence(Limits(), 1, oom, None) is None  # no memory limit
+    assert backstop_evidence(Limits(memory=Limit(2**20), memory_backstop=MemoryBackstop.NONE),
+                             1, oom, None) is None
+    near = 95 * 2**20
+    assert backstop_evidence(limits, -signal.SIGKILL, [], near)
+    assert backstop_evidence(limits, -signal.SIGKILL, [], 10 * 2**20) is None
+    assert backstop_evidence(limits, 3, [], near) is None
+    assert backstop_evidence(limits, -signal.SIGABRT, ["fatal error: runtime: out of memory"],
+                             None)
