@@ -15,6 +15,10 @@ Usage: hostile.py ATTACK [ARG ...]; attacks (after the handshake):
   close-stdin                close stdin and stay alive, answering nothing more
   host-flood COUNT           send COUNT host calls at once, then serve (reads answers)
   alloc BYTES                allocate BYTES at once when called with method 'alloc'
+  script FILE                run the actions in FILE (JSON list) on a thread while serving:
+                             ["raw", text] writes text (latin-1 bytes) as is,
+                             ["repeat", n, text] writes it n times, ["sleep", seconds],
+                             ["exit", code] ends the process at once
 
 'serve' answers: echo {text} -> {text} (with "chatty": true it also logs, on stderr and
 with pipevisor/log, before answering); sleep {seconds}; pipevisor/ping; pipevisor/shutdown.
@@ -92,6 +96,25 @@ def _sleep_then_answer(ident: object, params: dict) -> None:
     send({"jsonrpc": "2.0", "id": ident, "result": {}})
 
 
+def run_script(actions: list) -> None:
+    for action in actions:
+        kind = action[0]
+        if kind == "raw":
+            data = action[1].encode("latin-1")
+        elif kind == "repeat":
+            data = action[2].encode("latin-1") * action[1]
+        elif kind == "sleep":
+            time.sleep(action[1])
+            continue
+        else:  # exit
+            os._exit(action[1])
+        with lock:
+            try:
+                proto.write(data)
+            except (BrokenPipeError, OSError):
+                os._exit(0)
+
+
 def main() -> None:
     attack, args = sys.argv[1], sys.argv[2:]
     handshake()
@@ -144,6 +167,11 @@ def main() -> None:
         serve()
     elif attack == "alloc":
         serve(int(args[0]))
+    elif attack == "script":
+        with open(args[0]) as fh:
+            actions = json.load(fh)
+        threading.Thread(target=run_script, args=(actions,), daemon=True).start()
+        serve()
     else:
         sys.exit(f"unknown attack {attack!r}")
 
