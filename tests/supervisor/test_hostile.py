@@ -298,9 +298,9 @@ async def test_a_plugin_cannot_flood_the_log_or_the_tail(attack: str) -> None:
             with anyio.move_on_after(2):
                 while True:
                     await _neighbour_latency(sup, 10)
-            seconds = anyio.current_time() - started
             grown = _rss() - before
             assert await _neighbour_latency(sup) < 0.05
+    seconds = anyio.current_time() - started  # it floods until it is stopped
     budget_bytes = 128 * 1024 * (seconds + 1) + 65 * 1024
     budget_lines = 200 * (seconds + 1) + 1
     assert counted.bytes <= budget_bytes + 200 * len(counted.notes), (counted.bytes, seconds)

@@ -208,7 +208,10 @@ async def test_rlimit_backstop_stops_an_allocation_faster_than_sampling() -> Non
         ev = await next_event(events, "exit", "hog", timeout=4)  # before the first 5 s tick
         assert ev.detail["returncode"] == 3
         assert any("MemoryError" in line for line in ev.detail["stderr"])
-        assert not sup.runner("hog").breaches
+        # the exit says MemoryError: reported as a breach of the memory limit (#13)
+        (breach,) = sup.runner("hog").breaches
+        assert breach["limit"] == "memory" and "MemoryError" in breach["backstop"]
+        assert breach["action"] == "stop"
         await sup.runner("hog").wait_state({PluginState.STOPPED}, timeout=10)
         await neighbour_answers(sup)
 
