@@ -70,6 +70,8 @@ from supervisor.process import (
     spawn,
     terminate,
     wait_exit,
+    wait_exit_after_eof,
+    wait_stdin_closed,
 )
 from supervisor.states import COMING_BACK, SERVING, PluginState, check_transition
 
@@ -799,7 +801,8 @@ class PluginRunner:
                 pass  # any answer, even an error, proves the plugin is alive
 
     async def _watch_exit(self, process: Process, conn: Connection) -> None:
-        """Notice death as soon as the pipe closes or the process exits (no polling)."""
+        """Notice death as soon as a pipe closes or the process exits (no polling)."""
+        closed = "closed its stdout"
         async with anyio.create_task_group() as tg:
             async def exited() -> None:
                 await process.wait()
@@ -809,13 +812,25 @@ class PluginRunner:
 
             async def eof() -> None:
                 await conn.eof.wait()
-                await wait_exit(process, 1.0)
+                if self._end_info is not None:  # being stopped: wait for its exit status
+                    await wait_exit(process, 1.0)
+                else:  # a plugin that lives on without its stdout is ended at once
+                    await wait_exit_after_eof(process)
+                tg.cancel_scope.cancel()
+
+            async def stdin_closed() -> None:
+                nonlocal closed
+                await wait_stdin_closed(process)
+                if self._end_info is not None or await wait_exit_after_eof(process):
+                    return  # we closed it (stopping), or it is exiting: exited() reports
+                closed = "closed its stdin"  # it can never be called again
                 tg.cancel_scope.cancel()
 
             tg.start_soon(exited)
             tg.start_soon(eof)
+            tg.start_soon(stdin_closed)
         code = process.returncode
-        how = describe_exit(code) if code is not None else "closed its stdout"
+        how = describe_exit(code) if code is not None else closed
         tail = self.stderr.last(_CRASH_TAIL_LINES)
         self.last_exit = {"returncode": code, "description": how, "time": time.time(),
                           "stderr": tail}

@@ -180,9 +180,13 @@ async def test_an_exception_while_serving_one_plugin_stays_in_its_scope(
         await wait_for(lambda: bool(fired) and runner.internal_faults >= 1, 20,
                        "the injected fault")
         assert sup.runner("neighbour").internal_faults == 0
+        # the faulty instance ends (a new one follows) or, between instances, it is failed
+        await wait_for(lambda: runner.instance >= 2 or runner.state is PluginState.FAILED,
+                       20, "the end of the faulty instance")
         if runner.state is PluginState.FAILED:
             sup.restart("victim")  # the outer boundary marks it failed; start brings it back
-        await sup.wait_ready(["victim"], timeout=20)
+        await wait_for(lambda: runner.instance >= 2 and runner.state is PluginState.READY,
+                       20, "a new instance")
         assert await sup.call("victim", "echo", {"text": "back"}, timeout=5) == {"text": "back"}
 
 

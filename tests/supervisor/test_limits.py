@@ -290,14 +290,20 @@ async def test_plugins_without_limits_are_not_sampled() -> None:
         assert sup.runner("plain").resources is None
 
 
-def test_no_shim_applies_rlimits_in_the_child() -> None:
-    none = _platform.Containment("none", None, "test")
-    argv, kwargs = _platform.wrap_command(
-        [sys.executable, "-c", "import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)"
-         "[0], resource.getrlimit(resource.RLIMIT_CORE)[0])"], none,
-        {"core": 0, "nofile": 77})
+def test_no_shim_sets_rlimits_on_the_spawned_child() -> None:
     import subprocess
-    out = subprocess.run(argv, capture_output=True, text=True, check=True, **kwargs).stdout
+
+    none = _platform.Containment("session", None, "test")
+    rlimits = {"core": 0, "nofile": 77}
+    argv, kwargs = _platform.wrap_command(
+        [sys.executable, "-c", "import resource; input(); print(resource.getrlimit("
+         "resource.RLIMIT_NOFILE)[0], resource.getrlimit(resource.RLIMIT_CORE)[0])"], none,
+        rlimits)
+    assert "preexec_fn" not in kwargs  # anyio.open_process takes none
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             **kwargs)
+    _platform.set_rlimits_after_spawn(child.pid, none, rlimits)
+    out, _ = child.communicate("\n", timeout=10)  # it reads its limits only now
     assert out.split() == ["77", "0"]
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] != 77  # ours untouched
 

@@ -205,18 +205,11 @@ async def test_a_plugin_that_exits_is_waited_for_after_eof(
 
 # ------------------------------------------------------------------ through the supervisor
 
-RUNNER_PENDING = pytest.mark.xfail(
-    strict=True,
-    reason="needs runner._watch_exit to use process.wait_exit_after_eof and "
-           "process.wait_stdin_closed (issue 13 item 4; change described in the report)")
-
-
 def supervisor_config(containment: _platform.Containment) -> SupervisorConfig:
     force = {"pidns": "pidns", "session+pdeathsig": "session"}.get(containment.mechanism, "auto")
     return SupervisorConfig(plugins=[pipe_spec()], containment=force)
 
 
-@RUNNER_PENDING
 @pytest.mark.parametrize("method, words", [("close_stdout", "closed its stdout"),
                                            ("close_stdin", "closed its stdin")])
 async def test_a_plugin_that_closes_a_pipe_ends_its_instance_within_100_ms(
