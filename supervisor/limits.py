@@ -140,17 +140,6 @@ RLIMIT_IDS: dict[str, int] = {
 """Short names used on the pvinit command line and in ``Limits.rlimits``."""
 
 
-def apply_rlimits(limits: dict[str, int]) -> None:
-    """Lower the calling process's rlimits (used in the child when there is no shim).
-    Never raises the hard limit: an unprivileged process could not, and must not try."""
-    for name, value in limits.items():
-        which = RLIMIT_IDS[name]
-        _soft, hard = resource.getrlimit(which)
-        if hard != resource.RLIM_INFINITY:
-            value = min(value, hard)
-        resource.setrlimit(which, (value, value))
-
-
 _OUT_OF_MEMORY = re.compile(
     r"MemoryError|Cannot allocate memory|out of memory|bad_alloc|ENOMEM"
     r"|memory allocation of \d+ bytes failed|failed to allocate|allocation failed"

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-from collections import deque
 from collections.abc import Callable, Mapping
 
 import anyio
@@ -70,23 +69,6 @@ def describe_exit(returncode: int | None) -> str:
             name = f"signal {-returncode}"
         return f"killed by {name}"
     return f"exited with code {returncode}"
-
-
-class StderrTail:
-    """The last lines a plugin wrote to stderr, for status and crash reports."""
-
-    def __init__(self, maxlen: int) -> None:
-        self.lines: deque[str] = deque(maxlen=maxlen)
-        self.total = 0
-
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-        self.total += 1
-
-    def last(self, n: int) -> list[str]:
-        if n <= 0:
-            return []
-        return list(self.lines)[-n:]
 
 
 async def spawn(

@@ -24,7 +24,7 @@ HOG = str(Path(__file__).resolve().parent.parent / "plugins" / "hog.py")
 MiB = 1 << 20
 
 _SAMPLE = re.compile(r'^([a-z_]+)(\{([a-z_]+="(?:[^"\\]|\\.)*")(,[a-z_]+="(?:[^"\\]|\\.)*")*\})? '
-                     r"(?P<value>-?[0-9.e+]+)$")
+                     r"(?P<value>-?[0-9.]+(?:e[+-]?[0-9]+)?)$")
 
 
 def parse(text: str) -> dict[str, dict[frozenset[tuple[str, str]], float]]:
