@@ -58,6 +58,21 @@ class DaemonSettings:
     metrics_listen: str | None = None
     """``HOST:PORT`` to serve Prometheus metrics on over HTTP (``GET /metrics``); off
     by default. ``[::1]:9464`` for IPv6."""
+    control_max_connections: int = 128
+    """Control-socket connections at once; at the cap the longest-idle one is closed
+    to make room, or the new one is refused as busy (docs/bounds.md)."""
+    control_idle_timeout: float = 60.0
+    """Seconds after which a control connection with nothing in flight or followed is
+    closed (clients reconnect by themselves)."""
+    metrics_max_connections: int = 64
+    """HTTP connections at once to ``metrics_listen``; past it, 503."""
+
+    def __post_init__(self) -> None:
+        if self.control_max_connections < 1 or self.metrics_max_connections < 1:
+            raise ValueError("control_max_connections and metrics_max_connections must be "
+                             "at least 1")
+        if not self.control_idle_timeout > 0:
+            raise ValueError("control_idle_timeout must be a positive number of seconds")
 
 
 def listen_address(text: str) -> tuple[str, int]:

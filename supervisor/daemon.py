@@ -35,7 +35,7 @@ import orjson
 from supervisor import _platform, config_file, paths
 from supervisor.config import PluginSpec
 from supervisor.config_file import DaemonConfig, LogFormat
-from supervisor.control import ControlSocketError, serve_control
+from supervisor.control import ControlLimits, ControlSocketError, serve_control
 from supervisor.errors import ConfigError
 from supervisor.metrics_http import MetricsListenError, serve_metrics
 from supervisor.states import SERVING, PluginState
@@ -309,13 +309,17 @@ class Daemon:
         self.sup = sup
         async with anyio.create_task_group() as outer:
             # bound before any plugin starts: a second daemon stops here, harmlessly
+            settings = self.config.daemon
+            limits = ControlLimits(max_connections=settings.control_max_connections,
+                                   idle_timeout=settings.control_idle_timeout)
             await outer.start(lambda task_status: serve_control(
-                sup, self.socket_path, self, task_status=task_status))
-            listen = self.config.daemon.metrics_listen
+                sup, self.socket_path, self, limits=limits, task_status=task_status))
+            listen = settings.metrics_listen
             if listen is not None:
                 host, port = config_file.listen_address(listen)
                 await outer.start(lambda task_status: serve_metrics(
-                    sup.metrics, host, port, task_status=task_status))
+                    sup.metrics, host, port, max_connections=settings.metrics_max_connections,
+                    task_status=task_status))
             if self.notifier.watchdog_interval:
                 outer.start_soon(self._watchdog, self.notifier.watchdog_interval)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,

@@ -238,3 +238,39 @@ def test_the_metrics_endpoint_survives_running_out_of_file_descriptors(
         assert d.proc.poll() is None
         logged = re.findall(r"metrics: accept failed: Too many open files", d.stderr())
         assert 1 <= len(logged) <= 3, d.stderr()
+
+
+def test_the_control_bounds_are_daemon_settings(sock_dir: str) -> None:
+    """[daemon] control_max_connections and control_idle_timeout reach the socket: with a
+    cap of 2 and 0.5 s idle, an idle connection is closed within seconds, and a third
+    follower is refused busy."""
+    settings = ("[daemon]\ncontrol_max_connections = 2\ncontrol_idle_timeout = 0.5\n"
+                "metrics_max_connections = 3\n\n")
+    with running_daemon(sock_dir, settings + BASE + fake_table("a")) as d:
+        idle = raw(d.socket)
+        request(idle, 1, "unsubscribe", {"subscription": 0})
+        assert Lines(idle).until(lambda m: "result" in m or "error" in m)
+        assert closed_by_peer(idle, timeout=10)
+        idle.close()
+        followers = []
+        for _ in range(2):
+            s = raw(d.socket)
+            request(s, 1, "subscribe", {"kinds": ["nothing"]})
+            assert Lines(s).until(lambda m: m.get("id") == 1)["result"]
+            followers.append(s)
+        proc = cli(d, "status", timeout=30)
+        assert proc.returncode == EXIT_BUSY, (proc.returncode, proc.stderr)
+        for s in followers:
+            s.close()
+
+
+def test_bad_control_bounds_are_refused_with_the_key(tmp_path: object) -> None:
+    import pytest
+
+    from supervisor.config_file import load
+
+    path = f"{tmp_path}/bad.toml"
+    with open(path, "w") as fh:
+        fh.write("[daemon]\ncontrol_max_connections = 0\n")
+    with pytest.raises(Exception, match="control_max_connections"):
+        load(path)
