@@ -86,6 +86,10 @@ def _asyncio_reader(stream: ByteReceiveStream) -> asyncio.StreamReader | None:
     return None
 
 
+def _drop(data: bytes) -> None:
+    """Swallows stdout data that arrives after the reader failed and was ended."""
+
+
 class _Slot:
     __slots__ = ("event", "local", "response")
 
@@ -414,7 +418,11 @@ class Connection:
             except (ConnectionError, OSError, anyio.ClosedResourceError):
                 pass
         finally:
-            del reader.feed_data
+            if failure:
+                # the reader saw EOF early; data still in flight must not reach it
+                reader.feed_data = _drop  # type: ignore[method-assign,assignment]
+            else:
+                del reader.feed_data
         if failure:
             raise failure[0]
 
