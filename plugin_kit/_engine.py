@@ -5,7 +5,7 @@ Threads, each with one job:
 * main: waits for the end (shutdown, EOF, the host gone), lets calls in
   flight finish within the grace, cancels and answers the rest, and returns
   to :meth:`Plugin.run`, which exits.
-* ``stdin``: blocking reads of fd 0 fed to :class:`protocol.Peer`; answers
+* ``stdin``: blocking reads of fd 0 fed to :class:`pipevisor.protocol.Peer`; answers
   pings, errors and the handshake itself and hands calls on. A blocking read
   works on every kind of stdin (pipe, socket, regular file, ``/dev/null``),
   where an event loop's reader refuses files and ``/dev/null``.
@@ -36,12 +36,12 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
-from plugin_kit.binding import ParamsError
-from plugin_kit.context import Context
-from plugin_kit.errors import LOCAL_CODES, Cancelled, HostCallError, PluginError
-from plugin_kit.log_handler import HostLogHandler
-from plugin_kit.plugin import DEFAULT_GRACE, DEFAULT_MAX_LINE_BYTES
-from protocol import (
+from pipevisor.kit.binding import ParamsError
+from pipevisor.kit.context import Context
+from pipevisor.kit.errors import LOCAL_CODES, Cancelled, HostCallError, PluginError
+from pipevisor.kit.log_handler import HostLogHandler
+from pipevisor.kit.plugin import DEFAULT_GRACE, DEFAULT_MAX_LINE_BYTES
+from pipevisor.protocol import (
     CANCEL,
     HANDSHAKE,
     PING,
@@ -62,12 +62,12 @@ from protocol import (
     negotiate,
     unsupported_version,
 )
-from protocol.messages import Notification
+from pipevisor.protocol.messages import Notification
 
 if TYPE_CHECKING:
     import asyncio
 
-    from plugin_kit.plugin import Plugin, _Method
+    from pipevisor.kit.plugin import Plugin, _Method
 
 Deliver = Callable[[Any, "ErrorObject | None"], None]
 """Settles one host call: (result, None) or (None, error)."""

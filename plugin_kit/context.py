@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import threading
 
-from plugin_kit.errors import Cancelled
+from pipevisor.kit.errors import Cancelled
 
 TYPE_CHECKING = False  # no typing import at start-up; mypy reads this name as typing's
 if TYPE_CHECKING:
     from typing import Any
 
-    from plugin_kit.plugin import Plugin
-    from protocol import RequestId
+    from pipevisor.kit.plugin import Plugin
+    from pipevisor.protocol import RequestId
 
 
 class Context:
@@ -76,7 +76,7 @@ class Context:
                         timeout: float | None = 30.0) -> Any:
         """Call a method the host serves (listed in the handshake's ``hostMethods``).
 
-        Returns its result; raises :class:`~plugin_kit.HostCallError` with the
+        Returns its result; raises :class:`~pipevisor.kit.HostCallError` with the
         host's error, or with TIMEOUT (-31002) after ``timeout`` seconds, in
         which case the kit also tells the host with ``pipevisor/cancel``.
         """

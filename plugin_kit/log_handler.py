@@ -12,10 +12,10 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
-from plugin_kit.plugin import LEVELS
+from pipevisor.kit.plugin import LEVELS
 
 if TYPE_CHECKING:
-    from plugin_kit.plugin import Plugin
+    from pipevisor.kit.plugin import Plugin
 
 
 def level_name(levelno: int) -> str:

@@ -2,15 +2,15 @@
 
 Start-up is part of every restart (a plugin killed by the supervisor is back
 only once it has answered the handshake), so this module and everything
-``import plugin_kit`` loads are kept to the standard library's cheap corner:
-no ``protocol`` (orjson, dataclasses, enum), no ``asyncio``, no ``logging``,
+``import pipevisor.kit`` loads are kept to the standard library's cheap corner:
+no ``pipevisor.protocol`` (orjson, dataclasses, enum), no ``asyncio``, no ``logging``,
 no ``typing`` at run time. :meth:`Plugin.run` answers the usual first line, a
 plain ``pipevisor/handshake``, with ``json`` alone; only then does it import
-the engine (``plugin_kit._engine``), which speaks through ``protocol.Peer``
+the engine (``pipevisor.kit._engine``), which speaks through ``pipevisor.protocol.Peer``
 and starts asyncio if an ``async def`` handler is registered. Any first line
 that is not that plain handshake (garbage, another request, an odd id, a
 version range with no overlap) goes to the engine unread, so every answer
-but the happy handshake comes from ``protocol``.
+but the happy handshake comes from ``pipevisor.protocol``.
 """
 
 from __future__ import annotations
@@ -20,33 +20,33 @@ import os
 import sys
 from types import MappingProxyType
 
-from plugin_kit.binding import Signature
+from pipevisor.kit.binding import Signature
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy reads this name as typing's
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, TypeVar
 
-    from plugin_kit._engine import Engine
-    from plugin_kit.context import Context
-    from plugin_kit.log_handler import HostLogHandler
-    from plugin_kit.schema import SchemaCheck
-    from protocol import Version, VersionRange
+    from pipevisor.kit._engine import Engine
+    from pipevisor.kit.context import Context
+    from pipevisor.kit.log_handler import HostLogHandler
+    from pipevisor.kit.schema import SchemaCheck
+    from pipevisor.protocol import Version, VersionRange
 
     F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_GRACE = 2.0  # SPEC 9.1: exit within the grace after EOF; also the shutdown default
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024  # SPEC 3.3, when the handshake names no limit
-KIT_VERSIONS = ((1, 0), (1, 0))  # protocol.PROTOCOL_VERSIONS without importing protocol
+KIT_VERSIONS = ((1, 0), (1, 0))  # pipevisor.protocol.PROTOCOL_VERSIONS without importing protocol
 LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 HANDSHAKE = "pipevisor/handshake"
-_RESERVED_PREFIXES = ("pipevisor/", "rpc.", "$/")  # protocol.handshake.RESERVED_PREFIXES
+_RESERVED_PREFIXES = ("pipevisor/", "rpc.", "$/")  # pipevisor.protocol.handshake.RESERVED_PREFIXES
 _FAST_LINE_LIMIT = 1 << 20  # a first line longer than this is left to the engine's framing
 _CO_COROUTINE = 0x80  # code flag of an ``async def`` function (inspect.CO_COROUTINE)
 
 
 def parse_version(text: object) -> tuple[int, int]:
-    """``MAJOR.MINOR`` as protocol.Version.parse reads it (each part 0 or 1-6 digits
+    """``MAJOR.MINOR`` as pipevisor.protocol.Version.parse reads it (each part 0 or 1-6 digits
     without a leading zero), without importing re or protocol. Raises ValueError."""
     if isinstance(text, str) and text.isascii():
         major, dot, minor = text.partition(".")
@@ -60,7 +60,7 @@ def _part_ok(part: str) -> bool:
 
 
 def parse_range(obj: object) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """A ``protocolVersions`` value as protocol.VersionRange.parse reads it, or None."""
+    """A ``protocolVersions`` value as pipevisor.protocol.VersionRange.parse reads it, or None."""
     try:
         if isinstance(obj, str):
             low = high = parse_version(obj)
@@ -129,7 +129,7 @@ class Plugin:
     @property
     def protocol_versions(self) -> VersionRange:
         """The protocol versions this plugin speaks (imports protocol when read)."""
-        from protocol import Version, VersionRange
+        from pipevisor.protocol import Version, VersionRange
 
         (a, b), (c, d) = self._versions
         return VersionRange(Version(a, b), Version(c, d))
@@ -139,7 +139,7 @@ class Plugin:
         """The version chosen in the handshake, None before it."""
         if self._chosen is None:
             return None
-        from protocol import Version
+        from pipevisor.protocol import Version
 
         return Version(*self._chosen)
 
@@ -171,7 +171,7 @@ class Plugin:
                 raise ValueError(f"method {name!r} is registered twice")
             params_check = result_check = None
             if params_schema is not None or result_schema is not None:
-                from plugin_kit.schema import SchemaCheck  # jsonschema: ~50 ms, only if asked
+                from pipevisor.kit.schema import SchemaCheck  # jsonschema: ~50 ms, only if asked
                 if params_schema is not None:
                     params_check = SchemaCheck(params_schema, f"{name} params_schema")
                 if result_schema is not None:
@@ -207,7 +207,7 @@ class Plugin:
         os.dup2(2, 1)
         sys.stdout = sys.stderr
         pending, eof = self._first_line()
-        from plugin_kit._engine import Engine
+        from pipevisor.kit._engine import Engine
 
         engine = self._engine = Engine(self)
         busy = engine.run(pending, eof)
@@ -311,7 +311,8 @@ class Plugin:
             self.max_line_bytes = size
 
     def _handshake_result(self, chosen: tuple[int, int]) -> dict[str, Any]:
-        """SPEC 6.3, as protocol.HandshakeResult.to_json writes it (a test compares them)."""
+        """SPEC 6.3, as pipevisor.protocol.HandshakeResult.to_json writes it (a test
+        compares them)."""
         caps: dict[str, Any] = {"cancel": True, "progress": True, "shutdown": True}
         if self.max_concurrency is not None:
             caps["maxConcurrency"] = self.max_concurrency
@@ -348,7 +349,7 @@ class Plugin:
                         timeout: float | None = 30.0) -> Any:
         """Call a host method from a coroutine; see :meth:`Context.call_host`."""
         if self._engine is None:
-            from plugin_kit.errors import HostCallError
+            from pipevisor.kit.errors import HostCallError
 
             raise HostCallError(-31001, f"cannot call {method}: not connected to the host",
                                 method=method)
@@ -358,7 +359,7 @@ class Plugin:
                            timeout: float | None = 30.0) -> Any:
         """Call a host method and wait in this thread; see :meth:`Context.call_host_blocking`."""
         if self._engine is None:
-            from plugin_kit.errors import HostCallError
+            from pipevisor.kit.errors import HostCallError
 
             raise HostCallError(-31001, f"cannot call {method}: not connected to the host",
                                 method=method)

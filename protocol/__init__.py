@@ -1,14 +1,14 @@
 """pipevisor's wire protocol, sans I/O: bytes in, events out; messages in, bytes out.
 
 Nothing here reads a pipe, starts a process, looks at a clock or imports
-anyio; ``supervisor`` and ``plugin_kit`` move the bytes. The written
+anyio; ``pipevisor.supervisor`` and ``pipevisor.kit`` move the bytes. The written
 specification for plugin authors is ``protocol/SPEC.md``.
 """
 
 from __future__ import annotations
 
-from protocol.codec import Fault, FaultKind, decode_line, encode
-from protocol.errors import (
+from pipevisor.protocol.codec import Fault, FaultKind, decode_line, encode
+from pipevisor.protocol.errors import (
     EncodeError,
     ErrorCode,
     ErrorObject,
@@ -20,15 +20,15 @@ from protocol.errors import (
     local_error,
     standard_error,
 )
-from protocol.events import (
+from pipevisor.protocol.events import (
     Event,
     NotificationReceived,
     ProtocolFault,
     RequestReceived,
     ResponseReceived,
 )
-from protocol.framing import DEFAULT_MAX_LINE_BYTES, LineSplitter, OversizedLine
-from protocol.handshake import (
+from pipevisor.protocol.framing import DEFAULT_MAX_LINE_BYTES, LineSplitter, OversizedLine
+from pipevisor.protocol.handshake import (
     CANCEL,
     HANDSHAKE,
     LOG,
@@ -44,9 +44,16 @@ from protocol.handshake import (
     is_reserved,
     unsupported_version,
 )
-from protocol.messages import ErrorResponse, Message, Notification, Request, RequestId, Response
-from protocol.peer import Peer
-from protocol.versions import Version, VersionRange, negotiate
+from pipevisor.protocol.messages import (
+    ErrorResponse,
+    Message,
+    Notification,
+    Request,
+    RequestId,
+    Response,
+)
+from pipevisor.protocol.peer import Peer
+from pipevisor.protocol.versions import Version, VersionRange, negotiate
 
 __all__ = [
     "CANCEL",

@@ -14,9 +14,16 @@ from typing import Any, TypeAlias
 
 import orjson
 
-from protocol.errors import EncodeError, ErrorObject
-from protocol.framing import HEAD_BYTES
-from protocol.messages import ErrorResponse, Message, Notification, Request, RequestId, Response
+from pipevisor.protocol.errors import EncodeError, ErrorObject
+from pipevisor.protocol.framing import HEAD_BYTES
+from pipevisor.protocol.messages import (
+    ErrorResponse,
+    Message,
+    Notification,
+    Request,
+    RequestId,
+    Response,
+)
 
 _DUMPS_OPTS = orjson.OPT_APPEND_NEWLINE
 

@@ -1,12 +1,12 @@
-"""What :class:`protocol.peer.Peer` reports after reading bytes."""
+"""What :class:`pipevisor.protocol.peer.Peer` reports after reading bytes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from protocol.codec import Fault
-from protocol.messages import ErrorResponse, Notification, Request, Response
+from pipevisor.protocol.codec import Fault
+from pipevisor.protocol.messages import ErrorResponse, Notification, Request, Response
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from protocol.errors import (
+from pipevisor.protocol.errors import (
     ErrorCode,
     ErrorObject,
     HandshakeError,
@@ -24,8 +24,8 @@ from protocol.errors import (
     local_error,
     standard_error,
 )
-from protocol.schema_store import first_error
-from protocol.versions import Version, VersionRange, negotiate
+from pipevisor.protocol.schema_store import first_error
+from pipevisor.protocol.versions import Version, VersionRange, negotiate
 
 PROTOCOL_NAME = "pipevisor"
 PROTOCOL_VERSIONS = VersionRange(Version(1, 0), Version(1, 0))

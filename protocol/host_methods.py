@@ -13,7 +13,7 @@ METHOD_UNAVAILABLE naming both versions, and the plugin is degraded, not failed.
 plugin that declares nothing keeps the old behaviour: params and results checked at
 the host's current version.
 
-Sans-I/O like the rest of ``protocol``: the supervisor calls ``params_in`` before it
+Sans-I/O like the rest of ``pipevisor.protocol``: the supervisor calls ``params_in`` before it
 runs the host's function and ``result_out`` after.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.interfaces import (
+from pipevisor.protocol.interfaces import (
     AdapterLookup,
     Converter,
     How,
@@ -30,7 +30,7 @@ from protocol.interfaces import (
     InterfaceVersion,
     binding_json,
 )
-from protocol.versions import Version
+from pipevisor.protocol.versions import Version
 
 __all__ = ["HostBinding", "negotiate_host_call", "negotiate_host_calls"]
 
@@ -61,7 +61,7 @@ class HostBinding:
 
     def params_in(self, params: Any) -> Any:
         """The plugin's params -> what the host's function gets. Raises
-        :class:`~protocol.interfaces.InterfaceViolation` when, through an adapter, they
+        :class:`~pipevisor.protocol.interfaces.InterfaceViolation` when, through an adapter, they
         break the plugin's own major (the host's schema then checks the converted ones)."""
         if self.how is How.DOWN_CONVERTED and self.wire_side is not None:
             return self.wire_side.prune("params", params)

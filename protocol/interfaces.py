@@ -29,8 +29,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 
-from protocol.errors import ProtocolError, VersionError
-from protocol.versions import Version
+from pipevisor.protocol.errors import ProtocolError, VersionError
+from pipevisor.protocol.versions import Version
 
 Converter = Callable[[Any], Any]
 """A pure function converting one payload (params or result) between two majors."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from protocol.errors import ErrorObject
+from pipevisor.protocol.errors import ErrorObject
 
 RequestId: TypeAlias = str | int | float | None
 Params: TypeAlias = dict[str, Any] | list[Any] | None

@@ -26,24 +26,31 @@ from typing import Any
 
 import orjson
 
-from protocol.codec import Decoded, Fault, FaultKind, decode_line, encode, encode_request
-from protocol.errors import (
+from pipevisor.protocol.codec import Decoded, Fault, FaultKind, decode_line, encode, encode_request
+from pipevisor.protocol.errors import (
     ErrorCode,
     ErrorObject,
     LocalProtocolError,
     local_error,
     standard_error,
 )
-from protocol.events import (
+from pipevisor.protocol.events import (
     Event,
     NotificationReceived,
     ProtocolFault,
     RequestReceived,
     ResponseReceived,
 )
-from protocol.framing import DEFAULT_MAX_LINE_BYTES, LineSplitter, OversizedLine
-from protocol.handshake import CANCEL
-from protocol.messages import ErrorResponse, Notification, Params, Request, RequestId, Response
+from pipevisor.protocol.framing import DEFAULT_MAX_LINE_BYTES, LineSplitter, OversizedLine
+from pipevisor.protocol.handshake import CANCEL
+from pipevisor.protocol.messages import (
+    ErrorResponse,
+    Notification,
+    Params,
+    Request,
+    RequestId,
+    Response,
+)
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ def _registry() -> tuple[Registry[Any], dict[str, dict[str, Any]]]:
     from referencing import Registry, Resource
 
     schemas: dict[str, dict[str, Any]] = {}
-    for entry in resources.files("protocol").joinpath("schemas").iterdir():
+    for entry in resources.files("pipevisor.protocol").joinpath("schemas").iterdir():
         if entry.name.endswith(".json"):
             schemas[entry.name[: -len(".json")]] = json.loads(entry.read_text("utf-8"))
     registry: Registry[Any] = Registry().with_resources(

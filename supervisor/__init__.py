@@ -2,7 +2,7 @@
 
 Embedding::
 
-    from supervisor import PluginSpec, Supervisor
+    from pipevisor.supervisor import PluginSpec, Supervisor
 
     async with Supervisor([PluginSpec("echo", ("pipevisor-echo",))]) as sup:
         await sup.call("echo", "echo", {"text": "hi"})
@@ -13,12 +13,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-# The names below load on first use, not on ``import supervisor``: the ``pipevisor`` control
-# commands (status, call, ...) import ``supervisor.cli`` and need none of the engine, and
+# The names below load on first use, not on ``import pipevisor.supervisor``: the
+# ``pipevisor`` control commands (status, call, ...) import ``pipevisor.supervisor.cli``
+# and need none of the engine, and
 # importing all of it (anyio, jsonschema, psutil, the runner) used to be most of their
-# start-up time. ``from supervisor import X`` works as before; mypy sees the real imports.
+# start-up time. ``from pipevisor.supervisor import X`` works as before; mypy sees the
+# real imports.
 if TYPE_CHECKING:
-    from supervisor.config import (
+    from pipevisor.supervisor.config import (
         CallPolicy,
         HealthPolicy,
         PluginMode,
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
         StopPolicy,
         SupervisorConfig,
     )
-    from supervisor.errors import (
+    from pipevisor.supervisor.errors import (
         CallCancelled,
         CallError,
         CallTimeout,
@@ -43,61 +45,61 @@ if TYPE_CHECKING:
         PluginUnavailable,
         QueueFull,
     )
-    from supervisor.events import (
+    from pipevisor.supervisor.events import (
         SupervisorEvent,
     )
-    from supervisor.interfaces import (
+    from pipevisor.supervisor.interfaces import (
         Adapter,
         AdapterSpec,
     )
-    from supervisor.limits import (
+    from pipevisor.supervisor.limits import (
         Limit,
         LimitAction,
         Limits,
     )
-    from supervisor.policy import (
+    from pipevisor.supervisor.policy import (
         RestartMode,
         RestartPolicy,
     )
-    from supervisor.states import (
+    from pipevisor.supervisor.states import (
         PluginState,
     )
-    from supervisor.supervisor import (
+    from pipevisor.supervisor.supervisor import (
         Supervisor,
     )
 
 _HOME: dict[str, str] = {
-    "CallPolicy": "supervisor.config",
-    "HealthPolicy": "supervisor.config",
-    "PluginMode": "supervisor.config",
-    "PluginSpec": "supervisor.config",
-    "ProtocolErrorAction": "supervisor.config",
-    "StartStep": "supervisor.config",
-    "StopPolicy": "supervisor.config",
-    "SupervisorConfig": "supervisor.config",
-    "CallCancelled": "supervisor.errors",
-    "CallError": "supervisor.errors",
-    "CallTimeout": "supervisor.errors",
-    "ConfigError": "supervisor.errors",
-    "InvalidResponse": "supervisor.errors",
-    "LocalCallError": "supervisor.errors",
-    "MethodUnavailable": "supervisor.errors",
-    "OverLimit": "supervisor.errors",
-    "PipevisorError": "supervisor.errors",
-    "PluginCrashed": "supervisor.errors",
-    "PluginError": "supervisor.errors",
-    "PluginUnavailable": "supervisor.errors",
-    "QueueFull": "supervisor.errors",
-    "SupervisorEvent": "supervisor.events",
-    "Adapter": "supervisor.interfaces",
-    "AdapterSpec": "supervisor.interfaces",
-    "Limit": "supervisor.limits",
-    "LimitAction": "supervisor.limits",
-    "Limits": "supervisor.limits",
-    "RestartMode": "supervisor.policy",
-    "RestartPolicy": "supervisor.policy",
-    "PluginState": "supervisor.states",
-    "Supervisor": "supervisor.supervisor",
+    "CallPolicy": "pipevisor.supervisor.config",
+    "HealthPolicy": "pipevisor.supervisor.config",
+    "PluginMode": "pipevisor.supervisor.config",
+    "PluginSpec": "pipevisor.supervisor.config",
+    "ProtocolErrorAction": "pipevisor.supervisor.config",
+    "StartStep": "pipevisor.supervisor.config",
+    "StopPolicy": "pipevisor.supervisor.config",
+    "SupervisorConfig": "pipevisor.supervisor.config",
+    "CallCancelled": "pipevisor.supervisor.errors",
+    "CallError": "pipevisor.supervisor.errors",
+    "CallTimeout": "pipevisor.supervisor.errors",
+    "ConfigError": "pipevisor.supervisor.errors",
+    "InvalidResponse": "pipevisor.supervisor.errors",
+    "LocalCallError": "pipevisor.supervisor.errors",
+    "MethodUnavailable": "pipevisor.supervisor.errors",
+    "OverLimit": "pipevisor.supervisor.errors",
+    "PipevisorError": "pipevisor.supervisor.errors",
+    "PluginCrashed": "pipevisor.supervisor.errors",
+    "PluginError": "pipevisor.supervisor.errors",
+    "PluginUnavailable": "pipevisor.supervisor.errors",
+    "QueueFull": "pipevisor.supervisor.errors",
+    "SupervisorEvent": "pipevisor.supervisor.events",
+    "Adapter": "pipevisor.supervisor.interfaces",
+    "AdapterSpec": "pipevisor.supervisor.interfaces",
+    "Limit": "pipevisor.supervisor.limits",
+    "LimitAction": "pipevisor.supervisor.limits",
+    "Limits": "pipevisor.supervisor.limits",
+    "RestartMode": "pipevisor.supervisor.policy",
+    "RestartPolicy": "pipevisor.supervisor.policy",
+    "PluginState": "pipevisor.supervisor.states",
+    "Supervisor": "pipevisor.supervisor.supervisor",
 }
 """Where each public name lives (the module imported when the name is first asked for)."""
 
@@ -140,7 +142,7 @@ if not TYPE_CHECKING:  # hidden from mypy, so a misspelt name is an error there,
     def __getattr__(name: str) -> object:
         home = _HOME.get(name)
         if home is None:
-            raise AttributeError(f"module 'supervisor' has no attribute {name!r}")
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(home), name)
         globals()[name] = value  # later look-ups skip this function
         return value

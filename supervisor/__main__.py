@@ -1,7 +1,7 @@
-"""``python -m supervisor`` is the ``pipevisor`` command."""
+"""``python -m pipevisor.supervisor`` is the ``pipevisor`` command."""
 
 from __future__ import annotations
 
-from supervisor.cli import main
+from pipevisor.supervisor.cli import main
 
 main()

@@ -1,9 +1,9 @@
 """``pipevisor check``: run a plugin executable and tell its author what breaks the protocol.
 
-The checker spawns the plugin itself (not through :class:`~supervisor.Supervisor`)
+The checker spawns the plugin itself (not through :class:`~pipevisor.supervisor.Supervisor`)
 because it needs exact observations: which line was garbage, which request went
 unanswered, what the exit status was and when. It speaks through the same
-sans-I/O :class:`protocol.Peer` the supervisor uses, so "passes the check"
+sans-I/O :class:`pipevisor.protocol.Peer` the supervisor uses, so "passes the check"
 and "works under the supervisor" mean the same thing.
 
 Two runs, each a fresh process in the same containment the supervisor uses:
@@ -37,7 +37,7 @@ import orjson
 import psutil
 from anyio.abc import Process
 
-from protocol import (
+from pipevisor.protocol import (
     CANCEL,
     HANDSHAKE,
     PING,
@@ -55,8 +55,8 @@ from protocol import (
     ResponseReceived,
     standard_error,
 )
-from supervisor import _platform
-from supervisor.process import SpawnError, describe_exit, pump_stderr, resolve_executable
+from pipevisor.supervisor import _platform
+from pipevisor.supervisor.process import SpawnError, describe_exit, pump_stderr, resolve_executable
 
 UNKNOWN_METHOD = "pipevisor_check.no_such_method"
 """Called to see a -32601 answer; not reserved, so the plugin must answer it itself."""

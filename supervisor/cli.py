@@ -11,8 +11,8 @@ from __future__ import annotations
 import click
 import orjson
 
-from supervisor.cli_control import COMMANDS as CONTROL_COMMANDS
-from supervisor.cli_plugins import COMMANDS as PLUGIN_COMMANDS
+from pipevisor.supervisor.cli_control import COMMANDS as CONTROL_COMMANDS
+from pipevisor.supervisor.cli_plugins import COMMANDS as PLUGIN_COMMANDS
 
 
 def _version() -> str:
@@ -43,7 +43,7 @@ def demo() -> None:
     """Run the example plugins under an embedded supervisor and show a crash being survived."""
     import anyio
 
-    from supervisor.demo import run_demo
+    from pipevisor.supervisor.demo import run_demo
 
     anyio.run(run_demo, click.echo)
 
@@ -53,14 +53,14 @@ def spec() -> None:
     """Print the wire protocol specification (protocol/SPEC.md) for plugin authors."""
     from importlib import resources
 
-    click.echo(resources.files("protocol").joinpath("SPEC.md").read_text("utf-8"))
+    click.echo(resources.files("pipevisor.protocol").joinpath("SPEC.md").read_text("utf-8"))
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def containment(as_json: bool) -> None:
     """Show how plugin process trees are contained on this machine."""
-    from supervisor import _platform
+    from pipevisor.supervisor import _platform
 
     c = _platform.detect_containment()
     if as_json:
@@ -81,7 +81,7 @@ def containment(as_json: bool) -> None:
               help="Log lines on stderr (default: the file's daemon.log_format, else text).")
 def run(config_path: str | None, socket_path: str | None, log_format: str | None) -> None:
     """Run the supervisor in the foreground: SIGTERM/SIGINT stop it, SIGHUP reloads."""
-    from supervisor.daemon import run_daemon
+    from pipevisor.supervisor.daemon import run_daemon
 
     raise SystemExit(run_daemon(config_path, socket_path, log_format))
 

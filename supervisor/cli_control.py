@@ -1,5 +1,5 @@
 """``pipevisor status|call|start|stop|restart|load|unload|reload|logs|events``: the daemon's
-control commands, thin wrappers over :class:`supervisor.client.Client`.
+control commands, thin wrappers over :class:`pipevisor.supervisor.client.Client`.
 
 Scripts rely on two things here, so both are stable and documented in
 docs/cli.md: the exit codes (``EXIT_*`` below) and ``--json`` output (one JSON
@@ -18,9 +18,15 @@ from typing import Any, NoReturn, TypeVar
 import click
 import orjson
 
-from protocol import ErrorCode
-from supervisor.client import Client, ControlError, DaemonBusy, DaemonNotRunning, EventsLagged
-from supervisor.errors import CallError, CallTimeout, PipevisorError
+from pipevisor.protocol import ErrorCode
+from pipevisor.supervisor.client import (
+    Client,
+    ControlError,
+    DaemonBusy,
+    DaemonNotRunning,
+    EventsLagged,
+)
+from pipevisor.supervisor.errors import CallError, CallTimeout, PipevisorError
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -1,8 +1,8 @@
 """Clients of a running daemon's control socket, for host applications and the CLI.
 
 ``Client`` is blocking; ``AsyncClient`` is anyio. Both give the same call
-semantics as the embedded :class:`supervisor.Supervisor`: ``call`` returns the
-plugin's result or raises the same :class:`supervisor.errors.CallError`
+semantics as the embedded :class:`pipevisor.supervisor.Supervisor`: ``call`` returns the
+plugin's result or raises the same :class:`pipevisor.supervisor.errors.CallError`
 subclass the embedded supervisor would have raised (the daemon passes error
 objects through unchanged, and :func:`error_from_object` maps them back).
 
@@ -10,7 +10,7 @@ objects through unchanged, and :func:`error_from_object` maps them back).
         print(daemon.call("echo", "echo", {"text": "hi"}, timeout=5))
 
 The socket is the ``socket_path`` argument, else ``$PIPEVISOR_SOCKET``, else
-:func:`supervisor.paths.default_socket_path` (where ``pipevisor run`` listens
+:func:`pipevisor.supervisor.paths.default_socket_path` (where ``pipevisor run`` listens
 by default).
 
 What the daemon can say on its own (docs/bounds.md) is turned into exceptions
@@ -41,7 +41,7 @@ import anyio
 import anyio.abc
 import orjson
 
-from protocol import (
+from pipevisor.protocol import (
     DEFAULT_MAX_LINE_BYTES,
     ErrorObject,
     Fault,
@@ -51,9 +51,9 @@ from protocol import (
     ProtocolFault,
     ResponseReceived,
 )
-from protocol.messages import ErrorResponse, RequestId
-from supervisor.errors import CallError, PipevisorError, error_from_object
-from supervisor.paths import default_socket_path
+from pipevisor.protocol.messages import ErrorResponse, RequestId
+from pipevisor.supervisor.errors import CallError, PipevisorError, error_from_object
+from pipevisor.supervisor.paths import default_socket_path
 
 T = TypeVar("T")
 
@@ -140,7 +140,7 @@ def _settle(method: str, event: ResponseReceived) -> Any:
 
 def _notice(fault: Fault) -> tuple[str, str] | None:
     """(reason, message) when ``fault`` is a notice the daemon sends before it closes a
-    connection on its own (an error answer with id null, supervisor.control.notice)."""
+    connection on its own (an error answer with id null, pipevisor.supervisor.control.notice)."""
     if fault.kind is not FaultKind.UNEXPECTED_RESPONSE or fault.id is not None:
         return None
     raw = fault.raw  # the line's first 200 bytes: read what is there, even if cut
@@ -533,7 +533,7 @@ _LINK_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, Connection
 class TransportLink(asyncio.Protocol):
     """One end of a control connection on asyncio, driven from the transport's callbacks.
 
-    Used by the daemon's server (``supervisor.control``) and by
+    Used by the daemon's server (``pipevisor.supervisor.control``) and by
     :class:`AsyncClient`. anyio's socket stream costs several event-loop
     iterations per message (a reader task woken for each chunk, the socket
     registered with epoll again for each read, a checkpoint in each send and

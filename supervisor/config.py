@@ -15,12 +15,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from protocol import DEFAULT_MAX_LINE_BYTES
-from protocol.interfaces import InterfaceSet
-from supervisor.errors import ConfigError
-from supervisor.interfaces import AdapterSpec
-from supervisor.limits import Limits
-from supervisor.policy import RestartPolicy
+from pipevisor.protocol import DEFAULT_MAX_LINE_BYTES
+from pipevisor.protocol.interfaces import InterfaceSet
+from pipevisor.supervisor.errors import ConfigError
+from pipevisor.supervisor.interfaces import AdapterSpec
+from pipevisor.supervisor.limits import Limits
+from pipevisor.supervisor.policy import RestartPolicy
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor import paths
-from supervisor.config import PluginSpec, SupervisorConfig
-from supervisor.discovery import DiscoveryConfig, DiscoveryResult, discover
-from supervisor.errors import ConfigError
+from pipevisor.supervisor import paths
+from pipevisor.supervisor.config import PluginSpec, SupervisorConfig
+from pipevisor.supervisor.discovery import DiscoveryConfig, DiscoveryResult, discover
+from pipevisor.supervisor.errors import ConfigError
 
 
 class LogFormat(enum.StrEnum):

@@ -1,4 +1,4 @@
-"""Drives a :class:`protocol.Peer` over a plugin's stdin/stdout.
+"""Drives a :class:`pipevisor.protocol.Peer` over a plugin's stdin/stdout.
 
 This is the one boundary where protocol events become supervisor actions:
 responses wake their callers, requests from the plugin run host handlers,
@@ -20,7 +20,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import ByteReceiveStream, ByteSendStream, TaskGroup
 
-from protocol import (
+from pipevisor.protocol import (
     CANCEL,
     ErrorCode,
     ErrorObject,
@@ -38,8 +38,8 @@ from protocol import (
     local_error,
     standard_error,
 )
-from protocol.errors import EncodeError
-from supervisor.errors import (
+from pipevisor.protocol.errors import EncodeError
+from pipevisor.supervisor.errors import (
     CallError,
     PipevisorError,
     error_from_object,

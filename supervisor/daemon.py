@@ -32,15 +32,15 @@ from typing import Any
 import anyio
 import orjson
 
-from supervisor import _platform, config_file, paths
-from supervisor.config import PluginSpec
-from supervisor.config_file import DaemonConfig, LogFormat
-from supervisor.control import ControlLimits, ControlSocketError, serve_control
-from supervisor.errors import ConfigError
-from supervisor.metrics_http import MetricsListenError, serve_metrics
-from supervisor.states import SERVING, PluginState
-from supervisor.supervisor import Supervisor
-from supervisor.systemd import Notifier
+from pipevisor.supervisor import _platform, config_file, paths
+from pipevisor.supervisor.config import PluginSpec
+from pipevisor.supervisor.config_file import DaemonConfig, LogFormat
+from pipevisor.supervisor.control import ControlLimits, ControlSocketError, serve_control
+from pipevisor.supervisor.errors import ConfigError
+from pipevisor.supervisor.metrics_http import MetricsListenError, serve_metrics
+from pipevisor.supervisor.states import SERVING, PluginState
+from pipevisor.supervisor.supervisor import Supervisor
+from pipevisor.supervisor.systemd import Notifier
 
 log = logging.getLogger("pipevisor.daemon")
 
@@ -129,7 +129,7 @@ def _version() -> str:
 @dataclass
 class Daemon:
     """The running daemon: its configuration, supervisor and the hooks the control
-    socket calls (``supervisor.control.DaemonHooks``)."""
+    socket calls (``pipevisor.supervisor.control.DaemonHooks``)."""
 
     config_path: str | None
     config: DaemonConfig

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from protocol import ErrorCode, ErrorObject, local_error
+from pipevisor.protocol import ErrorCode, ErrorObject, local_error
 
 if TYPE_CHECKING:
-    from protocol.interfaces import InterfaceViolation
+    from pipevisor.protocol.interfaces import InterfaceViolation
 
 
 class PipevisorError(Exception):

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.interfaces import Converter, InterfaceError, InterfaceSet
-from supervisor.errors import ConfigError
+from pipevisor.protocol.interfaces import Converter, InterfaceError, InterfaceSet
+from pipevisor.supervisor.errors import ConfigError
 
 
 def load_interfaces(root: str | Path) -> InterfaceSet:

@@ -15,7 +15,7 @@ import signal
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from supervisor.errors import ConfigError
+from pipevisor.supervisor.errors import ConfigError
 
 
 class LimitAction(StrEnum):

@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from supervisor.states import SERVING, PluginState
+from pipevisor.supervisor.states import SERVING, PluginState
 
 if TYPE_CHECKING:
-    from supervisor.runner import PluginRunner
-    from supervisor.sampler import Sampler
+    from pipevisor.supervisor.runner import PluginRunner
+    from pipevisor.supervisor.sampler import Sampler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 
-from supervisor.control import ACCEPT_BACKOFF, AcceptGuard, RateLimitedLog, refuse
-from supervisor.metrics import CONTENT_TYPE
+from pipevisor.supervisor.control import ACCEPT_BACKOFF, AcceptGuard, RateLimitedLog, refuse
+from pipevisor.supervisor.metrics import CONTENT_TYPE
 
 log = logging.getLogger("pipevisor.metrics")
 

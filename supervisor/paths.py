@@ -1,7 +1,7 @@
 """Where the daemon keeps its run-time files (the control socket), shared by server and clients.
 
 One function decides the default so that ``pipevisor run`` and every client
-(CLI, :class:`supervisor.client.Client`) agree without configuration.
+(CLI, :class:`pipevisor.supervisor.client.Client`) agree without configuration.
 
 The ``/tmp/pipevisor-$UID`` fallback lives in a world-writable folder, so its
 name can be taken first by someone else: a directory they own, a symlink to a
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import stat
 
-from supervisor.errors import ConfigError
+from pipevisor.supervisor.errors import ConfigError
 
 
 class UnsafeRuntimeDir(ConfigError):

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 import anyio
 from anyio.abc import Process
 
-from supervisor import _platform
-from supervisor.config import PluginSpec
+from pipevisor.supervisor import _platform
+from pipevisor.supervisor.config import PluginSpec
 
 log = logging.getLogger("pipevisor.process")
 

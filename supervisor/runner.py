@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 from anyio.abc import Process, TaskGroup
 
-from protocol import (
+from pipevisor.protocol import (
     HANDSHAKE,
     LOG,
     PING,
@@ -36,9 +36,9 @@ from protocol import (
     Notification,
     local_error,
 )
-from protocol.errors import PLUGIN_CODES, VersionError
-from protocol.host_methods import HostBinding, negotiate_host_calls
-from protocol.interfaces import (
+from pipevisor.protocol.errors import PLUGIN_CODES, VersionError
+from pipevisor.protocol.host_methods import HostBinding, negotiate_host_calls
+from pipevisor.protocol.interfaces import (
     AdapterLookup,
     Binding,
     Checks,
@@ -47,11 +47,11 @@ from protocol.interfaces import (
     InterfaceViolation,
     negotiate,
 )
-from protocol.versions import VersionRange
-from supervisor import _platform
-from supervisor.config import PluginMode, PluginSpec, ProtocolErrorAction
-from supervisor.connection import Connection, ConnectionCallbacks, HostHandler
-from supervisor.errors import (
+from pipevisor.protocol.versions import VersionRange
+from pipevisor.supervisor import _platform
+from pipevisor.supervisor.config import PluginMode, PluginSpec, ProtocolErrorAction
+from pipevisor.supervisor.connection import Connection, ConnectionCallbacks, HostHandler
+from pipevisor.supervisor.errors import (
     CallError,
     CallTimeout,
     PluginCrashed,
@@ -59,11 +59,11 @@ from supervisor.errors import (
     invalid_params,
     local,
 )
-from supervisor.events import EventHub, SupervisorEvent
-from supervisor.limits import LimitAction, backstop_evidence
-from supervisor.plugin_log import LogBudget, StderrTail
-from supervisor.policy import RestartTracker
-from supervisor.process import (
+from pipevisor.supervisor.events import EventHub, SupervisorEvent
+from pipevisor.supervisor.limits import LimitAction, backstop_evidence
+from pipevisor.supervisor.plugin_log import LogBudget, StderrTail
+from pipevisor.supervisor.policy import RestartTracker
+from pipevisor.supervisor.process import (
     SpawnError,
     describe_exit,
     pump_stderr,
@@ -73,7 +73,7 @@ from supervisor.process import (
     wait_exit_after_eof,
     wait_stdin_closed,
 )
-from supervisor.states import COMING_BACK, SERVING, PluginState, check_transition
+from pipevisor.supervisor.states import COMING_BACK, SERVING, PluginState, check_transition
 
 S = PluginState
 log = logging.getLogger("pipevisor.runner")

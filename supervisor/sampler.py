@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING
 import anyio
 import psutil
 
-from supervisor import _platform
-from supervisor.limits import Limit, LimitAction, Limits
-from supervisor.proctable import ProcTable
-from supervisor.states import PluginState
+from pipevisor.supervisor import _platform
+from pipevisor.supervisor.limits import Limit, LimitAction, Limits
+from pipevisor.supervisor.proctable import ProcTable
+from pipevisor.supervisor.states import PluginState
 
 if TYPE_CHECKING:
     from anyio.abc import Process
 
-    from supervisor.runner import PluginRunner
+    from pipevisor.supervisor.runner import PluginRunner
 
 log = logging.getLogger("pipevisor.limits")
 

@@ -21,16 +21,16 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from protocol import ErrorCode, ErrorObject, HandshakeParams, standard_error
-from protocol.interfaces import Direction, InterfaceViolation, negotiate_host_methods
-from supervisor import _platform
-from supervisor.config import PluginSpec, SupervisorConfig
-from supervisor.errors import CallError, ConfigError, invalid_params, local
-from supervisor.events import EventHub, Subscription
-from supervisor.interfaces import Adapter, AdapterRegistry, interfaces_from
-from supervisor.runner import PluginRunner
-from supervisor.sampler import Sampler
-from supervisor.states import SERVING, PluginState
+from pipevisor.protocol import ErrorCode, ErrorObject, HandshakeParams, standard_error
+from pipevisor.protocol.interfaces import Direction, InterfaceViolation, negotiate_host_methods
+from pipevisor.supervisor import _platform
+from pipevisor.supervisor.config import PluginSpec, SupervisorConfig
+from pipevisor.supervisor.errors import CallError, ConfigError, invalid_params, local
+from pipevisor.supervisor.events import EventHub, Subscription
+from pipevisor.supervisor.interfaces import Adapter, AdapterRegistry, interfaces_from
+from pipevisor.supervisor.runner import PluginRunner
+from pipevisor.supervisor.sampler import Sampler
+from pipevisor.supervisor.states import SERVING, PluginState
 
 log = logging.getLogger("pipevisor.supervisor")
 
@@ -226,7 +226,7 @@ class Supervisor:
 
     def metrics(self) -> str:
         """Prometheus text exposition of every plugin (``supervisor/metrics.py``)."""
-        from supervisor.metrics import render
+        from pipevisor.supervisor.metrics import render
         return render(list(self.runners.values()), self.sampler)
 
     async def notify(self, plugin: str, method: str, params: Any = None) -> None:

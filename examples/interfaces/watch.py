@@ -18,8 +18,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # so that the config string "greet_adapters:v2_to_v1" imports
 sys.path.append(str(HERE.parents[1]))  # run from a checkout even when not installed
 
-from supervisor import CallError, PluginSpec, Supervisor, SupervisorConfig  # noqa: E402
-from supervisor.interfaces import AdapterSpec  # noqa: E402
+from pipevisor.supervisor import CallError, PluginSpec, Supervisor, SupervisorConfig  # noqa: E402
+from pipevisor.supervisor.interfaces import AdapterSpec  # noqa: E402
 
 
 async def main(with_adapter: bool) -> None:

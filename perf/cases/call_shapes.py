@@ -34,9 +34,9 @@ from perf.cases.supervisor_calls import (
     _stop,
 )
 from perf.harness import Context, case
-from protocol.interfaces import InterfaceSet, fast_validation_available
-from supervisor import PluginSpec
-from supervisor.config import SupervisorConfig
+from pipevisor.protocol.interfaces import InterfaceSet, fast_validation_available
+from pipevisor.supervisor import PluginSpec
+from pipevisor.supervisor.config import SupervisorConfig
 
 _NL = orjson.OPT_APPEND_NEWLINE
 

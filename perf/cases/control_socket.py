@@ -1,6 +1,7 @@
-"""Calls through the real ``pipevisor run`` daemon's control socket (``supervisor.client``).
+"""Calls through the real ``pipevisor run`` daemon's control socket
+(``pipevisor.supervisor.client``).
 
-Each case starts ``python -m supervisor run --config <tmp toml>`` (what the
+Each case starts ``python -m pipevisor.supervisor run --config <tmp toml>`` (what the
 ``pipevisor`` entry point runs) with one or eight copies of the stdlib echo
 plugin (``peers/stdlib_echo_plugin.py``), discovery off and every run-time
 file in a private temporary folder; the harness is the host application. So a
@@ -37,7 +38,7 @@ import anyio
 
 from perf.cases.baselines import TEXT
 from perf.harness import REPO_ROOT, Context, case, summarize
-from supervisor.client import AsyncClient, Client
+from pipevisor.supervisor.client import AsyncClient, Client
 
 STDLIB_ECHO = Path(__file__).resolve().parent.parent / "peers" / "stdlib_echo_plugin.py"
 PARAMS = {"text": TEXT}
@@ -105,7 +106,7 @@ def _start_daemon(ctx: Context, n: int) -> Daemon:
         env.pop(key, None)
     try:
         with open(os.path.join(folder, "daemon.log"), "wb") as log:
-            proc = ctx.popen([sys.executable, "-m", "supervisor", "run", "--config", cfg],
+            proc = ctx.popen([sys.executable, "-m", "pipevisor.supervisor", "run", "--config", cfg],
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                              env=env, cwd=folder)
     except BaseException:

@@ -1,6 +1,6 @@
 """Scale: start-up time, supervisor RSS and supervisor CPU with 1, 100 and 1,000 idle plugins.
 
-Each repetition starts a fresh embedded :class:`supervisor.Supervisor` with N
+Each repetition starts a fresh embedded :class:`pipevisor.supervisor.Supervisor` with N
 copies of ``perf/plugins/c_echo_plugin.c`` (a few hundred KB each, so the figures
 are the supervisor's, not N interpreters'), waits until all N are ready, then
 leaves them idle for a window while liveness pings and (when the installed
@@ -39,8 +39,8 @@ import anyio
 import psutil
 
 from perf.harness import Context, build_c, case
-from supervisor import PluginSpec, Supervisor
-from supervisor.config import HealthPolicy, SupervisorConfig
+from pipevisor.supervisor import PluginSpec, Supervisor
+from pipevisor.supervisor.config import HealthPolicy, SupervisorConfig
 
 PLUGIN_SOURCE = Path(__file__).resolve().parent.parent / "plugins" / "c_echo_plugin.c"
 PING_INTERVAL = HealthPolicy().ping_interval
@@ -59,7 +59,7 @@ def _limits_kwargs() -> dict[str, Any]:
     if "limits" not in {f.name for f in dataclasses.fields(PluginSpec)}:
         return {}
     try:
-        from supervisor.limits import Limit, Limits
+        from pipevisor.supervisor.limits import Limit, Limits
     except ImportError:
         return {}
     return {"limits": Limits(memory=Limit(512 * 1024 * 1024, action="warn"))}  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """The embedded supervisor against a stdlib-only echo plugin.
 
-Every case drives ``supervisor.Supervisor`` in-process (the embedding API) and
+Every case drives ``pipevisor.supervisor.Supervisor`` in-process (the embedding API) and
 talks to ``peers/stdlib_echo_plugin.py``, a blocking, single-threaded plugin
 with no pipevisor imports, so the figures are the supervisor's cost on top of
 the in-run floors in ``baselines.py``:
@@ -29,8 +29,8 @@ import anyio.lowlevel
 
 from perf.cases.baselines import TEXT
 from perf.harness import Context, case, summarize
-from supervisor import CallError, PluginSpec, RestartPolicy, Supervisor
-from supervisor.config import DEFAULT_INHERITED_ENV, SupervisorConfig
+from pipevisor.supervisor import CallError, PluginSpec, RestartPolicy, Supervisor
+from pipevisor.supervisor.config import DEFAULT_INHERITED_ENV, SupervisorConfig
 
 PEERS = Path(__file__).resolve().parent.parent / "peers"
 STDLIB_ECHO = PEERS / "stdlib_echo_plugin.py"
@@ -443,14 +443,14 @@ async def restart_crash_loop_overhead(ctx: Context) -> list[float]:
         _quiet(False)
 
 
-# --------------------------------------------------------------------------- plugin_kit echo
+# --------------------------------------------------------------------------- pipevisor.kit echo
 
 KIT_ECHO = PEERS.parent.parent / "examples" / "python-plugin-kit" / "pipevisor-kit-echo"
 
 
 async def _setup_kit(ctx: Context) -> Embedded:
     if not KIT_ECHO.is_file():
-        ctx.skip(f"{KIT_ECHO} is not there (plugin_kit example not in this checkout)")
+        ctx.skip(f"{KIT_ECHO} is not there (pipevisor.kit example not in this checkout)")
     return await _start([PluginSpec("echo", (sys.executable, str(KIT_ECHO)))])
 
 
@@ -463,5 +463,5 @@ async def _setup_kit(ctx: Context) -> Embedded:
     teardown=_stop,
 )
 async def embedded_seq_kit(ctx: Context) -> float:
-    """Sequential sup.call() to the plugin_kit echo example: the SDK's plugin-side cost."""
+    """Sequential sup.call() to the pipevisor.kit echo example: the SDK's plugin-side cost."""
     return await embedded_seq_stdlib(ctx)

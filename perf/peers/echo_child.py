@@ -2,7 +2,7 @@
 
 Deliberately framework-free (blocking reads, orjson, explicit flush) so that the
 only costs left are the interpreter, the pipe and the scheduler.  Anything the
-supervisor or plugin_kit adds on top shows up as a ratio against this peer.
+supervisor or pipevisor.kit adds on top shows up as a ratio against this peer.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ from typing import Any
 
 import anyio
 
-from supervisor import PluginSpec, Supervisor
-from supervisor.control import MAX_IN_FLIGHT, serve_control
-from supervisor.errors import ConfigError
+from pipevisor.supervisor import PluginSpec, Supervisor
+from pipevisor.supervisor.control import MAX_IN_FLIGHT, serve_control
+from pipevisor.supervisor.errors import ConfigError
 
 
 @dataclass

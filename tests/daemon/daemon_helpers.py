@@ -93,7 +93,7 @@ def running_daemon(folder: str, config_text: str | None, *args: str,
                 "XDG_RUNTIME_DIR": folder}
     full_env.pop("JOURNAL_STREAM", None)
     full_env.update(env or {})
-    command = [sys.executable, "-m", "supervisor", "run",
+    command = [sys.executable, "-m", "pipevisor.supervisor", "run",
                *(["--config", cfg] if config_text is not None else []), *args]
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(command, stderr=err, stdout=subprocess.DEVNULL, env=full_env,

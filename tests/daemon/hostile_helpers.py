@@ -14,7 +14,7 @@ import psutil
 
 BLASTER = '''\
 import sys
-from plugin_kit import Plugin
+from pipevisor.kit import Plugin
 
 plugin = Plugin("blaster", version="1.0.0")
 

@@ -12,8 +12,8 @@ import anyio
 import orjson
 import pytest
 
-from supervisor import RestartPolicy, Supervisor
-from supervisor.cli_control import (
+from pipevisor.supervisor import RestartPolicy, Supervisor
+from pipevisor.supervisor.cli_control import (
     EXIT_ERROR,
     EXIT_NO_DAEMON,
     EXIT_TIMEOUT,
@@ -33,7 +33,7 @@ async def cli(*args: str, socket: str | None = None, stdin: bytes | None = None,
     full_env.update(env or {})
     sock = ["--socket", socket] if socket else []
     with anyio.fail_after(60):
-        return await anyio.run_process([sys.executable, "-m", "supervisor", *args, *sock],
+        return await anyio.run_process([sys.executable, "-m", "pipevisor.supervisor", *args, *sock],
                                        input=stdin, env=full_env, check=False)
 
 
@@ -140,8 +140,8 @@ async def test_logs_tail_and_follow(sock_dir: str) -> None:
         assert tail.returncode == 0 and tail.stdout.decode().splitlines() == ["x" * 100] * 3
 
         follower = await anyio.open_process(
-            [sys.executable, "-m", "supervisor", "logs", "a", "-n", "0", "--follow", "--json",
-             "--socket", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            [sys.executable, "-m", "pipevisor.supervisor", "logs", "a", "-n", "0", "--follow",
+             "--json", "--socket", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             # wait until the follower has subscribed, then make the plugin write
             await wait_for(lambda: len(sup.events._subscribers) == 1, 30)
@@ -163,8 +163,8 @@ async def test_events_follow_json(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "c.sock")
     async with running([fake_spec("a"), fake_spec("b")], path) as sup:
         follower = await anyio.open_process(
-            [sys.executable, "-m", "supervisor", "events", "--plugin", "a", "--kind", "state",
-             "--json", "--socket", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            [sys.executable, "-m", "pipevisor.supervisor", "events", "--plugin", "a", "--kind",
+             "state", "--json", "--socket", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             await wait_for(lambda: len(sup.events._subscribers) == 1, 30)
             sup.restart("b")  # filtered out
@@ -188,7 +188,7 @@ async def test_events_follow_json(sock_dir: str) -> None:
 async def test_unknown_plugin_in_lifecycle_json_error(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "c.sock")
     async with Supervisor([]) as sup, anyio.create_task_group() as tg:
-        from supervisor.control import serve_control
+        from pipevisor.supervisor.control import serve_control
 
         await tg.start(lambda task_status: serve_control(sup, path, FakeHooks(),
                                                          task_status=task_status))

@@ -23,7 +23,7 @@ import orjson
 import psutil
 import pytest
 
-from supervisor.cli_control import (
+from pipevisor.supervisor.cli_control import (
     EXIT_ERROR,
     EXIT_NO_DAEMON,
     EXIT_UNAVAILABLE,
@@ -34,7 +34,8 @@ from tests.daemon.daemon_helpers import ECHO, ROOT, Daemon, fake_table, running_
 
 
 def cli(d: Daemon, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "supervisor", *args, "--socket", d.socket],
+    return subprocess.run([sys.executable, "-m", "pipevisor.supervisor", *args,
+                           "--socket", d.socket],
                           capture_output=True, text=True, timeout=timeout, check=False,
                           cwd=ROOT)
 
@@ -71,7 +72,7 @@ class LineReader:
 
     def __init__(self, d: Daemon, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor", *args, "--socket", d.socket],
+            [sys.executable, "-m", "pipevisor.supervisor", *args, "--socket", d.socket],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []

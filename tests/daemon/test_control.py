@@ -11,12 +11,12 @@ import anyio
 import orjson
 import pytest
 
-from protocol import ErrorCode
-from supervisor import Supervisor
-from supervisor.client import AsyncClient, ControlError
-from supervisor.control import ControlSocketError, serve_control
-from supervisor.errors import CallTimeout, PluginCrashed, PluginError, PluginUnavailable
-from supervisor.states import PluginState
+from pipevisor.protocol import ErrorCode
+from pipevisor.supervisor import Supervisor
+from pipevisor.supervisor.client import AsyncClient, ControlError
+from pipevisor.supervisor.control import ControlSocketError, serve_control
+from pipevisor.supervisor.errors import CallTimeout, PluginCrashed, PluginError, PluginUnavailable
+from pipevisor.supervisor.states import PluginState
 from tests.daemon.control_helpers import FakeHooks, running, wait_for
 from tests.supervisor.fake import fake_spec
 

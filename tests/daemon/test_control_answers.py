@@ -16,9 +16,9 @@ import anyio
 import orjson
 import pytest
 
-from supervisor.client import AsyncClient, BadAnswer, Client, DaemonBusy
-from supervisor.control import ControlLimits, serve_control
-from supervisor.supervisor import Supervisor
+from pipevisor.supervisor.client import AsyncClient, BadAnswer, Client, DaemonBusy
+from pipevisor.supervisor.control import ControlLimits, serve_control
+from pipevisor.supervisor.supervisor import Supervisor
 from tests.daemon.control_helpers import FakeHooks
 from tests.supervisor.fake import fake_spec
 

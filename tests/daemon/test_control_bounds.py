@@ -13,11 +13,11 @@ import anyio
 import orjson
 import pytest
 
-import supervisor.client
-import supervisor.control
-from supervisor import Supervisor
-from supervisor.client import AsyncClient, Client
-from supervisor.control import ControlLimits, serve_control
+import pipevisor.supervisor.client
+import pipevisor.supervisor.control
+from pipevisor.supervisor import Supervisor
+from pipevisor.supervisor.client import AsyncClient, Client
+from pipevisor.supervisor.control import ControlLimits, serve_control
 from tests.daemon.control_helpers import FakeHooks
 from tests.supervisor.fake import fake_spec
 
@@ -27,8 +27,8 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(params=["transport", "stream"])
 def link(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param == "stream":
-        monkeypatch.setattr(supervisor.control, "asyncio_loop", lambda: None)
-        monkeypatch.setattr(supervisor.client, "asyncio_loop", lambda: None)
+        monkeypatch.setattr(pipevisor.supervisor.control, "asyncio_loop", lambda: None)
+        monkeypatch.setattr(pipevisor.supervisor.client, "asyncio_loop", lambda: None)
     yield request.param
 
 

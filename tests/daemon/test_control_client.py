@@ -10,9 +10,9 @@ from typing import Any
 import anyio
 import pytest
 
-from protocol import ErrorCode
-from supervisor.client import Client, DaemonNotRunning
-from supervisor.errors import CallTimeout, PluginCrashed, PluginError, PluginUnavailable
+from pipevisor.protocol import ErrorCode
+from pipevisor.supervisor.client import Client, DaemonNotRunning
+from pipevisor.supervisor.errors import CallTimeout, PluginCrashed, PluginError, PluginUnavailable
 from tests.daemon.control_helpers import running
 from tests.supervisor.fake import fake_spec
 

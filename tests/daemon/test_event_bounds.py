@@ -12,8 +12,8 @@ import anyio
 import psutil
 import pytest
 
-from supervisor import Supervisor
-from supervisor.events import EventHub, Subscription, SubscriptionLagged, SupervisorEvent
+from pipevisor.supervisor import Supervisor
+from pipevisor.supervisor.events import EventHub, Subscription, SubscriptionLagged, SupervisorEvent
 from tests.daemon.hostile_helpers import BLASTER
 from tests.supervisor.fake import fake_spec
 

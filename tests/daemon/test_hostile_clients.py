@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import psutil
 
-from supervisor.client import Client
+from pipevisor.supervisor.client import Client
 from tests.daemon.daemon_helpers import ROOT, Daemon, fake_table, running_daemon
 from tests.daemon.hostile_helpers import (
     Lines,
@@ -28,12 +28,13 @@ from tests.daemon.hostile_helpers import (
 )
 
 BASE = "[discovery]\nenabled = false\n\n"
-EXIT_BUSY = 7  # supervisor.cli_control.EXIT_BUSY, spelled out so the test predates it
+EXIT_BUSY = 7  # pipevisor.supervisor.cli_control.EXIT_BUSY, spelled out so the test predates it
 MiB = 1 << 20
 
 
 def cli(d: Daemon, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "supervisor", *args, "--socket", d.socket],
+    return subprocess.run([sys.executable, "-m", "pipevisor.supervisor", *args,
+                           "--socket", d.socket],
                           capture_output=True, text=True, timeout=timeout, check=False,
                           cwd=ROOT)
 
@@ -267,7 +268,7 @@ def test_the_control_bounds_are_daemon_settings(sock_dir: str) -> None:
 def test_bad_control_bounds_are_refused_with_the_key(tmp_path: object) -> None:
     import pytest
 
-    from supervisor.config_file import load
+    from pipevisor.supervisor.config_file import load
 
     path = f"{tmp_path}/bad.toml"
     with open(path, "w") as fh:

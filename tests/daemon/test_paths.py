@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import daemon, paths
-from supervisor.paths import UnsafeRuntimeDir, private_dir
+from pipevisor.supervisor import daemon, paths
+from pipevisor.supervisor.paths import UnsafeRuntimeDir, private_dir
 
 
 def test_xdg_runtime_dir_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

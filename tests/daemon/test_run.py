@@ -19,7 +19,7 @@ import orjson
 import psutil
 import pytest
 
-from supervisor.client import Client, ControlError
+from pipevisor.supervisor.client import Client, ControlError
 from tests.daemon.daemon_helpers import ECHO, ROOT, fake_table, running_daemon, write_config
 
 
@@ -157,7 +157,7 @@ def test_a_metrics_port_in_use_stops_the_start_with_exit_1(sock_dir: str) -> Non
         cfg = os.path.join(sock_dir, "m.toml")
         write_config(cfg, f'[daemon]\nmetrics_listen = "127.0.0.1:{port}"\n' + BASE
                      + fake_table("alpha"))
-        proc = subprocess.run([sys.executable, "-m", "supervisor", "run", "--config", cfg,
+        proc = subprocess.run([sys.executable, "-m", "pipevisor.supervisor", "run", "--config", cfg,
                                "--socket", os.path.join(sock_dir, "s.sock")],
                               capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 1, proc.stderr
@@ -201,7 +201,7 @@ def test_a_bad_file_is_refused_at_start_with_exit_2(sock_dir: str, text: str,
                                                      where: str) -> None:
     cfg = os.path.join(sock_dir, "bad.toml")
     write_config(cfg, "[discovery]\nenabled = false\n" + text)
-    proc = subprocess.run([sys.executable, "-m", "supervisor", "run", "--config", cfg,
+    proc = subprocess.run([sys.executable, "-m", "pipevisor.supervisor", "run", "--config", cfg,
                            "--socket", os.path.join(sock_dir, "s.sock")],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
@@ -237,7 +237,7 @@ def test_default_config_discovers_plugins_on_path(sock_dir: str) -> None:
 def test_a_second_daemon_on_the_same_socket_exits_1(sock_dir: str) -> None:
     with running_daemon(sock_dir, BASE + fake_table("alpha")) as d:
         second = subprocess.run(
-            [sys.executable, "-m", "supervisor", "run", "--config", d.config,
+            [sys.executable, "-m", "pipevisor.supervisor", "run", "--config", d.config,
              "--socket", d.socket], capture_output=True, text=True, timeout=60, check=False,
             cwd=ROOT, env={**os.environ, "NOTIFY_SOCKET": ""})
         assert second.returncode == 1, second.stderr

@@ -18,8 +18,15 @@ from typing import Any
 import anyio
 import pytest
 
-from protocol import ErrorCode
-from supervisor import HealthPolicy, PluginError, PluginSpec, PluginState, StopPolicy, Supervisor
+from pipevisor.protocol import ErrorCode
+from pipevisor.supervisor import (
+    HealthPolicy,
+    PluginError,
+    PluginSpec,
+    PluginState,
+    StopPolicy,
+    Supervisor,
+)
 from tests.examples.test_python_stdlib_example import HANDSHAKE_PARAMS, RawPlugin
 from tests.examples.toolchains import (
     BUILD,

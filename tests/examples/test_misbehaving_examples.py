@@ -14,8 +14,8 @@ import anyio
 import psutil
 import pytest
 
-from protocol import ErrorCode
-from supervisor import (
+from pipevisor.protocol import ErrorCode
+from pipevisor.supervisor import (
     CallTimeout,
     HealthPolicy,
     PluginCrashed,
@@ -27,8 +27,8 @@ from supervisor import (
     SupervisorConfig,
     SupervisorEvent,
 )
-from supervisor.events import Subscription
-from supervisor.limits import Limit, Limits
+from pipevisor.supervisor.events import Subscription
+from pipevisor.supervisor.limits import Limit, Limits
 
 pytestmark = pytest.mark.anyio
 

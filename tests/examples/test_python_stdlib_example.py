@@ -11,8 +11,8 @@ import anyio
 import pytest
 from anyio.abc import Process
 
-from protocol import ErrorCode
-from supervisor import (
+from pipevisor.protocol import ErrorCode
+from pipevisor.supervisor import (
     HealthPolicy,
     PluginError,
     PluginSpec,
@@ -20,7 +20,7 @@ from supervisor import (
     StopPolicy,
     Supervisor,
 )
-from supervisor.demo import run_demo
+from pipevisor.supervisor.demo import run_demo
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""A plugin built with plugin_kit exercising every path the tests check."""
+"""A plugin built with pipevisor.kit exercising every path the tests check."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from plugin_kit import Context, Plugin, PluginError
+from pipevisor.kit import Context, Plugin, PluginError
 
 plugin = Plugin("kit-test", version="2.3.4", threads=2)
 plugin.uses_host_method("host.q", "1.0")

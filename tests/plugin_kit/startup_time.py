@@ -12,7 +12,7 @@ real work, which a kit plugin that loads asyncio after the handshake answers
 later than the handshake itself. Finally it closes stdin and waits for the
 plugin to exit. Runs alternate between plugins so that a load spike on the
 machine hits them alike; a plugin inside another checkout (say an older commit
-exported with ``git archive``) runs with that checkout's plugin_kit. Not a
+exported with ``git archive``) runs with that checkout's pipevisor.kit. Not a
 test: timings depend on the box, so nothing asserts on them.
 """
 
@@ -72,7 +72,7 @@ def checkout_of(plugin: str) -> Path:
 
 @contextmanager
 def spawned(plugin: str) -> Iterator[subprocess.Popen[bytes]]:
-    """The plugin running with its own checkout's plugin_kit; killed if still there after."""
+    """The plugin running with its own checkout's pipevisor.kit; killed if still there after."""
     env = {**os.environ, "PYTHONPATH": str(checkout_of(plugin))}
     proc = subprocess.Popen([sys.executable, plugin], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)

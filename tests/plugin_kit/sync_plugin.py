@@ -1,11 +1,11 @@
-"""A plugin_kit plugin with sync handlers only: it must never import asyncio."""
+"""A pipevisor.kit plugin with sync handlers only: it must never import asyncio."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
-from plugin_kit import Context, Plugin
+from pipevisor.kit import Context, Plugin
 
 plugin = Plugin("kit-sync", version="0.1.0", threads=2)
 

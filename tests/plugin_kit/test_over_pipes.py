@@ -1,11 +1,11 @@
-"""A plugin_kit plugin driven directly over its pipes: exact bytes, ordering and exit codes."""
+"""A pipevisor.kit plugin driven directly over its pipes: exact bytes, ordering and exit codes."""
 
 from __future__ import annotations
 
 import anyio
 import pytest
 
-from protocol import ErrorCode
+from pipevisor.protocol import ErrorCode
 from tests.plugin_kit.pipes import running
 
 pytestmark = pytest.mark.anyio

@@ -19,9 +19,9 @@ from typing import Any
 import anyio
 import pytest
 
-from plugin_kit import Plugin
-from plugin_kit.plugin import _RESERVED_PREFIXES, KIT_VERSIONS, parse_range, parse_version
-from protocol import (
+from pipevisor.kit import Plugin
+from pipevisor.kit.plugin import _RESERVED_PREFIXES, KIT_VERSIONS, parse_range, parse_version
+from pipevisor.protocol import (
     PROTOCOL_VERSIONS,
     ErrorCode,
     HandshakeResult,
@@ -30,7 +30,7 @@ from protocol import (
     VersionError,
     VersionRange,
 )
-from protocol.handshake import RESERVED_PREFIXES
+from pipevisor.protocol.handshake import RESERVED_PREFIXES
 from tests.plugin_kit.pipes import DEADLINE, HANDSHAKE, running
 
 SYNC_PLUGIN = str(Path(__file__).resolve().parent / "sync_plugin.py")
@@ -238,13 +238,15 @@ def test_stdin_from_dev_null_exits_at_once() -> None:
 
 
 def test_importing_the_kit_loads_no_heavy_module() -> None:
-    """What `import plugin_kit` adds to a bare interpreter (site may load some itself)."""
-    code = ("import sys; before = set(sys.modules); import plugin_kit; "
+    """What `import pipevisor.kit` adds to a bare interpreter (site may load some itself)."""
+    code = ("import sys; before = set(sys.modules); import pipevisor.kit; "
             "print(' '.join(sorted(set(sys.modules) - before)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=DEADLINE, check=True, cwd=ROOT)
-    added = {m.split(".")[0] for m in out.stdout.split()}
-    heavy = {"asyncio", "protocol", "orjson", "jsonschema", "anyio", "psutil", "click",
+    added = {".".join(m.split(".")[:2]) if m.startswith("pipevisor.") else m.split(".")[0]
+             for m in out.stdout.split()}
+    heavy = {"asyncio", "pipevisor.protocol", "pipevisor.supervisor", "orjson", "jsonschema",
+             "anyio", "psutil", "click",
              "concurrent", "dataclasses", "inspect", "logging", "typing"}
     assert added & heavy == set(), added
 

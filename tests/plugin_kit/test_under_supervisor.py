@@ -11,8 +11,8 @@ from typing import Any
 import anyio
 import pytest
 
-from protocol import ErrorCode
-from supervisor import (
+from pipevisor.protocol import ErrorCode
+from pipevisor.supervisor import (
     CallError,
     HealthPolicy,
     PluginError,
@@ -95,7 +95,7 @@ async def test_example_under_the_supervisor() -> None:
 def test_example_is_executable_and_the_import_stays_light() -> None:
     assert os.access(EXAMPLE, os.X_OK)
     assert EXAMPLE.read_text().startswith("#!/usr/bin/env python3\n")
-    code = ("import sys, plugin_kit; heavy = {'jsonschema', 'anyio', 'psutil', 'click'} & "
+    code = ("import sys, pipevisor.kit; heavy = {'jsonschema', 'anyio', 'psutil', 'click'} & "
             "{m.split('.')[0] for m in sys.modules}; print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=DEADLINE, check=True)

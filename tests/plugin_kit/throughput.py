@@ -9,7 +9,7 @@ once the previous answer is in. Both start half a second after the handshake
 answer, when a kit plugin has loaded what it loads after it. Each plugin is
 measured three times, in turn, and the best run is shown (the machine is
 shared; the best is the least disturbed). A plugin in another checkout runs with that checkout's
-plugin_kit (see startup_time.py). Not a test: nothing asserts on the figures.
+pipevisor.kit (see startup_time.py). Not a test: nothing asserts on the figures.
 """
 
 from __future__ import annotations

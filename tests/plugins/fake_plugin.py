@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A test plugin with switchable misbehaviour, speaking the protocol through ``protocol.Peer``.
+"""A test plugin with switchable misbehaviour, speaking the protocol through
+``pipevisor.protocol.Peer``.
 
 Usage: fake_plugin.py [--flag ...]; see ``main`` for the flags. Methods:
 echo, sleep {seconds}, crash {code}, pid, call_host {method, params},
@@ -19,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from protocol import (
+from pipevisor.protocol import (
     CANCEL,
     HANDSHAKE,
     PING,
@@ -246,7 +247,7 @@ def handshake(ident: Any, params: Any, supported: VersionRange) -> None:
     if handshake_done:  # SPEC 6.1: answered -32600, the first handshake stays in force
         fail(ident, ErrorCode.INVALID_REQUEST, "Invalid Request: the handshake happens once")
         return
-    from protocol import HandshakeError, HandshakeParams, choose_version
+    from pipevisor.protocol import HandshakeError, HandshakeParams, choose_version
 
     try:
         hp = HandshakeParams.from_json(params)

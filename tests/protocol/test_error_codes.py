@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.errors import (
+from pipevisor.protocol.errors import (
     LOCAL_CODES,
     PLUGIN_CODES,
     STANDARD_MESSAGES,

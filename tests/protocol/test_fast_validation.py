@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.interfaces import (
+from pipevisor.protocol.interfaces import (
     InterfaceSet,
     InterfaceVersion,
     InterfaceViolation,
     fast_validation_available,
 )
-from protocol.versions import Version
+from pipevisor.protocol.versions import Version
 
 needs_fast = pytest.mark.skipif(not fast_validation_available(),
                                 reason="jsonschema-rs is not installed (pip install '.[fast]')")

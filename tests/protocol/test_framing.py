@@ -5,11 +5,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from protocol.codec import Fault, FaultKind, decode_line, encode
-from protocol.events import NotificationReceived, ProtocolFault, RequestReceived
-from protocol.framing import HEAD_BYTES, LineSplitter, OversizedLine
-from protocol.messages import Notification, Request
-from protocol.peer import Peer
+from pipevisor.protocol.codec import Fault, FaultKind, decode_line, encode
+from pipevisor.protocol.events import NotificationReceived, ProtocolFault, RequestReceived
+from pipevisor.protocol.framing import HEAD_BYTES, LineSplitter, OversizedLine
+from pipevisor.protocol.messages import Notification, Request
+from pipevisor.protocol.peer import Peer
 
 REQ = b'{"jsonrpc":"2.0","id":1,"method":"m"}'
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from protocol.errors import ErrorCode, HandshakeError, VersionError
-from protocol.handshake import (
+from pipevisor.protocol.errors import ErrorCode, HandshakeError, VersionError
+from pipevisor.protocol.handshake import (
     PROTOCOL_VERSIONS,
     HandshakeParams,
     HandshakeResult,
@@ -22,8 +22,8 @@ from protocol.handshake import (
     is_reserved,
     unsupported_version,
 )
-from protocol.schema_store import first_error, schema_names
-from protocol.versions import Version, VersionRange, negotiate
+from pipevisor.protocol.schema_store import first_error, schema_names
+from pipevisor.protocol.versions import Version, VersionRange, negotiate
 
 
 def V(text: str) -> Version:
@@ -325,7 +325,7 @@ def test_unsupported_version_default_message_names_both() -> None:
 # ------------------------------------------------------------------ schemas
 
 SCHEMA_FILES = sorted(
-    entry.name for entry in resources.files("protocol").joinpath("schemas").iterdir()
+    entry.name for entry in resources.files("pipevisor.protocol").joinpath("schemas").iterdir()
     if entry.name.endswith(".json")
 )
 
@@ -338,7 +338,7 @@ def test_schema_files_are_found() -> None:
 
 @pytest.mark.parametrize("filename", SCHEMA_FILES)
 def test_schema_file_is_a_valid_2020_12_schema(filename: str) -> None:
-    text = resources.files("protocol").joinpath("schemas", filename).read_text("utf-8")
+    text = resources.files("pipevisor.protocol").joinpath("schemas", filename).read_text("utf-8")
     document = json.loads(text)
     Draft202012Validator.check_schema(document)
     assert document.get("$schema") == "https://json-schema.org/draft/2020-12/schema"
@@ -348,7 +348,8 @@ def test_schema_file_is_a_valid_2020_12_schema(filename: str) -> None:
 
 def test_schema_ids_are_unique() -> None:
     ids = [
-        json.loads(resources.files("protocol").joinpath("schemas", f).read_text("utf-8"))["$id"]
+        json.loads(resources.files("pipevisor.protocol").joinpath("schemas", f)
+                   .read_text("utf-8"))["$id"]
         for f in SCHEMA_FILES
     ]
     assert len(set(ids)) == len(ids)

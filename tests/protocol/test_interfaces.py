@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from protocol.interfaces import (
+from pipevisor.protocol.interfaces import (
     Checks,
     How,
     InterfaceError,
@@ -16,7 +16,7 @@ from protocol.interfaces import (
     negotiate_method,
     prune,
 )
-from protocol.versions import Version
+from pipevisor.protocol.versions import Version
 
 V = Version.parse
 

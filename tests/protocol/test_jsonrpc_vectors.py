@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 import pytest
 
-from protocol.errors import STANDARD_MESSAGES, ErrorCode, standard_error
-from protocol.events import Event, NotificationReceived, ProtocolFault, RequestReceived
-from protocol.messages import Request
-from protocol.peer import Peer
+from pipevisor.protocol.errors import STANDARD_MESSAGES, ErrorCode, standard_error
+from pipevisor.protocol.events import Event, NotificationReceived, ProtocolFault, RequestReceived
+from pipevisor.protocol.messages import Request
+from pipevisor.protocol.peer import Peer
 
 VECTORS_FILE = Path(__file__).with_name("jsonrpc_vectors.json")
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_FILE.read_text("utf-8"))

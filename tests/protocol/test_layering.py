@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import protocol
+from pipevisor import protocol
 
 FORBIDDEN = frozenset(
-    {"anyio", "asyncio", "subprocess", "socket", "threading", "time", "random", "supervisor"}
+    {"anyio", "asyncio", "subprocess", "socket", "threading", "time", "random",
+     "pipevisor.supervisor", "pipevisor.kit"}
 )
 PACKAGE = Path(protocol.__file__).parent
 SOURCES = sorted(PACKAGE.rglob("*.py"))
@@ -35,16 +36,22 @@ def _dynamic_import(node: ast.AST) -> str | None:
     return None
 
 
+def _root(name: str) -> str:
+    """``pipevisor.supervisor`` for ``pipevisor.supervisor.runner``, ``os`` for ``os.path``."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "pipevisor" else parts[0]
+
+
 def imported_roots(source: str) -> set[str]:
     """Top-level names of every module a source imports, wherever the import is."""
     roots: set[str] = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
+            roots.update(_root(alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            roots.add(node.module.split(".")[0])
+            roots.add(_root(node.module))
         elif (name := _dynamic_import(node)) is not None:
-            roots.add(name.split(".")[0])
+            roots.add(_root(name))
     return roots
 
 
@@ -53,7 +60,8 @@ def test_the_checker_sees_every_form_of_import() -> None:
         "import time\n"
         "import os.path, asyncio.events as ev\n"
         "from anyio import open_process\n"
-        "from supervisor.runner import Runner\n"
+        "from pipevisor.supervisor.runner import Runner\n"
+        "from pipevisor.kit import Plugin\n"
         "from . import codec\n"
         "def f():\n"
         "    import threading\n"

@@ -9,24 +9,24 @@ from typing import Any
 import orjson
 import pytest
 
-from protocol.codec import FaultKind
-from protocol.errors import (
+from pipevisor.protocol.codec import FaultKind
+from pipevisor.protocol.errors import (
     ErrorCode,
     ErrorObject,
     LocalProtocolError,
     local_error,
     standard_error,
 )
-from protocol.events import (
+from pipevisor.protocol.events import (
     Event,
     NotificationReceived,
     ProtocolFault,
     RequestReceived,
     ResponseReceived,
 )
-from protocol.handshake import CANCEL
-from protocol.messages import ErrorResponse, Notification, Request, RequestId, Response
-from protocol.peer import Peer
+from pipevisor.protocol.handshake import CANCEL
+from pipevisor.protocol.messages import ErrorResponse, Notification, Request, RequestId, Response
+from pipevisor.protocol.peer import Peer
 
 
 def line(obj: Any) -> bytes:

@@ -8,12 +8,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.codec import Fault, decode_line, encode
-from protocol.errors import ErrorObject
-from protocol.events import Event
-from protocol.framing import HEAD_BYTES, LineSplitter, OversizedLine
-from protocol.messages import ErrorResponse, Message, Notification, Request, Response
-from protocol.peer import Peer
+from pipevisor.protocol.codec import Fault, decode_line, encode
+from pipevisor.protocol.errors import ErrorObject
+from pipevisor.protocol.events import Event
+from pipevisor.protocol.framing import HEAD_BYTES, LineSplitter, OversizedLine
+from pipevisor.protocol.messages import ErrorResponse, Message, Notification, Request, Response
+from pipevisor.protocol.peer import Peer
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from supervisor import CallPolicy, HealthPolicy, PluginSpec, RestartPolicy, StopPolicy
+from pipevisor.supervisor import CallPolicy, HealthPolicy, PluginSpec, RestartPolicy, StopPolicy
 
 FAKE = str(Path(__file__).resolve().parent.parent / "plugins" / "fake_plugin.py")
 

@@ -7,8 +7,8 @@ import time
 import anyio
 import pytest
 
-from protocol import ErrorCode
-from supervisor import (
+from pipevisor.protocol import ErrorCode
+from pipevisor.supervisor import (
     CallPolicy,
     CallTimeout,
     PluginError,

@@ -14,8 +14,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from supervisor.checker import CheckOptions, CheckReport, Status, check_plugin
-from supervisor.cli import main
+from pipevisor.supervisor.checker import CheckOptions, CheckReport, Status, check_plugin
+from pipevisor.supervisor.cli import main
 from tests.examples.toolchains import LANGUAGES, Example, unavailable
 from tests.supervisor.fake import FAKE
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import supervisor
-from supervisor import cli_plugins, discovery
+from pipevisor import supervisor
+from pipevisor.supervisor import cli_plugins, discovery
 
-HEAVY = ("supervisor.supervisor", "supervisor.runner", "supervisor.checker",
-         "supervisor.config", "jsonschema", "psutil")
+HEAVY = ("pipevisor.supervisor.supervisor", "pipevisor.supervisor.runner",
+         "pipevisor.supervisor.checker", "pipevisor.supervisor.config", "jsonschema", "psutil")
 """Modules a control command has no use for (each costs milliseconds at every start)."""
 
 
@@ -23,15 +23,15 @@ def _loaded_after(code: str) -> set[str]:
 
 
 def test_the_cli_does_not_import_the_engine() -> None:
-    loaded = _loaded_after("import supervisor.cli")
-    assert "supervisor.cli_control" in loaded  # the probe did import the CLI
+    loaded = _loaded_after("import pipevisor.supervisor.cli")
+    assert "pipevisor.supervisor.cli_control" in loaded  # the probe did import the CLI
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
 
 
 def test_a_control_command_run_does_not_import_the_engine() -> None:
     # no daemon on that socket: exit 3, after parsing and trying to connect
     loaded = _loaded_after(
-        "from supervisor.cli import main\n"
+        "from pipevisor.supervisor.cli import main\n"
         "try:\n"
         "    main(['status', '--socket', '/nonexistent/pipevisor.sock'])\n"
         "except SystemExit as e:\n"

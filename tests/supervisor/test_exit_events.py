@@ -9,8 +9,8 @@ from typing import Any
 import anyio
 import pytest
 
-from supervisor import HealthPolicy, PluginCrashed, PluginState, Supervisor
-from supervisor.events import Subscription, SupervisorEvent
+from pipevisor.supervisor import HealthPolicy, PluginCrashed, PluginState, Supervisor
+from pipevisor.supervisor.events import Subscription, SupervisorEvent
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio

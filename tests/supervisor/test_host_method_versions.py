@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from protocol import ErrorCode
-from protocol.host_methods import negotiate_host_call
-from protocol.interfaces import How, InterfaceSet
-from protocol.versions import Version
-from supervisor import PluginState, Supervisor, SupervisorConfig
-from supervisor.errors import ConfigError
-from supervisor.interfaces import Adapter, AdapterSpec
+from pipevisor.protocol import ErrorCode
+from pipevisor.protocol.host_methods import negotiate_host_call
+from pipevisor.protocol.interfaces import How, InterfaceSet
+from pipevisor.protocol.versions import Version
+from pipevisor.supervisor import PluginState, Supervisor, SupervisorConfig
+from pipevisor.supervisor.errors import ConfigError
+from pipevisor.supervisor.interfaces import Adapter, AdapterSpec
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio

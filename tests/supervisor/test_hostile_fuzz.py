@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from supervisor import (
+from pipevisor.supervisor import (
     CallError,
     CallPolicy,
     HealthPolicy,

@@ -12,9 +12,9 @@ from typing import Any
 import anyio
 import pytest
 
-from protocol import ErrorCode
-from protocol.interfaces import How
-from supervisor import (
+from pipevisor.protocol import ErrorCode
+from pipevisor.protocol.interfaces import How
+from pipevisor.supervisor import (
     CallError,
     HealthPolicy,
     InvalidResponse,
@@ -24,11 +24,11 @@ from supervisor import (
     Supervisor,
     SupervisorConfig,
 )
-from supervisor.config import PluginMode, StartStep
-from supervisor.errors import ConfigError
-from supervisor.events import Subscription, SupervisorEvent
-from supervisor.interfaces import Adapter, AdapterSpec, load_interfaces
-from supervisor.policy import RestartMode, RestartPolicy
+from pipevisor.supervisor.config import PluginMode, StartStep
+from pipevisor.supervisor.errors import ConfigError
+from pipevisor.supervisor.events import Subscription, SupervisorEvent
+from pipevisor.supervisor.interfaces import Adapter, AdapterSpec, load_interfaces
+from pipevisor.supervisor.policy import RestartMode, RestartPolicy
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio

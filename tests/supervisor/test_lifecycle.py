@@ -13,8 +13,8 @@ import anyio
 import psutil
 import pytest
 
-from protocol import ErrorCode
-from supervisor import (
+from pipevisor.protocol import ErrorCode
+from pipevisor.supervisor import (
     HealthPolicy,
     PluginCrashed,
     PluginSpec,

@@ -11,11 +11,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from supervisor import PluginState, Supervisor, SupervisorConfig
-from supervisor.errors import CallError
-from supervisor.limits import Limit, LimitAction, Limits
-from supervisor.metrics import _label
-from supervisor.metrics_http import answer, serve_metrics
+from pipevisor.supervisor import PluginState, Supervisor, SupervisorConfig
+from pipevisor.supervisor.errors import CallError
+from pipevisor.supervisor.limits import Limit, LimitAction, Limits
+from pipevisor.supervisor.metrics import _label
+from pipevisor.supervisor.metrics_http import answer, serve_metrics
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio

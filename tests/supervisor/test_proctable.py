@@ -17,9 +17,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from supervisor import Supervisor, SupervisorConfig, _platform
-from supervisor.limits import Limit, LimitAction, Limits
-from supervisor.proctable import RANGE_MAX, ProcTable, last_pid
+from pipevisor.supervisor import Supervisor, SupervisorConfig, _platform
+from pipevisor.supervisor.limits import Limit, LimitAction, Limits
+from pipevisor.supervisor.proctable import RANGE_MAX, ProcTable, last_pid
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.skipif(not _platform.IS_LINUX, reason="/proc is Linux only")

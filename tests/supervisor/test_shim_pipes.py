@@ -24,10 +24,10 @@ import anyio
 import pytest
 from anyio.abc import Process
 
-from supervisor import PluginCrashed, Supervisor, SupervisorConfig, _platform
-from supervisor.config import CallPolicy, HealthPolicy, PluginSpec, StopPolicy
-from supervisor.policy import RestartPolicy
-from supervisor.process import (
+from pipevisor.supervisor import PluginCrashed, Supervisor, SupervisorConfig, _platform
+from pipevisor.supervisor.config import CallPolicy, HealthPolicy, PluginSpec, StopPolicy
+from pipevisor.supervisor.policy import RestartPolicy
+from pipevisor.supervisor.process import (
     spawn,
     terminate,
     wait_exit_after_eof,

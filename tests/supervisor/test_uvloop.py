@@ -20,10 +20,10 @@ from typing import Any
 import anyio
 import pytest
 
-from protocol import ErrorCode, Fault, Notification, local_error
-from supervisor import CallTimeout, PluginCrashed, PluginError, Supervisor
-from supervisor.connection import Connection, ConnectionCallbacks, _asyncio_reader
-from supervisor.errors import CallError
+from pipevisor.protocol import ErrorCode, Fault, Notification, local_error
+from pipevisor.supervisor import CallTimeout, PluginCrashed, PluginError, Supervisor
+from pipevisor.supervisor.connection import Connection, ConnectionCallbacks, _asyncio_reader
+from pipevisor.supervisor.errors import CallError
 from tests.supervisor.fake import fake_spec
 from tests.supervisor.test_calls import (
     test_caller_cancellation_reaches_the_plugin as _caller_cancel,

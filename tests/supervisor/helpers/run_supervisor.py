@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import anyio
 
-from supervisor import Supervisor
+from pipevisor.supervisor import Supervisor
 from tests.supervisor.fake import fake_spec
 
 
