@@ -22,6 +22,17 @@ from pipevisor.supervisor.interfaces import AdapterSpec
 from pipevisor.supervisor.limits import Limits
 from pipevisor.supervisor.policy import RestartPolicy
 
+
+def package_version() -> str:
+    """The installed pipevisor's version, read from its metadata (one source:
+    pyproject.toml); "0+unknown" when run from a checkout that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pipevisor")
+    except PackageNotFoundError:
+        return "0+unknown"
+
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 DEFAULT_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
@@ -157,7 +168,8 @@ class PluginSpec:
 class SupervisorConfig:
     plugins: Sequence[PluginSpec] = ()
     host_name: str = "pipevisor"
-    host_version: str = "0.1.0"
+    host_version: str = field(default_factory=package_version)
+    """Defaults to the installed distribution's version (pyproject.toml is the one source)."""
     containment: str = "auto"
     """'auto' (best available), 'pidns' or 'session'; see docs/process-containment.md."""
     state_dir: str | None = None

@@ -1,0 +1,62 @@
+"""The wheel users install (issue 15): only the ``pipevisor`` namespace at the top level,
+typed packages, the package data the code opens at run time, and the license."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+    out = tmp_path_factory.mktemp("wheel")
+    # a copy of the tracked files, so the build never writes into the checkout
+    src = tmp_path_factory.mktemp("src")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        source, target = ROOT / name, src / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            target.symlink_to(source.readlink())
+        elif source.is_file():
+            target.write_bytes(source.read_bytes())
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                           "--disable-pip-version-check", "-w", str(out), str(src)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (built,) = out.glob("pipevisor-*.whl")
+    return zipfile.ZipFile(built)
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_only_the_pipevisor_namespace(wheel: zipfile.ZipFile) -> None:
+    names = wheel.namelist()
+    top = {n.split("/")[0] for n in names}
+    dist_info = next(t for t in top if t.endswith(".dist-info"))
+    assert top == {"pipevisor", dist_info}
+    assert "pipevisor/__init__.py" not in names  # a PEP 420 namespace: the kit may join it
+    record = wheel.read(f"{dist_info}/RECORD").decode()
+    assert {line.split("/")[0] for line in record.splitlines() if line} == top
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_types_data_and_license(wheel: zipfile.ZipFile) -> None:
+    names = set(wheel.namelist())
+    for package in ("supervisor", "protocol", "kit"):
+        assert f"pipevisor/{package}/py.typed" in names
+    assert "pipevisor/protocol/SPEC.md" in names
+    assert "pipevisor/supervisor/native/pvinit.c" in names
+    assert any(n.startswith("pipevisor/protocol/schemas/") and n.endswith(".json")
+               for n in names)
+    dist_info = next(n.split("/")[0] for n in names if ".dist-info/" in n)
+    assert f"{dist_info}/licenses/LICENSE" in names
+    metadata = wheel.read(f"{dist_info}/METADATA").decode()
+    assert "License-Expression: MIT" in metadata
+    assert "Classifier: Typing :: Typed" in metadata
