@@ -116,6 +116,24 @@ def _find_compiler() -> str | None:
     return None
 
 
+def _packaged_shim(digest: str) -> str | None:
+    """The pvinit built into the wheel (setup.py), if it was built from this source.
+
+    An installed package compiles nothing at run time, and its shim lives where the
+    package does (root-owned for a system install), not in a cache dir the plugins'
+    user can write. A checkout has none and uses the compiled cache below."""
+    binary = _SHIM_SOURCE.with_name("pvinit")
+    try:
+        built_from = _SHIM_SOURCE.with_name("pvinit.sha256").read_text().strip()
+    except OSError:
+        return None
+    if built_from != digest or not os.access(binary, os.X_OK):
+        log.warning("ignoring %s: built from another source or flags (%s, want %s)",
+                    binary, built_from, digest)
+        return None
+    return str(binary)
+
+
 def _build_shim() -> tuple[str | None, str]:
     """Return (path, why) so detection can explain a missing shim."""
     override = os.environ.get("PIPEVISOR_SHIM")
@@ -132,6 +150,9 @@ def _build_shim() -> tuple[str | None, str]:
     except OSError as exc:
         return None, f"pvinit source missing: {exc}"
     digest = hashlib.sha256(source + " ".join(_CFLAGS).encode()).hexdigest()[:16]
+    packaged = _packaged_shim(digest)
+    if packaged is not None:
+        return packaged, "built with the package"
     cache = _cache_dir()
     target = cache / f"pvinit-{digest}"
     if os.access(target, os.X_OK):

@@ -3,6 +3,7 @@ typed packages, the package data the code opens at run time, and the license."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -60,3 +61,37 @@ def test_the_wheel_carries_types_data_and_license(wheel: zipfile.ZipFile) -> Non
     metadata = wheel.read(f"{dist_info}/METADATA").decode()
     assert "License-Expression: MIT" in metadata
     assert "Classifier: Typing :: Typed" in metadata
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_a_built_shim_used_without_a_compiler(
+        wheel: zipfile.ZipFile, tmp_path: Path) -> None:
+    """The shim is built with the package: the wheel is tagged for this platform, and
+    an installed copy uses its own pvinit with no compiler on PATH and an empty cache."""
+    import site
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("pvinit is Linux-only")
+    assert not wheel.filename.endswith("-none-any.whl")  # type: ignore[union-attr]
+    names = set(wheel.namelist())
+    assert {"pipevisor/supervisor/native/pvinit",
+            "pipevisor/supervisor/native/pvinit.sha256"} <= names
+    installed = tmp_path / "site"
+    wheel.extractall(installed)
+    (installed / "pipevisor/supervisor/native/pvinit").chmod(0o755)  # zip keeps no mode
+    env = {"PATH": str(tmp_path / "empty-bin"), "HOME": str(tmp_path),
+           "PIPEVISOR_CACHE_DIR": str(tmp_path / "cache"),
+           # -S: no .pth files, so the checkout's editable install is not in the way
+           "PYTHONPATH": os.pathsep.join([str(installed), *site.getsitepackages()])}
+    probe = ("from pipevisor.supervisor import _platform; c = _platform.detect_containment();"
+             " print(_platform.ensure_shim()); print(c.mechanism)")
+    probe += "; print(_platform.__file__)"
+    proc = subprocess.run([sys.executable, "-S", "-c", probe], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)  # not the checkout's pipevisor/
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1].startswith(str(installed))
+    assert proc.returncode == 0, proc.stderr
+    shim, mechanism, _ = proc.stdout.split()
+    assert shim == str(installed / "pipevisor/supervisor/native/pvinit"), proc.stderr
+    assert mechanism != "session", proc.stderr
+    assert not (tmp_path / "cache").exists()  # nothing compiled at run time
