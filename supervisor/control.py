@@ -494,7 +494,36 @@ class _Server:
     def connections(self) -> int:
         return len(self.conns)
 
+    def plugin_of(self, pid: int | None) -> str | None:
+        """The plugin whose process tree the peer runs in, if any (#14 item 1).
+
+        Plugins run as the daemon's own user, so the socket's 0600 mode does not keep
+        them out; their tree does. Walks the peer's ancestors (the kernel's view, so a
+        forged environment does not help) up to a plugin's root process."""
+        if pid is None:
+            return None
+        roots = {r.process.pid: name for name, r in self.sup.runners.items()
+                 if r.process is not None}
+        if not roots:
+            return None
+        try:
+            chain = [pid, *(p.pid for p in psutil.Process(pid).parents())]
+        except psutil.Error:
+            return None  # gone already: its connection is dead too
+        except OSError as exc:  # out of descriptors to read /proc: serve, and say so
+            self._refusals(logging.WARNING, "control socket %s: could not check whether "
+                           "a client runs inside a plugin (%s); served", self.path, exc)
+            return None
+        return next((roots[p] for p in chain if p in roots), None)
+
     async def accepted(self, sock: socket.socket) -> None:
+        plugin = self.plugin_of(peer_pid(sock))
+        if plugin is not None:
+            self._refusals(logging.WARNING, "control socket %s: refused a connection from "
+                           "inside plugin %s's process tree", self.path, plugin)
+            refuse(sock, notice(ErrorCode.INVALID_REQUEST,
+                                "plugins may not use the control socket", "forbidden"))
+            return
         if len(self.conns) >= self.max_connections and self.evict_idle() is None:
             self._refusals(logging.WARNING, "control socket %s: refused a connection: all %d "
                            "connections are busy (none idle to make room)",

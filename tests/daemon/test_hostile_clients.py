@@ -275,3 +275,21 @@ def test_bad_control_bounds_are_refused_with_the_key(tmp_path: object) -> None:
         fh.write("[daemon]\ncontrol_max_connections = 0\n")
     with pytest.raises(Exception, match="control_max_connections"):
         load(path)
+
+
+def test_a_plugin_cannot_use_the_control_socket(sock_dir: str) -> None:
+    """Plugins run as the daemon's user, so the socket's mode lets them in; the daemon
+    refuses peers inside a plugin's process tree (#14 item 1), and only them."""
+    import json
+
+    hostile = ROOT / "tests" / "plugins" / "hostile.py"
+    table = f'[plugins.inside]\ncommand = ["{sys.executable}", "{hostile}", "serve"]\n'
+    with running_daemon(sock_dir, BASE + table) as d:
+        proc = cli(d, "call", "inside", "connect", json.dumps({"path": d.socket}))
+        assert proc.returncode == 0, proc.stderr
+        answer = json.loads(json.loads(proc.stdout)["answer"])
+        assert answer["error"]["data"]["reason"] == "forbidden", answer
+        assert "may not use the control socket" in answer["error"]["message"]
+        assert "refused a connection from inside plugin inside" in d.stderr()
+        status = cli(d, "status")  # a client outside every plugin tree is served
+        assert status.returncode == 0 and "inside" in status.stdout

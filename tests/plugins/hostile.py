@@ -56,7 +56,7 @@ def handshake() -> None:
         "protocolVersion": "1.0",
         "plugin": {"name": "hostile", "version": "1.0.0"},
         "methods": {"echo": {"version": "1.0"}, "sleep": {"version": "1.0"},
-                    "alloc": {"version": "1.0"}},
+                    "alloc": {"version": "1.0"}, "connect": {"version": "1.0"}},
         "capabilities": {"shutdown": True},
     }})
 
@@ -78,6 +78,9 @@ def serve(alloc: int = 0) -> None:
         if method == "sleep":
             threading.Thread(target=_sleep_then_answer, args=(ident, params), daemon=True).start()
             continue
+        if method == "connect":  # try the daemon's control socket from inside a plugin
+            threading.Thread(target=_connect, args=(ident, params), daemon=True).start()
+            continue
         if method == "alloc":
             held.append(bytearray(alloc))  # may fail under RLIMIT_DATA: MemoryError, exit 1
             for i in range(0, alloc, 4096):
@@ -89,6 +92,28 @@ def serve(alloc: int = 0) -> None:
         result = params if method == "echo" else {}
         send({"jsonrpc": "2.0", "id": ident, "result": result})
     os._exit(0)
+
+
+def _connect(ident: object, params: dict) -> None:
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    try:
+        sock.connect(params["path"])
+        sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"status"}\n')
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        result = {"answer": data.decode(errors="replace")}
+    except OSError as exc:
+        result = {"error": str(exc)}
+    finally:
+        sock.close()
+    send({"jsonrpc": "2.0", "id": ident, "result": result})
 
 
 def _sleep_then_answer(ident: object, params: dict) -> None:
