@@ -38,7 +38,6 @@ connect can control every plugin. Methods are listed in protocol/SPEC.md
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import socket
@@ -76,6 +75,7 @@ from pipevisor.supervisor.client import StreamLink, TransportLink, Waiter, async
 from pipevisor.supervisor.config import PluginSpec
 from pipevisor.supervisor.errors import CallError, ConfigError, PipevisorError
 from pipevisor.supervisor.events import Subscription, SubscriptionLagged, SupervisorEvent
+from pipevisor.supervisor.listening import AcceptGuard, RateLimitedLog, accept_forever, refuse
 from pipevisor.supervisor.metrics import CONTENT_TYPE
 from pipevisor.supervisor.states import SERVING, PluginState
 from pipevisor.supervisor.supervisor import Supervisor
@@ -132,13 +132,6 @@ LOGS_ANSWER_BYTES = 4 * 1024 * 1024
 
 MAX_LOG_LINES = 10_000
 
-ACCEPT_BACKOFF = 0.1
-"""Seconds the accept loop pauses after a failure no idle connection could make up for."""
-
-REFUSAL_LOG_INTERVAL = 10.0
-"""At most one log line per this many seconds for refused connections and accept
-failures (with the count of those not logged)."""
-
 QUIET_KINDS = frozenset({"stderr"})
 """Kinds a subscription without an explicit ``kinds`` filter does not receive: stderr
 lines are for ``logs --follow``, not for the general event stream."""
@@ -188,94 +181,6 @@ def notice(code: ErrorCode, message: str, reason: str) -> bytes:
     error = {"code": int(code), "message": message,
              "data": {"origin": "control", "reason": reason}}
     return encode({"jsonrpc": "2.0", "id": None, "error": error})
-
-
-class RateLimitedLog:
-    """One log line per ``interval`` seconds at most; the next one says how many were not
-    logged in between. For what a hostile client can repeat as fast as it likes."""
-
-    def __init__(self, logger: logging.Logger, interval: float = REFUSAL_LOG_INTERVAL) -> None:
-        self._log = logger
-        self._interval = interval
-        self._next = 0.0
-        self.suppressed = 0
-
-    def __call__(self, level: int, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self.suppressed += 1
-            return
-        if self.suppressed:
-            message += " (%d more like it not logged)"
-            args = (*args, self.suppressed)
-            self.suppressed = 0
-        self._next = now + self._interval
-        self._log.log(level, message, *args)
-
-
-_FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-class AcceptGuard:
-    """What a listening loop needs to survive running out of file descriptors.
-
-    ``accept`` failing with EMFILE/ENFILE leaves the connection in the kernel's
-    backlog, where its client waits for ever. The guard keeps one spare descriptor
-    open: on EMFILE it closes it, accepts the waiting connection with the freed
-    slot, lets the caller write a refusal and close, and opens the spare again.
-    Failures are logged at most once per REFUSAL_LOG_INTERVAL. Shared by the
-    control socket and the metrics endpoint."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.log = RateLimitedLog(log)
-        self._spare: int | None = None
-        self._reserve()
-
-    def _reserve(self) -> None:
-        if self._spare is None:
-            try:
-                self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                self._spare = None
-
-    @staticmethod
-    def exhausted(exc: OSError) -> bool:
-        return exc.errno in _FD_EXHAUSTED
-
-    def accept_with_spare(self, sock: socket.socket) -> socket.socket | None:
-        """Out of descriptors: accept one waiting connection with the spare one, for a
-        refusal. None when there is no spare or nothing to accept."""
-        if self._spare is None:
-            self._reserve()
-            return None
-        os.close(self._spare)
-        self._spare = None
-        try:
-            conn, _ = sock.accept()
-        except OSError:
-            conn = None
-        return conn
-
-    def after_refusal(self) -> None:
-        self._reserve()
-
-    def close(self) -> None:
-        if self._spare is not None:
-            os.close(self._spare)
-            self._spare = None
-
-
-def refuse(sock: socket.socket, data: bytes) -> None:
-    """Write ``data`` if the socket takes it at once, then close: never wait on a client
-    that is being turned away."""
-    try:
-        sock.setblocking(False)
-        sock.send(data)
-    except OSError:
-        pass
-    finally:
-        sock.close()
 
 
 class _BadParams(Exception):
@@ -398,22 +303,18 @@ async def serve_control(
     sock = _bind(socket_path)
     inode = os.lstat(socket_path).st_ino
     server = _Server(sup, hooks, socket_path, limits)
-    guard = AcceptGuard("control socket")
+    guard = AcceptGuard(f"control socket {socket_path}")
     try:
         async with anyio.create_task_group() as tg:
             log.info("control socket listening on %s", socket_path)
             tg.start_soon(server.sweep_idle)
             task_status.started()
-            while True:
-                await anyio.wait_readable(sock)
-                try:
-                    conn, _ = sock.accept()
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as exc:  # EMFILE and friends: keep serving the others
-                    await server.accept_failed(sock, guard, exc)
-                    continue
-                tg.start_soon(server.accepted, conn)
+            await accept_forever(
+                sock, guard, take=lambda conn: tg.start_soon(server.accepted, conn),
+                make_room=server.room_for_one, room_made="closed the connection idle the "
+                "longest", refusal=lambda exc: notice(
+                    ErrorCode.OVER_LIMIT, f"daemon busy: out of file descriptors "
+                    f"({exc.strerror}); retry later", "busy"))
     finally:
         guard.close()
         sock.close()
@@ -562,30 +463,10 @@ class _Server:
                            "reconnect", "evicted"), 1.0)
         return victim
 
-    async def accept_failed(self, sock: socket.socket, guard: AcceptGuard,
-                            exc: OSError) -> None:
-        """accept() failed: keep serving. Out of descriptors, an idle connection of ours
-        makes room; else the waiting client is told ``busy`` through the spare
-        descriptor, so that it does not wait in the backlog for ever."""
-        if not guard.exhausted(exc):
-            guard.log(logging.ERROR, "control socket %s: accept failed: %s", self.path, exc)
-            await anyio.sleep(ACCEPT_BACKOFF)
-            return
+    def room_for_one(self) -> anyio.Event | None:
+        """Out of descriptors: the connection idle the longest leaves; its end frees one."""
         victim = self.evict_idle()
-        guard.log(logging.ERROR, "control socket %s: accept failed: %s; %s", self.path,
-                  exc.strerror or exc, "closed the connection idle the longest"
-                  if victim is not None else "refusing waiting clients as busy")
-        if victim is not None:
-            with anyio.move_on_after(1.0):
-                await victim.ended.wait()  # its descriptor is free once it has ended
-            return
-        conn = guard.accept_with_spare(sock)
-        if conn is not None:
-            refuse(conn, notice(ErrorCode.OVER_LIMIT,
-                                f"daemon busy: out of file descriptors ({exc.strerror}); "
-                                "retry later", "busy"))
-            guard.after_refusal()
-        await anyio.sleep(ACCEPT_BACKOFF)
+        return None if victim is None else victim.ended
 
     async def sweep_idle(self) -> None:
         """Close connections idle for ``idle_timeout``: wakes when the oldest could be

@@ -22,11 +22,12 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 
-from pipevisor.supervisor.control import ACCEPT_BACKOFF, AcceptGuard, RateLimitedLog, refuse
+from pipevisor.supervisor.listening import AcceptGuard, RateLimitedLog, accept_forever, refuse
 from pipevisor.supervisor.metrics import CONTENT_TYPE
 
 log = logging.getLogger("pipevisor.metrics")
@@ -151,37 +152,10 @@ class _Endpoint:
             self.conns.pop(conn, None)
             conn.ended.set()
 
-    async def accept_failed(self, sock: socket.socket, guard: AcceptGuard,
-                            exc: OSError) -> None:
-        if not guard.exhausted(exc):
-            guard.log(logging.ERROR, "metrics: accept failed: %s", exc)
-            await anyio.sleep(ACCEPT_BACKOFF)
-            return
+    def room_for_one(self) -> anyio.Event | None:
+        """Out of descriptors: the connection waiting longest for its request leaves."""
         victim = self.evict_reading()
-        guard.log(logging.ERROR, "metrics: accept failed: %s; %s", exc.strerror or exc,
-                  "closed the connection waiting longest for its request" if victim
-                  else "answering waiting clients 503")
-        if victim is not None:
-            with anyio.move_on_after(1.0):
-                await victim.ended.wait()  # its descriptor is free once it has ended
-            return
-        conn = guard.accept_with_spare(sock)
-        if conn is not None:
-            refuse(conn, BUSY)
-            guard.after_refusal()
-        await anyio.sleep(ACCEPT_BACKOFF)
-
-    async def serve(self, sock: socket.socket, guard: AcceptGuard) -> None:
-        while True:
-            await anyio.wait_readable(sock)
-            try:
-                conn, _ = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError as exc:  # EMFILE and friends: never out of the daemon
-                await self.accept_failed(sock, guard, exc)
-                continue
-            self.take(conn)
+        return None if victim is None else victim.ended
 
 
 def _raw_sockets(listener: SocketListener | anyio.abc.Listener[SocketStream]
@@ -213,7 +187,11 @@ async def serve_metrics(render: Callable[[], str], host: str, port: int, *,
             log.info("metrics on http://%s:%d/metrics", shown, address[1])
             endpoint = _Endpoint(render, max_connections, head_timeout, send_timeout, tg)
             for sock in _raw_sockets(listener):
-                tg.start_soon(endpoint.serve, sock, guard)
+                tg.start_soon(partial(
+                    accept_forever, sock, guard, take=endpoint.take,
+                    make_room=endpoint.room_for_one,
+                    room_made="closed the connection waiting longest for its request",
+                    refusal=lambda exc: BUSY))
             task_status.started(address)
     finally:
         guard.close()
