@@ -101,7 +101,10 @@ def _connect(ident: object, params: dict) -> None:
     sock.settimeout(10)
     try:
         sock.connect(params["path"])
-        sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"status"}\n')
+        try:
+            sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"status"}\n')
+        except OSError:
+            pass  # refused and closed already: what it said before closing is still there
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
