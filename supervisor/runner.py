@@ -418,14 +418,21 @@ class PluginRunner:
                 if self._want == "close":
                     return
 
-    def _fail_hard(self, exc: Exception) -> None:
+    def _count_fault(self, exc: Exception, where: str, outcome: str) -> tuple[str, ErrorObject]:
+        """Count and log an exception raised while serving this plugin; returns the
+        reason and the error every call of the instance is answered with."""
         self.internal_faults += 1
-        reason = f"pipevisor failed while serving it: {exc!r}"
-        log.error("plugin %s: %s (internal fault #%d); marked failed", self.spec.name, reason,
-                  self.internal_faults, exc_info=exc)
+        detail = f"pipevisor failed in {where}: {exc!r}"
+        log.error("plugin %s: %s (internal fault #%d); %s", self.spec.name, detail,
+                  self.internal_faults, outcome, exc_info=exc)
+        return detail, local_error(ErrorCode.CONNECTION_CLOSED,
+                                   f"plugin {self.spec.name!r}: {detail}", plugin=self.spec.name)
+
+    def _fail_hard(self, exc: Exception) -> None:
+        reason, _ = self._count_fault(exc, "between instances", "marked failed")
         if self._want != "close":
             self._want = None
-        # the state machine may be what broke: set the state without asking it
+        # the state machine (or publishing) may be what broke: set the state directly
         self.state, self.reason = S.FAILED, reason
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
@@ -433,13 +440,13 @@ class PluginRunner:
     def fault(self, exc: Exception, where: str) -> None:
         """A failure outside the instance's own tasks (the sampler, say) while serving
         this plugin: logged, counted, and the instance ends like after a crash."""
-        self.internal_faults += 1
-        detail = f"pipevisor failed in {where}: {exc!r}"
-        log.error("plugin %s: %s (internal fault #%d); ending this instance",
-                  self.spec.name, detail, self.internal_faults, exc_info=exc)
-        self._end(_End("internal", detail, error=local_error(
-            ErrorCode.CONNECTION_CLOSED, f"plugin {self.spec.name!r}: {detail}",
-            plugin=self.spec.name)))
+        detail, error = self._count_fault(exc, where, "ending this instance")
+        self._publish_fault(detail)
+        self._end(_End("internal", detail, error=error))
+
+    def _publish_fault(self, detail: str) -> None:
+        self._hub.publish(SupervisorEvent(self.spec.name, "fault", {
+            "fault": "internal", "detail": detail, "count": self.internal_faults}))
 
     async def _run_loop(self) -> None:
         while True:
@@ -497,17 +504,10 @@ class PluginRunner:
         callback, a host handler's plumbing): the instance is over (its process was
         killed on the way out), every call in flight is answered, and the restart
         policy decides, exactly as after a crash. Nothing leaves this plugin's scope."""
-        self.internal_faults += 1
-        detail = f"pipevisor failed while serving it: {exc!r}"
-        log.error("plugin %s: %s (internal fault #%d); ending this instance",
-                  self.spec.name, detail, self.internal_faults, exc_info=exc)
-        error = local_error(ErrorCode.CONNECTION_CLOSED, f"plugin {self.spec.name!r}: {detail}",
-                            plugin=self.spec.name)
+        detail, error = self._count_fault(exc, "serving this instance", "instance ended")
         if self.conn is not None:
             self.conn.close(error)
-        self._hub.publish(SupervisorEvent(self.spec.name, "fault", {
-            "fault": "internal", "detail": detail, "count": self.internal_faults}))
-        self.process = None
+        self._publish_fault(detail)
         return _End("internal", detail, error=error)
 
     def _finish(self, state: PluginState, reason: str) -> None:
