@@ -12,6 +12,7 @@ import stat
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,7 @@ def hostile(name: str, *attack: str, **overrides: Any) -> PluginSpec:
         calls=CallPolicy(timeout=10.0),
         health=HealthPolicy(handshake_timeout=10.0, ping_interval=0),
     )
-    return PluginSpec(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__},
-                         **overrides})
+    return replace(spec, **overrides)
 
 
 NEIGHBOUR = hostile("neighbour", "serve")
@@ -77,10 +77,8 @@ async def test_a_plugin_that_exits_at_once_never_takes_the_supervisor_down(
     script = tmp_path / "exit-at-once"
     script.write_text("#!/bin/sh\nexit 1\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    quick = hostile("quitter", restart=RestartPolicy(
+    quick = hostile("quitter", command=(str(script),), restart=RestartPolicy(
         first_backoff=0.001, max_delay=0.001, max_restarts=100_000, within_seconds=60))
-    quick = PluginSpec(**{**{f: getattr(quick, f) for f in quick.__dataclass_fields__},
-                          "command": (str(script),)})
     async with supervising(quick, state_dir=str(tmp_path / "state")) as sup:
         runner = sup.runner("quitter")
         await wait_for(lambda: runner.tracker.total_restarts >= 300, 60, "300 restarts")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,8 @@ from pipevisor.supervisor import (
     Supervisor,
     SupervisorConfig,
 )
+from tests.supervisor.test_hostile import hostile
 
-HOSTILE = str(Path(__file__).resolve().parent.parent / "plugins" / "hostile.py")
 EXAMPLES = int(os.environ.get("PIPEVISOR_FUZZ_EXAMPLES", "25"))
 MAX_LINE = 64 * 1024
 RSS_BOUND = 96 * 2**20
@@ -115,15 +114,14 @@ actions = st.lists(st.one_of(
 
 
 def _spec(name: str, *argv: str) -> PluginSpec:
-    return PluginSpec(
-        name, (sys.executable, HOSTILE, *argv),
-        restart=RestartPolicy(first_backoff=0.05, max_delay=0.2, max_restarts=1000,
-                              within_seconds=60),
-        stop=StopPolicy(shutdown_grace=0.5, eof_grace=0.5, term_grace=0.5),
-        calls=CallPolicy(timeout=5.0),
-        health=HealthPolicy(handshake_timeout=5.0, ping_interval=0),
-        max_line_bytes=MAX_LINE,
-    )
+    """test_hostile's plugin, with a long restart budget and a small line limit (so that
+    generated lines can pass it cheaply)."""
+    return hostile(name, *argv, max_line_bytes=MAX_LINE,
+                   restart=RestartPolicy(first_backoff=0.05, max_delay=0.2, max_restarts=1000,
+                                         within_seconds=60),
+                   stop=StopPolicy(shutdown_grace=0.5, eof_grace=0.5, term_grace=0.5),
+                   calls=CallPolicy(timeout=5.0),
+                   health=HealthPolicy(handshake_timeout=5.0, ping_interval=0))
 
 
 @pytest.fixture(scope="module")
