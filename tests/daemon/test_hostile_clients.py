@@ -293,3 +293,26 @@ def test_a_plugin_cannot_use_the_control_socket(sock_dir: str) -> None:
         assert "refused a connection from inside plugin inside" in d.stderr()
         status = cli(d, "status")  # a client outside every plugin tree is served
         assert status.returncode == 0 and "inside" in status.stdout
+
+
+def test_a_plugin_cannot_reach_the_control_socket_by_detaching(sock_dir: str) -> None:
+    """The same plugin tries again from a double-forked, setsid grandchild (a daemonised
+    helper): it is still inside the plugin's tree (the shim's pid namespace or the
+    daemon as subreaper adopts it), so it is refused too."""
+    import json
+    import os
+
+    hostile = ROOT / "tests" / "plugins" / "hostile.py"
+    table = f'[plugins.inside]\ncommand = ["{sys.executable}", "{hostile}", "serve"]\n'
+    out = os.path.join(sock_dir, "detached.json")
+    with running_daemon(sock_dir, BASE + table) as d:
+        proc = cli(d, "call", "inside", "connect",
+                   json.dumps({"path": d.socket, "detach": True, "out": out}))
+        assert proc.returncode == 0, proc.stderr
+        deadline = time.monotonic() + 10
+        while not os.path.exists(out):  # written by the grandchild, then it exits
+            assert time.monotonic() < deadline, "the detached helper never answered"
+            time.sleep(0.02)
+        with open(out) as fh:
+            answer = json.loads(json.load(fh)["answer"])
+        assert answer["error"]["data"]["reason"] == "forbidden", answer
