@@ -3,7 +3,7 @@
 pyproject.toml holds every piece of metadata; this file only adds what setuptools
 cannot declare: the C shim built as an *executable* (not an extension module) with the
 build machine's compiler, placed next to its source as
-``pipevisor/supervisor/native/pvinit`` with ``pvinit.sha256`` naming the source and
+``pipevisor/supervisor/proc/native/pvinit`` with ``pvinit.sha256`` naming the source and
 flags it was built from. At run time pipevisor uses that binary and compiles nothing;
 without it (a build with no compiler, a non-Linux system) it falls back as documented
 in docs/process-containment.md. The wheel is then platform-specific.
@@ -22,9 +22,9 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 from setuptools.dist import Distribution
 
-# the same flags the run-time fallback uses (supervisor/_platform.py, _CFLAGS)
+# the same flags the run-time fallback uses (supervisor/proc/containment.py, _CFLAGS)
 CFLAGS = ("-O2", "-Wall", "-Werror")
-SOURCE = Path("supervisor") / "native" / "pvinit.c"
+SOURCE = Path("supervisor") / "proc" / "native" / "pvinit.c"
 
 
 def shim_digest(source: bytes) -> str:
@@ -38,7 +38,7 @@ class BuildPyWithShim(build_py):
             return
         compiler = os.environ.get("CC") or next(
             (c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-        target_dir = Path(self.build_lib) / "pipevisor" / "supervisor" / "native"
+        target_dir = Path(self.build_lib) / "pipevisor" / "supervisor" / "proc" / "native"
         if compiler is None:
             self.warn("no C compiler: the wheel has no pvinit shim (pipevisor falls back to "
                       "'session' containment; docs/process-containment.md)")

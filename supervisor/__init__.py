@@ -14,13 +14,13 @@ import importlib
 from typing import TYPE_CHECKING
 
 # The names below load on first use, not on ``import pipevisor.supervisor``: the
-# ``pipevisor`` control commands (status, call, ...) import ``pipevisor.supervisor.cli``
+# ``pipevisor`` control commands (status, call, ...) import ``pipevisor.supervisor.cli.main``
 # and need none of the engine, and
 # importing all of it (anyio, jsonschema, psutil, the runner) used to be most of their
 # start-up time. ``from pipevisor.supervisor import X`` works as before; mypy sees the
 # real imports.
 if TYPE_CHECKING:
-    from pipevisor.supervisor.config import (
+    from pipevisor.supervisor.engine.config import (
         CallPolicy,
         HealthPolicy,
         PluginMode,
@@ -29,6 +29,28 @@ if TYPE_CHECKING:
         StartStep,
         StopPolicy,
         SupervisorConfig,
+    )
+    from pipevisor.supervisor.engine.events import (
+        SupervisorEvent,
+    )
+    from pipevisor.supervisor.engine.interfaces import (
+        Adapter,
+        AdapterSpec,
+    )
+    from pipevisor.supervisor.engine.limits import (
+        Limit,
+        LimitAction,
+        Limits,
+    )
+    from pipevisor.supervisor.engine.policy import (
+        RestartMode,
+        RestartPolicy,
+    )
+    from pipevisor.supervisor.engine.states import (
+        PluginState,
+    )
+    from pipevisor.supervisor.engine.supervisor import (
+        Supervisor,
     )
     from pipevisor.supervisor.errors import (
         CallCancelled,
@@ -45,38 +67,16 @@ if TYPE_CHECKING:
         PluginUnavailable,
         QueueFull,
     )
-    from pipevisor.supervisor.events import (
-        SupervisorEvent,
-    )
-    from pipevisor.supervisor.interfaces import (
-        Adapter,
-        AdapterSpec,
-    )
-    from pipevisor.supervisor.limits import (
-        Limit,
-        LimitAction,
-        Limits,
-    )
-    from pipevisor.supervisor.policy import (
-        RestartMode,
-        RestartPolicy,
-    )
-    from pipevisor.supervisor.states import (
-        PluginState,
-    )
-    from pipevisor.supervisor.supervisor import (
-        Supervisor,
-    )
 
 _HOME: dict[str, str] = {
-    "CallPolicy": "pipevisor.supervisor.config",
-    "HealthPolicy": "pipevisor.supervisor.config",
-    "PluginMode": "pipevisor.supervisor.config",
-    "PluginSpec": "pipevisor.supervisor.config",
-    "ProtocolErrorAction": "pipevisor.supervisor.config",
-    "StartStep": "pipevisor.supervisor.config",
-    "StopPolicy": "pipevisor.supervisor.config",
-    "SupervisorConfig": "pipevisor.supervisor.config",
+    "CallPolicy": "pipevisor.supervisor.engine.config",
+    "HealthPolicy": "pipevisor.supervisor.engine.config",
+    "PluginMode": "pipevisor.supervisor.engine.config",
+    "PluginSpec": "pipevisor.supervisor.engine.config",
+    "ProtocolErrorAction": "pipevisor.supervisor.engine.config",
+    "StartStep": "pipevisor.supervisor.engine.config",
+    "StopPolicy": "pipevisor.supervisor.engine.config",
+    "SupervisorConfig": "pipevisor.supervisor.engine.config",
     "CallCancelled": "pipevisor.supervisor.errors",
     "CallError": "pipevisor.supervisor.errors",
     "CallTimeout": "pipevisor.supervisor.errors",
@@ -90,16 +90,16 @@ _HOME: dict[str, str] = {
     "PluginError": "pipevisor.supervisor.errors",
     "PluginUnavailable": "pipevisor.supervisor.errors",
     "QueueFull": "pipevisor.supervisor.errors",
-    "SupervisorEvent": "pipevisor.supervisor.events",
-    "Adapter": "pipevisor.supervisor.interfaces",
-    "AdapterSpec": "pipevisor.supervisor.interfaces",
-    "Limit": "pipevisor.supervisor.limits",
-    "LimitAction": "pipevisor.supervisor.limits",
-    "Limits": "pipevisor.supervisor.limits",
-    "RestartMode": "pipevisor.supervisor.policy",
-    "RestartPolicy": "pipevisor.supervisor.policy",
-    "PluginState": "pipevisor.supervisor.states",
-    "Supervisor": "pipevisor.supervisor.supervisor",
+    "SupervisorEvent": "pipevisor.supervisor.engine.events",
+    "Adapter": "pipevisor.supervisor.engine.interfaces",
+    "AdapterSpec": "pipevisor.supervisor.engine.interfaces",
+    "Limit": "pipevisor.supervisor.engine.limits",
+    "LimitAction": "pipevisor.supervisor.engine.limits",
+    "Limits": "pipevisor.supervisor.engine.limits",
+    "RestartMode": "pipevisor.supervisor.engine.policy",
+    "RestartPolicy": "pipevisor.supervisor.engine.policy",
+    "PluginState": "pipevisor.supervisor.engine.states",
+    "Supervisor": "pipevisor.supervisor.engine.supervisor",
 }
 """Where each public name lives (the module imported when the name is first asked for)."""
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from pipevisor.supervisor.cli import main
+from pipevisor.supervisor.cli.main import main
 
 main()

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipevisor.supervisor import _platform
+from pipevisor.supervisor.proc import containment as _platform
 from tests.examples.toolchains import BUILD, EXAMPLES, Example, missing_toolchain, unavailable
 
 _NEEDS_SHIM = {

@@ -53,7 +53,7 @@ def test_the_wheel_carries_types_data_and_license(wheel: zipfile.ZipFile) -> Non
     for package in ("supervisor", "protocol", "kit"):
         assert f"pipevisor/{package}/py.typed" in names
     assert "pipevisor/protocol/SPEC.md" in names
-    assert "pipevisor/supervisor/native/pvinit.c" in names
+    assert "pipevisor/supervisor/proc/native/pvinit.c" in names
     assert any(n.startswith("pipevisor/protocol/schemas/") and n.endswith(".json")
                for n in names)
     dist_info = next(n.split("/")[0] for n in names if ".dist-info/" in n)
@@ -74,16 +74,17 @@ def test_the_wheel_carries_a_built_shim_used_without_a_compiler(
         pytest.skip("pvinit is Linux-only")
     assert not wheel.filename.endswith("-none-any.whl")  # type: ignore[union-attr]
     names = set(wheel.namelist())
-    assert {"pipevisor/supervisor/native/pvinit",
-            "pipevisor/supervisor/native/pvinit.sha256"} <= names
+    assert {"pipevisor/supervisor/proc/native/pvinit",
+            "pipevisor/supervisor/proc/native/pvinit.sha256"} <= names
     installed = tmp_path / "site"
     wheel.extractall(installed)
-    (installed / "pipevisor/supervisor/native/pvinit").chmod(0o755)  # zip keeps no mode
+    (installed / "pipevisor/supervisor/proc/native/pvinit").chmod(0o755)  # zip keeps no mode
     env = {"PATH": str(tmp_path / "empty-bin"), "HOME": str(tmp_path),
            "PIPEVISOR_CACHE_DIR": str(tmp_path / "cache"),
            # -S: no .pth files, so the checkout's editable install is not in the way
            "PYTHONPATH": os.pathsep.join([str(installed), *site.getsitepackages()])}
-    probe = ("from pipevisor.supervisor import _platform; c = _platform.detect_containment();"
+    probe = ("from pipevisor.supervisor.proc import containment as _platform;"
+             " c = _platform.detect_containment();"
              " print(_platform.ensure_shim()); print(c.mechanism)")
     probe += "; print(_platform.__file__)"
     proc = subprocess.run([sys.executable, "-S", "-c", probe], env=env, capture_output=True,
@@ -92,6 +93,6 @@ def test_the_wheel_carries_a_built_shim_used_without_a_compiler(
     assert proc.stdout.split()[-1].startswith(str(installed))
     assert proc.returncode == 0, proc.stderr
     shim, mechanism, _ = proc.stdout.split()
-    assert shim == str(installed / "pipevisor/supervisor/native/pvinit"), proc.stderr
+    assert shim == str(installed / "pipevisor/supervisor/proc/native/pvinit"), proc.stderr
     assert mechanism != "session", proc.stderr
     assert not (tmp_path / "cache").exists()  # nothing compiled at run time

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipevisor.supervisor.interfaces import Adapter
+from pipevisor.supervisor.engine.interfaces import Adapter
 
 
 def _params_2_to_1(params: Any) -> Any:

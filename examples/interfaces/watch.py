@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE))  # so that the config string "greet_adapters:v2_to
 sys.path.append(str(HERE.parents[1]))  # run from a checkout even when not installed
 
 from pipevisor.supervisor import CallError, PluginSpec, Supervisor, SupervisorConfig  # noqa: E402
-from pipevisor.supervisor.interfaces import AdapterSpec  # noqa: E402
+from pipevisor.supervisor.engine.interfaces import AdapterSpec  # noqa: E402
 
 
 async def main(with_adapter: bool) -> None:

@@ -36,7 +36,7 @@ from perf.cases.supervisor_calls import (
 from perf.harness import Context, case
 from pipevisor.protocol.interfaces import InterfaceSet, fast_validation_available
 from pipevisor.supervisor import PluginSpec
-from pipevisor.supervisor.config import SupervisorConfig
+from pipevisor.supervisor.engine.config import SupervisorConfig
 
 _NL = orjson.OPT_APPEND_NEWLINE
 

@@ -40,7 +40,7 @@ import psutil
 
 from perf.harness import Context, build_c, case
 from pipevisor.supervisor import PluginSpec, Supervisor
-from pipevisor.supervisor.config import HealthPolicy, SupervisorConfig
+from pipevisor.supervisor.engine.config import HealthPolicy, SupervisorConfig
 
 PLUGIN_SOURCE = Path(__file__).resolve().parent.parent / "plugins" / "c_echo_plugin.c"
 PING_INTERVAL = HealthPolicy().ping_interval
@@ -59,7 +59,7 @@ def _limits_kwargs() -> dict[str, Any]:
     if "limits" not in {f.name for f in dataclasses.fields(PluginSpec)}:
         return {}
     try:
-        from pipevisor.supervisor.limits import Limit, Limits
+        from pipevisor.supervisor.engine.limits import Limit, Limits
     except ImportError:
         return {}
     return {"limits": Limits(memory=Limit(512 * 1024 * 1024, action="warn"))}  # type: ignore[arg-type]

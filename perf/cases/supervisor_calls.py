@@ -30,7 +30,7 @@ import anyio.lowlevel
 from perf.cases.baselines import TEXT
 from perf.harness import Context, case, summarize
 from pipevisor.supervisor import CallError, PluginSpec, RestartPolicy, Supervisor
-from pipevisor.supervisor.config import DEFAULT_INHERITED_ENV, SupervisorConfig
+from pipevisor.supervisor.engine.config import DEFAULT_INHERITED_ENV, SupervisorConfig
 
 PEERS = Path(__file__).resolve().parent.parent / "peers"
 STDLIB_ECHO = PEERS / "stdlib_echo_plugin.py"

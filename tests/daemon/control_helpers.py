@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 
 from pipevisor.supervisor import PluginSpec, Supervisor
-from pipevisor.supervisor.control import MAX_IN_FLIGHT, serve_control
+from pipevisor.supervisor.daemon.control import MAX_IN_FLIGHT, serve_control
 from pipevisor.supervisor.errors import ConfigError
 
 

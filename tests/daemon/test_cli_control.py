@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from pipevisor.supervisor import RestartPolicy, Supervisor
-from pipevisor.supervisor.cli_control import (
+from pipevisor.supervisor.cli.control import (
     EXIT_ERROR,
     EXIT_NO_DAEMON,
     EXIT_TIMEOUT,
@@ -188,7 +188,7 @@ async def test_events_follow_json(sock_dir: str) -> None:
 async def test_unknown_plugin_in_lifecycle_json_error(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "c.sock")
     async with Supervisor([]) as sup, anyio.create_task_group() as tg:
-        from pipevisor.supervisor.control import serve_control
+        from pipevisor.supervisor.daemon.control import serve_control
 
         await tg.start(lambda task_status: serve_control(sup, path, FakeHooks(),
                                                          task_status=task_status))

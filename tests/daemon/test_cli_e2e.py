@@ -23,7 +23,7 @@ import orjson
 import psutil
 import pytest
 
-from pipevisor.supervisor.cli_control import (
+from pipevisor.supervisor.cli.control import (
     EXIT_ERROR,
     EXIT_NO_DAEMON,
     EXIT_UNAVAILABLE,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pipevisor.supervisor.config import PluginMode
-from pipevisor.supervisor.config_file import LogFormat, load, parse, socket_path
+from pipevisor.supervisor.daemon.config_file import LogFormat, load, parse, socket_path
+from pipevisor.supervisor.engine.config import PluginMode
+from pipevisor.supervisor.engine.limits import LimitAction
+from pipevisor.supervisor.engine.policy import RestartMode
 from pipevisor.supervisor.errors import ConfigError
-from pipevisor.supervisor.limits import LimitAction
-from pipevisor.supervisor.policy import RestartMode
 
 ROOT = Path(__file__).resolve().parents[2]
 MISBEHAVING = ROOT / "examples" / "misbehaving"
@@ -159,7 +159,7 @@ def test_every_plugin_field_is_reachable_from_toml() -> None:
     purpose): the generic converter has to understand its type."""
     from dataclasses import fields
 
-    from pipevisor.supervisor.config import PluginSpec
+    from pipevisor.supervisor.engine.config import PluginSpec
     names = [f.name for f in fields(PluginSpec) if f.name not in ("name", "command")]
     toml_doc = tomllib.loads("[discovery]\nenabled = false\n[plugins.a]\ncommand = ['x']\n")
     cfg = parse(toml_doc)

@@ -14,9 +14,9 @@ import pytest
 from pipevisor.protocol import ErrorCode
 from pipevisor.supervisor import Supervisor
 from pipevisor.supervisor.client import AsyncClient, ControlError
-from pipevisor.supervisor.control import ControlSocketError, serve_control
+from pipevisor.supervisor.daemon.control import ControlSocketError, serve_control
+from pipevisor.supervisor.engine.states import PluginState
 from pipevisor.supervisor.errors import CallTimeout, PluginCrashed, PluginError, PluginUnavailable
-from pipevisor.supervisor.states import PluginState
 from tests.daemon.control_helpers import FakeHooks, running, wait_for
 from tests.supervisor.fake import fake_spec
 

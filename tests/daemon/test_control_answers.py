@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from pipevisor.supervisor.client import AsyncClient, BadAnswer, Client, DaemonBusy
-from pipevisor.supervisor.control import ControlLimits, serve_control
-from pipevisor.supervisor.supervisor import Supervisor
+from pipevisor.supervisor.daemon.control import ControlLimits, serve_control
+from pipevisor.supervisor.engine.supervisor import Supervisor
 from tests.daemon.control_helpers import FakeHooks
 from tests.supervisor.fake import fake_spec
 

@@ -13,11 +13,11 @@ import anyio
 import orjson
 import pytest
 
-import pipevisor.supervisor.client
-import pipevisor.supervisor.control
+import pipevisor.supervisor.client.aio
+import pipevisor.supervisor.daemon.control
 from pipevisor.supervisor import Supervisor
 from pipevisor.supervisor.client import AsyncClient, Client
-from pipevisor.supervisor.control import ControlLimits, serve_control
+from pipevisor.supervisor.daemon.control import ControlLimits, serve_control
 from tests.daemon.control_helpers import FakeHooks
 from tests.supervisor.fake import fake_spec
 
@@ -27,8 +27,8 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(params=["transport", "stream"])
 def link(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param == "stream":
-        monkeypatch.setattr(pipevisor.supervisor.control, "asyncio_loop", lambda: None)
-        monkeypatch.setattr(pipevisor.supervisor.client, "asyncio_loop", lambda: None)
+        monkeypatch.setattr(pipevisor.supervisor.daemon.control, "asyncio_loop", lambda: None)
+        monkeypatch.setattr(pipevisor.supervisor.client.aio, "asyncio_loop", lambda: None)
     yield request.param
 
 

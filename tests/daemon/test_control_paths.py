@@ -13,8 +13,8 @@ import anyio
 import orjson
 import pytest
 
-import pipevisor.supervisor.client
-import pipevisor.supervisor.control
+import pipevisor.supervisor.client.aio
+import pipevisor.supervisor.daemon.control
 from pipevisor.protocol import ErrorCode
 from pipevisor.supervisor.client import AsyncClient, DaemonConnectionLost
 from pipevisor.supervisor.errors import CallTimeout, PluginError
@@ -27,8 +27,8 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(params=["transport", "stream"])
 def link(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param == "stream":
-        monkeypatch.setattr(pipevisor.supervisor.control, "asyncio_loop", lambda: None)
-        monkeypatch.setattr(pipevisor.supervisor.client, "asyncio_loop", lambda: None)
+        monkeypatch.setattr(pipevisor.supervisor.daemon.control, "asyncio_loop", lambda: None)
+        monkeypatch.setattr(pipevisor.supervisor.client.aio, "asyncio_loop", lambda: None)
     yield request.param
 
 

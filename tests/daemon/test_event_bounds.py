@@ -13,7 +13,12 @@ import psutil
 import pytest
 
 from pipevisor.supervisor import Supervisor
-from pipevisor.supervisor.events import EventHub, Subscription, SubscriptionLagged, SupervisorEvent
+from pipevisor.supervisor.engine.events import (
+    EventHub,
+    Subscription,
+    SubscriptionLagged,
+    SupervisorEvent,
+)
 from tests.daemon.hostile_helpers import BLASTER
 from tests.supervisor.fake import fake_spec
 

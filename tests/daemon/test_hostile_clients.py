@@ -28,7 +28,7 @@ from tests.daemon.hostile_helpers import (
 )
 
 BASE = "[discovery]\nenabled = false\n\n"
-EXIT_BUSY = 7  # pipevisor.supervisor.cli_control.EXIT_BUSY, spelled out so the test predates it
+EXIT_BUSY = 7  # pipevisor.supervisor.cli.control.EXIT_BUSY, spelled out so the test predates it
 MiB = 1 << 20
 
 
@@ -268,7 +268,7 @@ def test_the_control_bounds_are_daemon_settings(sock_dir: str) -> None:
 def test_bad_control_bounds_are_refused_with_the_key(tmp_path: object) -> None:
     import pytest
 
-    from pipevisor.supervisor.config_file import load
+    from pipevisor.supervisor.daemon.config_file import load
 
     path = f"{tmp_path}/bad.toml"
     with open(path, "w") as fh:

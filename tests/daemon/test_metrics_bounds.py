@@ -10,7 +10,7 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from pipevisor.supervisor.metrics_http import serve_metrics
+from pipevisor.supervisor.daemon.metrics_http import serve_metrics
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipevisor.supervisor import daemon, paths
+from pipevisor.supervisor import paths
+from pipevisor.supervisor.daemon import service as daemon
 from pipevisor.supervisor.paths import UnsafeRuntimeDir, private_dir
 
 

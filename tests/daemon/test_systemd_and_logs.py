@@ -12,8 +12,8 @@ from pathlib import Path
 
 import orjson
 
-from pipevisor.supervisor.daemon import JournalFormatter, JsonFormatter, TextFormatter
-from pipevisor.supervisor.systemd import Notifier
+from pipevisor.supervisor.daemon.service import JournalFormatter, JsonFormatter, TextFormatter
+from pipevisor.supervisor.daemon.systemd import Notifier
 
 
 def receive(sock: socket.socket) -> dict[str, str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipevisor.supervisor.checker import CheckOptions, Status, check_plugin
+from pipevisor.supervisor.tools.checker import CheckOptions, Status, check_plugin
 from tests.examples.toolchains import EXAMPLES, LANGUAGES, Example
 
 pytestmark = pytest.mark.anyio

@@ -27,8 +27,8 @@ from pipevisor.supervisor import (
     SupervisorConfig,
     SupervisorEvent,
 )
-from pipevisor.supervisor.events import Subscription
-from pipevisor.supervisor.limits import Limit, Limits
+from pipevisor.supervisor.engine.events import Subscription
+from pipevisor.supervisor.engine.limits import Limit, Limits
 
 pytestmark = pytest.mark.anyio
 

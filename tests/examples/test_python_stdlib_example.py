@@ -20,7 +20,7 @@ from pipevisor.supervisor import (
     StopPolicy,
     Supervisor,
 )
-from pipevisor.supervisor.demo import run_demo
+from pipevisor.supervisor.daemon.demo import run_demo
 
 pytestmark = pytest.mark.anyio
 

@@ -14,8 +14,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from pipevisor.supervisor.checker import CheckOptions, CheckReport, Status, check_plugin
-from pipevisor.supervisor.cli import main
+from pipevisor.supervisor.cli.main import main
+from pipevisor.supervisor.tools.checker import CheckOptions, CheckReport, Status, check_plugin
 from tests.examples.toolchains import LANGUAGES, Example, unavailable
 from tests.supervisor.fake import FAKE
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from click.testing import CliRunner
 
-from pipevisor.supervisor.cli import main
+from pipevisor.supervisor.cli.main import main
 
 
 def test_version() -> None:

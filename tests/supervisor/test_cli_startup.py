@@ -8,10 +8,12 @@ import subprocess
 import sys
 
 from pipevisor import supervisor
-from pipevisor.supervisor import cli_plugins, discovery
+from pipevisor.supervisor.cli import plugins as cli_plugins
+from pipevisor.supervisor.tools import discovery
 
-HEAVY = ("pipevisor.supervisor.supervisor", "pipevisor.supervisor.runner",
-         "pipevisor.supervisor.checker", "pipevisor.supervisor.config", "jsonschema", "psutil")
+HEAVY = ("pipevisor.supervisor.engine.supervisor", "pipevisor.supervisor.engine.runner",
+         "pipevisor.supervisor.tools.checker", "pipevisor.supervisor.engine.config",
+         "jsonschema", "psutil")
 """Modules a control command has no use for (each costs milliseconds at every start)."""
 
 
@@ -23,15 +25,15 @@ def _loaded_after(code: str) -> set[str]:
 
 
 def test_the_cli_does_not_import_the_engine() -> None:
-    loaded = _loaded_after("import pipevisor.supervisor.cli")
-    assert "pipevisor.supervisor.cli_control" in loaded  # the probe did import the CLI
+    loaded = _loaded_after("import pipevisor.supervisor.cli.main")
+    assert "pipevisor.supervisor.cli.control" in loaded  # the probe did import the CLI
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
 
 
 def test_a_control_command_run_does_not_import_the_engine() -> None:
     # no daemon on that socket: exit 3, after parsing and trying to connect
     loaded = _loaded_after(
-        "from pipevisor.supervisor.cli import main\n"
+        "from pipevisor.supervisor.cli.main import main\n"
         "try:\n"
         "    main(['status', '--socket', '/nonexistent/pipevisor.sock'])\n"
         "except SystemExit as e:\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipevisor.supervisor.discovery import DiscoveryConfig, FoundPlugin, discover
+from pipevisor.supervisor.tools.discovery import DiscoveryConfig, FoundPlugin, discover
 
 
 def _exe(folder: Path, name: str, mode: int = 0o755) -> Path:

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from pipevisor.supervisor import HealthPolicy, PluginCrashed, PluginState, Supervisor
-from pipevisor.supervisor.events import Subscription, SupervisorEvent
+from pipevisor.supervisor.engine.events import Subscription, SupervisorEvent
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio

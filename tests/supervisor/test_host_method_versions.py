@@ -17,8 +17,8 @@ from pipevisor.protocol.host_methods import negotiate_host_call
 from pipevisor.protocol.interfaces import How, InterfaceSet
 from pipevisor.protocol.versions import Version
 from pipevisor.supervisor import PluginState, Supervisor, SupervisorConfig
+from pipevisor.supervisor.engine.interfaces import Adapter, AdapterSpec
 from pipevisor.supervisor.errors import ConfigError
-from pipevisor.supervisor.interfaces import Adapter, AdapterSpec
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio

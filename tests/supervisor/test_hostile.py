@@ -129,11 +129,11 @@ def _victim(self: Any, *args: Any) -> bool:
 
 
 def _steps() -> dict[str, tuple[Any, str, Any, str]]:
-    from pipevisor.supervisor import _platform
-    from pipevisor.supervisor.connection import Connection
-    from pipevisor.supervisor.events import EventHub
-    from pipevisor.supervisor.runner import PluginRunner
-    from pipevisor.supervisor.sampler import Sampler
+    from pipevisor.supervisor.engine.connection import Connection
+    from pipevisor.supervisor.engine.events import EventHub
+    from pipevisor.supervisor.engine.runner import PluginRunner
+    from pipevisor.supervisor.engine.sampler import Sampler
+    from pipevisor.supervisor.proc import containment as _platform
 
     return {
         # name: (owner, attribute, applies, what triggers it)
@@ -156,7 +156,7 @@ def _steps() -> dict[str, tuple[Any, str, Any, str]]:
 @pytest.mark.parametrize("step", list(_steps()))
 async def test_an_exception_while_serving_one_plugin_stays_in_its_scope(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, step: str) -> None:
-    from pipevisor.supervisor.limits import Limit, LimitAction, Limits
+    from pipevisor.supervisor.engine.limits import Limit, LimitAction, Limits
 
     owner, attr, applies, trigger = _steps()[step]
     victim = hostile("victim", "serve",
@@ -355,7 +355,7 @@ async def test_an_allocation_stopped_by_the_kernel_backstop_is_a_memory_breach()
     """1 GiB at once under a 200 MiB limit: RLIMIT_DATA (400 MiB) fails the allocation
     long before a sample could see it; the plugin dies of MemoryError. That is
     reported as a memory breach (event, breach, counts), not as 'exited with code 1'."""
-    from pipevisor.supervisor.limits import Limit, LimitAction, Limits
+    from pipevisor.supervisor.engine.limits import Limit, LimitAction, Limits
 
     greedy = hostile("greedy", "alloc", str(2**30),
                      limits=Limits(memory=Limit(200 * 2**20, LimitAction.RESTART)))
@@ -380,7 +380,7 @@ async def test_an_allocation_stopped_by_the_kernel_backstop_is_a_memory_breach()
 def test_backstop_evidence_is_only_claimed_on_evidence() -> None:
     import signal
 
-    from pipevisor.supervisor.limits import Limit, Limits, MemoryBackstop, backstop_evidence
+    from pipevisor.supervisor.engine.limits import Limit, Limits, MemoryBackstop, backstop_evidence
 
     limits = Limits(memory=Limit(100 * 2**20))
     oom = ["Traceback (most recent call last):", "MemoryError"]

@@ -24,11 +24,11 @@ from pipevisor.supervisor import (
     Supervisor,
     SupervisorConfig,
 )
-from pipevisor.supervisor.config import PluginMode, StartStep
+from pipevisor.supervisor.engine.config import PluginMode, StartStep
+from pipevisor.supervisor.engine.events import Subscription, SupervisorEvent
+from pipevisor.supervisor.engine.interfaces import Adapter, AdapterSpec, load_interfaces
+from pipevisor.supervisor.engine.policy import RestartMode, RestartPolicy
 from pipevisor.supervisor.errors import ConfigError
-from pipevisor.supervisor.events import Subscription, SupervisorEvent
-from pipevisor.supervisor.interfaces import Adapter, AdapterSpec, load_interfaces
-from pipevisor.supervisor.policy import RestartMode, RestartPolicy
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio

@@ -19,14 +19,15 @@ import orjson
 import psutil
 import pytest
 
-from pipevisor.supervisor import PluginState, Supervisor, SupervisorConfig, _platform
-from pipevisor.supervisor import sampler as S
-from pipevisor.supervisor.config import HealthPolicy, PluginSpec
+from pipevisor.supervisor import PluginState, Supervisor, SupervisorConfig
+from pipevisor.supervisor.engine import sampler as S
+from pipevisor.supervisor.engine.config import HealthPolicy, PluginSpec
+from pipevisor.supervisor.engine.events import Subscription, SupervisorEvent
+from pipevisor.supervisor.engine.limits import NO_LIMITS, Limit, LimitAction, Limits, MemoryBackstop
+from pipevisor.supervisor.engine.policy import RestartMode, RestartPolicy
 from pipevisor.supervisor.errors import ConfigError, OverLimit
-from pipevisor.supervisor.events import Subscription, SupervisorEvent
-from pipevisor.supervisor.limits import NO_LIMITS, Limit, LimitAction, Limits, MemoryBackstop
-from pipevisor.supervisor.policy import RestartMode, RestartPolicy
-from pipevisor.supervisor.proctable import ProcTable
+from pipevisor.supervisor.proc import containment as _platform
+from pipevisor.supervisor.proc.proctable import ProcTable
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio
@@ -108,8 +109,8 @@ def test_maxima_of_counts_and_bytes_are_ints_and_cpu_a_float() -> None:
 async def test_maxima_from_a_config_file_print_as_integers(tmp_path: Path) -> None:
     """The TOML converter makes every ``max`` a float (the field is a float); events,
     status, the CLI's event line and OverLimit data must still say 1048576, not 1048576.0."""
-    from pipevisor.supervisor.cli_control import _event_line
-    from pipevisor.supervisor.config_file import load
+    from pipevisor.supervisor.cli.control import _event_line
+    from pipevisor.supervisor.daemon.config_file import load
 
     cfg = tmp_path / "pipevisor.toml"
     cfg.write_text(

@@ -1,4 +1,4 @@
-"""Prometheus metrics (supervisor/metrics.py, metrics_http.py) from a real supervisor
+"""Prometheus metrics (supervisor/engine/metrics.py, metrics_http.py) from a real supervisor
 with real plugins: calls by outcome, restarts, limit breaches, resources, states; the
 exposition format itself; and the HTTP endpoint's answers."""
 
@@ -12,10 +12,10 @@ import anyio
 import pytest
 
 from pipevisor.supervisor import PluginState, Supervisor, SupervisorConfig
+from pipevisor.supervisor.daemon.metrics_http import answer, serve_metrics
+from pipevisor.supervisor.engine.limits import Limit, LimitAction, Limits
+from pipevisor.supervisor.engine.metrics import _label
 from pipevisor.supervisor.errors import CallError
-from pipevisor.supervisor.limits import Limit, LimitAction, Limits
-from pipevisor.supervisor.metrics import _label
-from pipevisor.supervisor.metrics_http import answer, serve_metrics
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipevisor.supervisor import _platform as plat
+from pipevisor.supervisor.proc import containment as plat
 
 pytestmark = pytest.mark.skipif(not plat.IS_LINUX, reason="containment tests need Linux")
 
@@ -411,7 +411,7 @@ def test_reap_adopted_leaves_known_children_alone(tmp_path: Path) -> None:
     script = f"""
 import json, os, subprocess, sys, time
 sys.path.insert(0, {str(Path(__file__).parents[2])!r})
-from pipevisor.supervisor import _platform as plat
+from pipevisor.supervisor.proc import containment as plat
 assert plat.become_subreaper()
 known = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
 middle = os.fork()

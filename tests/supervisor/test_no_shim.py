@@ -19,11 +19,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipevisor.supervisor import Supervisor, SupervisorConfig, _platform
-from pipevisor.supervisor.checker import CheckOptions, check_plugin
-from pipevisor.supervisor.config import CallPolicy, HealthPolicy, PluginSpec, StopPolicy
-from pipevisor.supervisor.limits import RLIMIT_IDS, Limit, Limits
-from pipevisor.supervisor.policy import RestartPolicy
+from pipevisor.supervisor import Supervisor, SupervisorConfig
+from pipevisor.supervisor.engine.config import CallPolicy, HealthPolicy, PluginSpec, StopPolicy
+from pipevisor.supervisor.engine.limits import Limit, Limits
+from pipevisor.supervisor.engine.policy import RestartPolicy
+from pipevisor.supervisor.proc import containment as _platform
+from pipevisor.supervisor.proc.rlimits import RLIMIT_IDS
+from pipevisor.supervisor.tools.checker import CheckOptions, check_plugin
 
 PIPE_PLUGIN = str(Path(__file__).resolve().parent.parent / "plugins" / "pipe_plugin.py")
 ECHO = Path(__file__).resolve().parents[2] / "examples" / "python-stdlib" / "pipevisor-echo"
@@ -140,7 +142,8 @@ async def test_without_the_shim_a_limited_plugin_starts_with_its_rlimits(
         assert {name: resource.getrlimit(RLIMIT_IDS[name]) for name in asked} == ours
 
     warnings = [r.getMessage() for r in caplog.records
-                if r.levelno >= logging.WARNING and r.name == "pipevisor.supervisor._platform"]
+                if r.levelno >= logging.WARNING
+                and r.name == "pipevisor.supervisor.proc.containment"]
     assert len(warnings) == 1, warnings
     (text,) = warnings
     assert reason in text

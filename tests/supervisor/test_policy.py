@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipevisor.supervisor.policy import RestartMode, RestartPolicy, RestartTracker
-from pipevisor.supervisor.states import TRANSITIONS, PluginState, check_transition
+from pipevisor.supervisor.engine.policy import RestartMode, RestartPolicy, RestartTracker
+from pipevisor.supervisor.engine.states import TRANSITIONS, PluginState, check_transition
 
 
 def tracker(**kw: object) -> RestartTracker:

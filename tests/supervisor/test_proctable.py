@@ -1,4 +1,4 @@
-"""The Linux process table behind the limit sampler (supervisor/proctable.py), on real
+"""The Linux process table behind the limit sampler (supervisor/proc/proctable.py), on real
 processes: new ones found through the pid cursor, threads kept out, kept descriptors
 following the process and not its number, idle processes answered from schedstat,
 and the limit sampler still catching a burst after a long idle stretch."""
@@ -17,9 +17,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from pipevisor.supervisor import Supervisor, SupervisorConfig, _platform
-from pipevisor.supervisor.limits import Limit, LimitAction, Limits
-from pipevisor.supervisor.proctable import RANGE_MAX, ProcTable, last_pid
+from pipevisor.supervisor import Supervisor, SupervisorConfig
+from pipevisor.supervisor.engine.limits import Limit, LimitAction, Limits
+from pipevisor.supervisor.proc import containment as _platform
+from pipevisor.supervisor.proc.proctable import RANGE_MAX, ProcTable, last_pid
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.skipif(not _platform.IS_LINUX, reason="/proc is Linux only")

@@ -24,10 +24,12 @@ import anyio
 import pytest
 from anyio.abc import Process
 
-from pipevisor.supervisor import PluginCrashed, Supervisor, SupervisorConfig, _platform
-from pipevisor.supervisor.config import CallPolicy, HealthPolicy, PluginSpec, StopPolicy
-from pipevisor.supervisor.policy import RestartPolicy
-from pipevisor.supervisor.process import (
+from pipevisor.supervisor import PluginCrashed, Supervisor, SupervisorConfig
+from pipevisor.supervisor.engine.config import CallPolicy, HealthPolicy, PluginSpec, StopPolicy
+from pipevisor.supervisor.engine.policy import RestartPolicy
+from pipevisor.supervisor.proc import containment as _platform
+from pipevisor.supervisor.proc.spawn import (
+    plugin_env,
     spawn,
     terminate,
     wait_exit_after_eof,
@@ -104,7 +106,8 @@ async def answer(process: Process) -> bytes:
 
 
 async def started(containment: _platform.Containment) -> Process:
-    process = await spawn(pipe_spec(), containment, {})
+    spec = pipe_spec()
+    process = await spawn(spec.command, env=plugin_env(spec.name), containment=containment)
     await request(process, "echo", 0)
     assert b'"id":0' in await answer(process)  # the plugin runs and speaks
     return process

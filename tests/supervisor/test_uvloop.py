@@ -1,6 +1,6 @@
 """Real calls with the supervisor's event loop on uvloop (anyio's asyncio backend option).
 
-``supervisor/connection.py`` reaches under anyio's process streams to the
+``supervisor/engine/connection.py`` reaches under anyio's process streams to the
 asyncio ``StreamWriter``/``StreamReader`` for its fast path. uvloop brings its
 own transports (socketpairs instead of pipes, pipe data handed over with
 ``call_soon``), so these tests pin down that the fast path is still the one in
@@ -22,7 +22,7 @@ import pytest
 
 from pipevisor.protocol import ErrorCode, Fault, Notification, local_error
 from pipevisor.supervisor import CallTimeout, PluginCrashed, PluginError, Supervisor
-from pipevisor.supervisor.connection import Connection, ConnectionCallbacks, _asyncio_reader
+from pipevisor.supervisor.engine.connection import Connection, ConnectionCallbacks, _asyncio_reader
 from pipevisor.supervisor.errors import CallError
 from tests.supervisor.fake import fake_spec
 from tests.supervisor.test_calls import (

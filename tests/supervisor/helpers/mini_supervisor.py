@@ -19,7 +19,7 @@ sys.path.insert(
 
 import anyio
 
-from pipevisor.supervisor import _platform
+from pipevisor.supervisor.proc import containment as _platform
 
 
 def write_info(path: str, data: dict[str, object]) -> None:

@@ -1,7 +1,7 @@
 """``pipevisor list`` and ``pipevisor check``: finding plugins and judging one.
 
-Only argument parsing and output; discovery lives in :mod:`pipevisor.supervisor.discovery`
-and the checks in :mod:`pipevisor.supervisor.checker`.
+Only argument parsing and output; discovery lives in :mod:`pipevisor.supervisor.tools.discovery`
+and the checks in :mod:`pipevisor.supervisor.tools.checker`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import orjson
 # (anyio, psutil, jsonschema via the config), and every other pipevisor command, which
 # registers these, would pay for that at start-up.
 _DEFAULT_PREFIX = "pipevisor-"
-"""The file name prefix shown in --help (pipevisor.supervisor.discovery.DEFAULT_PREFIX; a test
+"""The file name prefix shown in --help (pipevisor.supervisor.tools.discovery.DEFAULT_PREFIX; a test
 checks the two agree)."""
 
 
@@ -29,7 +29,7 @@ checks the two agree)."""
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_plugins(prefix: str, dirs: tuple[str, ...], no_path: bool, as_json: bool) -> None:
     """List plugin executables (PREFIX<name>) found in --dir folders and on PATH."""
-    from pipevisor.supervisor.discovery import DiscoveryConfig, discover
+    from pipevisor.supervisor.tools.discovery import DiscoveryConfig, discover
 
     try:
         config = DiscoveryConfig(prefix=prefix, use_path=not no_path, dirs=dirs)
@@ -53,7 +53,7 @@ def list_plugins(prefix: str, dirs: tuple[str, ...], no_path: bool, as_json: boo
 
 def _resolve(target: str) -> str:
     """A file path as given, or a plugin name looked up like ``pipevisor list`` does."""
-    from pipevisor.supervisor.discovery import DEFAULT_PREFIX, discover
+    from pipevisor.supervisor.tools.discovery import DEFAULT_PREFIX, discover
 
     if os.sep in target or os.path.exists(target):
         return target if os.sep in target else os.path.join(os.curdir, target)
@@ -100,8 +100,13 @@ def check(as_json: bool, timeout: float, grace: float, skip: tuple[str, ...],
     """
     import anyio
 
-    from pipevisor.supervisor.checker import CheckOptions, check_plugin, report_json, report_text
-    from pipevisor.supervisor.process import SpawnError
+    from pipevisor.supervisor.proc.spawn import SpawnError
+    from pipevisor.supervisor.tools.checker import (
+        CheckOptions,
+        check_plugin,
+        report_json,
+        report_text,
+    )
 
     executable = _resolve(plugin)
     opts = CheckOptions(timeout=timeout, grace=grace, skip_methods=frozenset(skip),

@@ -11,7 +11,7 @@ and its own task group, so that
   cancels its in-flight calls (and the plugin is told, as for any cancelled
   call), and its event subscriptions end;
 * a slow event reader cannot grow the daemon's memory: a connection's
-  subscriptions share one :class:`pipevisor.supervisor.events.Subscription` bounded in
+  subscriptions share one :class:`pipevisor.supervisor.engine.events.Subscription` bounded in
   events and bytes; a client that lets it overflow is sent a last ``lagged``
   event and disconnected;
 * no client can make the daemon hold more than its bounds (ControlLimits,
@@ -23,11 +23,11 @@ and its own task group, so that
   (:func:`notice`).
 
 On asyncio (what ``pipevisor run`` uses) a connection is driven from its
-transport's callbacks (:class:`pipevisor.supervisor.client.TransportLink`) and its
+transport's callbacks (:class:`pipevisor.supervisor.io.control_link.TransportLink`) and its
 requests are served by worker tasks kept between requests, because anyio's
 socket stream and a new task per request were most of the control path's
 cost (figures in perf/README.md). Other anyio backends read with a task
-(:class:`pipevisor.supervisor.client.StreamLink`); both paths are tested.
+(:class:`pipevisor.supervisor.io.control_link.StreamLink`); both paths are tested.
 
 Security rests on the file mode: the socket is created 0600 (under a umask,
 so it is never briefly wider) in a directory created 0700; whoever can
@@ -71,14 +71,20 @@ from pipevisor.protocol.codec import FaultKind
 from pipevisor.protocol.errors import EncodeError
 from pipevisor.protocol.framing import DEFAULT_MAX_LINE_BYTES
 from pipevisor.protocol.messages import ErrorResponse, RequestId
-from pipevisor.supervisor.client import StreamLink, TransportLink, Waiter, asyncio_loop, wrap_socket
-from pipevisor.supervisor.config import PluginSpec
+from pipevisor.supervisor.engine.config import PluginSpec
+from pipevisor.supervisor.engine.events import Subscription, SubscriptionLagged, SupervisorEvent
+from pipevisor.supervisor.engine.metrics import CONTENT_TYPE
+from pipevisor.supervisor.engine.states import SERVING, PluginState
+from pipevisor.supervisor.engine.supervisor import Supervisor
 from pipevisor.supervisor.errors import CallError, ConfigError, PipevisorError
-from pipevisor.supervisor.events import Subscription, SubscriptionLagged, SupervisorEvent
-from pipevisor.supervisor.listening import AcceptGuard, RateLimitedLog, accept_forever, refuse
-from pipevisor.supervisor.metrics import CONTENT_TYPE
-from pipevisor.supervisor.states import SERVING, PluginState
-from pipevisor.supervisor.supervisor import Supervisor
+from pipevisor.supervisor.io.control_link import (
+    StreamLink,
+    TransportLink,
+    Waiter,
+    asyncio_loop,
+    wrap_socket,
+)
+from pipevisor.supervisor.io.listening import AcceptGuard, RateLimitedLog, accept_forever, refuse
 
 log = logging.getLogger("pipevisor.control")
 
@@ -101,7 +107,7 @@ SUBSCRIPTION_BUFFER = 1000
 """Events queued for one connection's subscriptions while its client is not reading."""
 
 SUBSCRIPTION_BYTES = 4 * 1024 * 1024
-"""Estimated bytes (pipevisor.supervisor.events.event_size) queued for one connection's
+"""Estimated bytes (pipevisor.supervisor.engine.events.event_size) queued for one connection's
 subscriptions. Past either bound the client is sent a final ``lagged`` event with the
 count and disconnected, and the queue is freed at once."""
 

@@ -3,7 +3,7 @@
 Commands today: ``demo`` (embedded supervisor with the example plugins),
 ``spec`` (print the wire protocol spec), ``containment`` (what this machine
 gives for keeping plugin trees contained), ``run`` (the daemon,
-supervisor/daemon.py) and the control commands that talk to it.
+supervisor/daemon/service.py) and the control commands that talk to it.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import click
 import orjson
 
-from pipevisor.supervisor.cli_control import COMMANDS as CONTROL_COMMANDS
-from pipevisor.supervisor.cli_plugins import COMMANDS as PLUGIN_COMMANDS
+from pipevisor.supervisor.cli.control import COMMANDS as CONTROL_COMMANDS
+from pipevisor.supervisor.cli.plugins import COMMANDS as PLUGIN_COMMANDS
 
 
 def _version() -> str:
@@ -43,7 +43,7 @@ def demo() -> None:
     """Run the example plugins under an embedded supervisor and show a crash being survived."""
     import anyio
 
-    from pipevisor.supervisor.demo import run_demo
+    from pipevisor.supervisor.daemon.demo import run_demo
 
     anyio.run(run_demo, click.echo)
 
@@ -60,8 +60,7 @@ def spec() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def containment(as_json: bool) -> None:
     """Show how plugin process trees are contained on this machine."""
-    from pipevisor.supervisor import _platform
-
+    from pipevisor.supervisor.proc import containment as _platform
     c = _platform.detect_containment()
     if as_json:
         click.echo(orjson.dumps({"mechanism": c.mechanism, "shim": c.shim,
@@ -81,7 +80,7 @@ def containment(as_json: bool) -> None:
               help="Log lines on stderr (default: the file's daemon.log_format, else text).")
 def run(config_path: str | None, socket_path: str | None, log_format: str | None) -> None:
     """Run the supervisor in the foreground: SIGTERM/SIGINT stop it, SIGHUP reloads."""
-    from pipevisor.supervisor.daemon import run_daemon
+    from pipevisor.supervisor.daemon.service import run_daemon
 
     raise SystemExit(run_daemon(config_path, socket_path, log_format))
 

@@ -11,7 +11,6 @@ for every call in flight.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -48,9 +47,13 @@ from pipevisor.protocol.interfaces import (
     negotiate,
 )
 from pipevisor.protocol.versions import VersionRange
-from pipevisor.supervisor import _platform
-from pipevisor.supervisor.config import PluginMode, PluginSpec, ProtocolErrorAction
-from pipevisor.supervisor.connection import Connection, ConnectionCallbacks, HostHandler
+from pipevisor.supervisor.engine.config import PluginMode, PluginSpec, ProtocolErrorAction
+from pipevisor.supervisor.engine.connection import Connection, ConnectionCallbacks, HostHandler
+from pipevisor.supervisor.engine.events import EventHub, SupervisorEvent
+from pipevisor.supervisor.engine.limits import LimitAction, backstop_evidence
+from pipevisor.supervisor.engine.plugin_log import LogBudget, StderrTail
+from pipevisor.supervisor.engine.policy import RestartTracker
+from pipevisor.supervisor.engine.states import COMING_BACK, SERVING, PluginState, check_transition
 from pipevisor.supervisor.errors import (
     CallError,
     CallTimeout,
@@ -59,13 +62,11 @@ from pipevisor.supervisor.errors import (
     invalid_params,
     local,
 )
-from pipevisor.supervisor.events import EventHub, SupervisorEvent
-from pipevisor.supervisor.limits import LimitAction, backstop_evidence
-from pipevisor.supervisor.plugin_log import LogBudget, StderrTail
-from pipevisor.supervisor.policy import RestartTracker
-from pipevisor.supervisor.process import (
+from pipevisor.supervisor.proc import containment as _platform
+from pipevisor.supervisor.proc.spawn import (
     SpawnError,
     describe_exit,
+    plugin_env,
     pump_stderr,
     spawn,
     terminate,
@@ -73,7 +74,6 @@ from pipevisor.supervisor.process import (
     wait_exit_after_eof,
     wait_stdin_closed,
 )
-from pipevisor.supervisor.states import COMING_BACK, SERVING, PluginState, check_transition
 
 S = PluginState
 log = logging.getLogger("pipevisor.runner")
@@ -527,7 +527,10 @@ class PluginRunner:
         self._set_state(S.STARTING)
         spawned_at = time.time()
         try:
-            process = await spawn(self.spec, self._containment, self._env())
+            process = await spawn(
+                self.spec.command, containment=self._containment, cwd=self.spec.cwd,
+                env=plugin_env(self.spec.name, inherit=self.spec.inherit_env, env=self.spec.env),
+                rlimits=self.spec.limits.rlimits())
         except SpawnError as exc:
             self._hub.publish(SupervisorEvent(self.spec.name, "exit", {"error": str(exc)}))
             return _End("spawn", str(exc), give_up=True)
@@ -566,14 +569,6 @@ class PluginRunner:
             self.process = None
         assert end is not None
         return end
-
-    def _env(self) -> dict[str, str]:
-        return {
-            "PIPEVISOR_PLUGIN": "1",
-            "PIPEVISOR_PLUGIN_NAME": self.spec.name,
-            "PIPEVISOR_PROTOCOL": "1.0..1.0",
-            "PIPEVISOR_HOST_PID": str(os.getpid()),
-        }
 
     def _bring_up_state(self, new: PluginState, reason: str | None = None) -> bool:
         """Advance the bring-up unless the instance is already ending.

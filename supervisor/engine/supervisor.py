@@ -23,14 +23,14 @@ from anyio.abc import TaskGroup
 
 from pipevisor.protocol import ErrorCode, ErrorObject, HandshakeParams, standard_error
 from pipevisor.protocol.interfaces import Direction, InterfaceViolation, negotiate_host_methods
-from pipevisor.supervisor import _platform
-from pipevisor.supervisor.config import PluginSpec, SupervisorConfig
+from pipevisor.supervisor.engine.config import PluginSpec, SupervisorConfig
+from pipevisor.supervisor.engine.events import EventHub, Subscription
+from pipevisor.supervisor.engine.interfaces import Adapter, AdapterRegistry, interfaces_from
+from pipevisor.supervisor.engine.runner import PluginRunner
+from pipevisor.supervisor.engine.sampler import Sampler
+from pipevisor.supervisor.engine.states import SERVING, PluginState
 from pipevisor.supervisor.errors import CallError, ConfigError, invalid_params, local
-from pipevisor.supervisor.events import EventHub, Subscription
-from pipevisor.supervisor.interfaces import Adapter, AdapterRegistry, interfaces_from
-from pipevisor.supervisor.runner import PluginRunner
-from pipevisor.supervisor.sampler import Sampler
-from pipevisor.supervisor.states import SERVING, PluginState
+from pipevisor.supervisor.proc import containment as _platform
 
 log = logging.getLogger("pipevisor.supervisor")
 
@@ -225,8 +225,8 @@ class Supervisor:
         return result
 
     def metrics(self) -> str:
-        """Prometheus text exposition of every plugin (``supervisor/metrics.py``)."""
-        from pipevisor.supervisor.metrics import render
+        """Prometheus text exposition of every plugin (``supervisor/engine/metrics.py``)."""
+        from pipevisor.supervisor.engine.metrics import render
         return render(list(self.runners.values()), self.sampler)
 
     async def notify(self, plugin: str, method: str, params: Any = None) -> None:

@@ -22,7 +22,7 @@ or could be run as something other than what the user installed:
 * directories, broken symbolic links, files that are not regular files,
   files that are not executable by us, files anyone may write to;
 * names (the part after the prefix) that are not valid plugin names
-  (:data:`pipevisor.supervisor.config.NAME_RE`), because the supervisor could not
+  (:data:`pipevisor.supervisor.engine.config.NAME_RE`), because the supervisor could not
   configure them anyway.
 
 Folders on PATH that do not exist are ignored silently (every PATH has some);
@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipevisor.supervisor.config import NAME_RE
+from pipevisor.supervisor.engine.config import NAME_RE
 
 DEFAULT_PREFIX = "pipevisor-"
 

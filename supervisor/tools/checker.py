@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,8 +54,13 @@ from pipevisor.protocol import (
     ResponseReceived,
     standard_error,
 )
-from pipevisor.supervisor import _platform
-from pipevisor.supervisor.process import SpawnError, describe_exit, pump_stderr, resolve_executable
+from pipevisor.supervisor.proc import containment as _platform
+from pipevisor.supervisor.proc.spawn import (
+    describe_exit,
+    plugin_env,
+    pump_stderr,
+    spawn,
+)
 
 UNKNOWN_METHOD = "pipevisor_check.no_such_method"
 """Called to see a -32601 answer; not reserved, so the plugin must answer it itself."""
@@ -253,19 +257,8 @@ class _Session:
 
 async def _spawn(command: tuple[str, ...]) -> Process:
     """Start the plugin. Raises :class:`SpawnError` naming the file when it cannot run."""
-    executable = resolve_executable(command[0], os.environ.get("PATH"))
-    containment = _platform.detect_containment()
-    argv, kwargs = _platform.wrap_command([executable, *command[1:]], containment)
-    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ",
-                                      "TMPDIR") if k in os.environ}
-    env.update({"PIPEVISOR_PLUGIN": "1", "PIPEVISOR_PLUGIN_NAME": _plugin_name(command[0]),
-                "PIPEVISOR_PROTOCOL": f"{PROTOCOL_VERSIONS.min}..{PROTOCOL_VERSIONS.max}",
-                "PIPEVISOR_HOST_PID": str(os.getpid())})
-    try:
-        return await anyio.open_process(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, env=env, **kwargs)
-    except OSError as exc:
-        raise SpawnError(f"cannot start {executable}: {exc}") from exc
+    return await spawn(command, env=plugin_env(_plugin_name(command[0])),
+                       containment=_platform.detect_containment())
 
 
 def _plugin_name(executable: str) -> str:

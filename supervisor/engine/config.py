@@ -17,10 +17,11 @@ from typing import Any
 
 from pipevisor.protocol import DEFAULT_MAX_LINE_BYTES
 from pipevisor.protocol.interfaces import InterfaceSet
+from pipevisor.supervisor.engine.interfaces import AdapterSpec
+from pipevisor.supervisor.engine.limits import Limits
+from pipevisor.supervisor.engine.policy import RestartPolicy
 from pipevisor.supervisor.errors import ConfigError
-from pipevisor.supervisor.interfaces import AdapterSpec
-from pipevisor.supervisor.limits import Limits
-from pipevisor.supervisor.policy import RestartPolicy
+from pipevisor.supervisor.proc.spawn import DEFAULT_INHERITED_ENV
 
 
 def package_version() -> str:
@@ -35,8 +36,6 @@ def package_version() -> str:
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-DEFAULT_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
-"""The only variables a plugin inherits from the supervisor unless configured otherwise."""
 
 
 class ProtocolErrorAction(StrEnum):

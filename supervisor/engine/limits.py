@@ -1,7 +1,7 @@
 """Per-plugin resource limits: what may be used, and what happens past it.
 
 Every limit defaults to "no limit" (``None``): a plugin without limits costs the
-sampler nothing. The sampler (``supervisor/sampler.py``) measures the whole
+sampler nothing. The sampler (``supervisor/engine/sampler.py``) measures the whole
 process tree; the kernel rlimits derived here (``Limits.rlimits``) are only a
 backstop for what grows faster than one sampling interval. See docs/limits.md.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import resource
 import signal
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -131,13 +130,6 @@ class Limits:
 
 NO_LIMITS = Limits()
 
-RLIMIT_IDS: dict[str, int] = {
-    "core": resource.RLIMIT_CORE,
-    "nofile": resource.RLIMIT_NOFILE,
-    "data": resource.RLIMIT_DATA,
-    "as": resource.RLIMIT_AS,
-}
-"""Short names used on the pvinit command line and in ``Limits.rlimits``."""
 
 
 _OUT_OF_MEMORY = re.compile(

@@ -2,7 +2,7 @@
 
 Runs ``examples/python-stdlib/pipevisor-echo`` and ``examples/misbehaving/pipevisor-crashy``
 from a source checkout, calls them, crashes one, watches it come back, and stops
-both. ``python -m pipevisor.supervisor.demo`` runs it too.
+both. ``python -m pipevisor.supervisor.daemon.demo`` runs it too.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 
 import anyio
 
-from pipevisor.supervisor.config import PluginSpec, StopPolicy
+from pipevisor.supervisor.engine.config import PluginSpec, StopPolicy
+from pipevisor.supervisor.engine.events import Subscription
+from pipevisor.supervisor.engine.states import PluginState
 from pipevisor.supervisor.errors import ConfigError, PluginCrashed
-from pipevisor.supervisor.events import Subscription
-from pipevisor.supervisor.states import PluginState
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ECHO = EXAMPLES / "python-stdlib" / "pipevisor-echo"
 CRASHY = EXAMPLES / "misbehaving" / "pipevisor-crashy"
 TIMEOUT = 10.0
@@ -81,7 +81,9 @@ async def run_demo(out: Callable[[str], None]) -> None:
 
 
 async def _demo(specs: list[PluginSpec], out: Callable[[str], None]) -> None:
-    from pipevisor.supervisor.supervisor import Supervisor  # heavy import, only when the demo runs
+    from pipevisor.supervisor.engine.supervisor import (
+        Supervisor,  # heavy import, only when the demo runs
+    )
 
     async with Supervisor(specs) as sup:
         await sup.wait_ready(timeout=TIMEOUT)

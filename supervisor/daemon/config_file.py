@@ -1,7 +1,7 @@
 """The daemon's TOML configuration file -> the same frozen dataclasses embedding code builds.
 
 Why a generic converter: the tables of the file mirror the dataclasses in
-``supervisor/config.py`` field for field, so the converter walks those
+``supervisor/engine/config.py`` field for field, so the converter walks those
 dataclasses and their type hints instead of listing keys by hand. A field added
 to ``PluginSpec`` (or any policy it holds) is configurable from TOML the moment
 it exists, with the same type checking and the same error format.
@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from pipevisor.supervisor import paths
-from pipevisor.supervisor.config import PluginSpec, SupervisorConfig
-from pipevisor.supervisor.discovery import DiscoveryConfig, DiscoveryResult, discover
+from pipevisor.supervisor.engine.config import PluginSpec, SupervisorConfig
 from pipevisor.supervisor.errors import ConfigError
+from pipevisor.supervisor.tools.discovery import DiscoveryConfig, DiscoveryResult, discover
 
 
 class LogFormat(enum.StrEnum):

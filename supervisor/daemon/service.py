@@ -32,15 +32,17 @@ from typing import Any
 import anyio
 import orjson
 
-from pipevisor.supervisor import _platform, config_file, paths
-from pipevisor.supervisor.config import PluginSpec
-from pipevisor.supervisor.config_file import DaemonConfig, LogFormat
-from pipevisor.supervisor.control import ControlLimits, ControlSocketError, serve_control
+from pipevisor.supervisor import paths
+from pipevisor.supervisor.daemon import config_file
+from pipevisor.supervisor.daemon.config_file import DaemonConfig, LogFormat
+from pipevisor.supervisor.daemon.control import ControlLimits, ControlSocketError, serve_control
+from pipevisor.supervisor.daemon.metrics_http import MetricsListenError, serve_metrics
+from pipevisor.supervisor.daemon.systemd import Notifier
+from pipevisor.supervisor.engine.config import PluginSpec
+from pipevisor.supervisor.engine.states import SERVING, PluginState
+from pipevisor.supervisor.engine.supervisor import Supervisor
 from pipevisor.supervisor.errors import ConfigError
-from pipevisor.supervisor.metrics_http import MetricsListenError, serve_metrics
-from pipevisor.supervisor.states import SERVING, PluginState
-from pipevisor.supervisor.supervisor import Supervisor
-from pipevisor.supervisor.systemd import Notifier
+from pipevisor.supervisor.proc import containment as _platform
 
 log = logging.getLogger("pipevisor.daemon")
 
@@ -129,7 +131,7 @@ def _version() -> str:
 @dataclass
 class Daemon:
     """The running daemon: its configuration, supervisor and the hooks the control
-    socket calls (``pipevisor.supervisor.control.DaemonHooks``)."""
+    socket calls (``pipevisor.supervisor.daemon.control.DaemonHooks``)."""
 
     config_path: str | None
     config: DaemonConfig

@@ -427,4 +427,4 @@ def metrics(socket_path: str | None, as_json: bool) -> None:
 
 
 COMMANDS = [status, call, start, stop, restart, load, unload, reload, logs, events, metrics]
-"""Registered on the ``pipevisor`` group by supervisor/cli.py."""
+"""Registered on the ``pipevisor`` group by supervisor/cli/main.py."""

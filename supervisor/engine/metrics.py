@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from pipevisor.supervisor.states import SERVING, PluginState
+from pipevisor.supervisor.engine.states import SERVING, PluginState
 
 if TYPE_CHECKING:
-    from pipevisor.supervisor.runner import PluginRunner
-    from pipevisor.supervisor.sampler import Sampler
+    from pipevisor.supervisor.engine.runner import PluginRunner
+    from pipevisor.supervisor.engine.sampler import Sampler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING
 import anyio
 import psutil
 
-from pipevisor.supervisor import _platform
-from pipevisor.supervisor.limits import Limit, LimitAction, Limits
-from pipevisor.supervisor.proctable import ProcTable
-from pipevisor.supervisor.states import PluginState
+from pipevisor.supervisor.engine.limits import Limit, LimitAction, Limits
+from pipevisor.supervisor.engine.states import PluginState
+from pipevisor.supervisor.proc import containment as _platform
+from pipevisor.supervisor.proc.proctable import ProcTable
 
 if TYPE_CHECKING:
     from anyio.abc import Process
 
-    from pipevisor.supervisor.runner import PluginRunner
+    from pipevisor.supervisor.engine.runner import PluginRunner
 
 log = logging.getLogger("pipevisor.limits")
 

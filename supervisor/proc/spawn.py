@@ -13,13 +13,13 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 from anyio.abc import Process
 
-from pipevisor.supervisor import _platform
-from pipevisor.supervisor.config import PluginSpec
+from pipevisor.protocol import PROTOCOL_VERSIONS
+from pipevisor.supervisor.proc import containment as _platform
 
 log = logging.getLogger("pipevisor.process")
 
@@ -50,13 +50,27 @@ def resolve_executable(command: str, path: str | None) -> str:
     return found
 
 
-def build_env(
-    spec: PluginSpec, extra: Mapping[str, str], source: Mapping[str, str]
-) -> dict[str, str]:
-    env = {k: source[k] for k in spec.inherit_env if k in source}
-    env.update(spec.env)
-    env.update(extra)
-    return env
+DEFAULT_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+"""The only variables a plugin inherits from the supervisor unless configured otherwise."""
+
+
+def plugin_env(name: str, *, inherit: Sequence[str] = DEFAULT_INHERITED_ENV,
+               env: Mapping[str, str] | None = None,
+               source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a plugin named ``name``: the ``inherit`` variables of
+    ``source`` (the supervisor's own by default), then ``env``, then the ``PIPEVISOR_*``
+    variables SPEC 5 promises, which neither of those can override. The daemon and the
+    checker both start plugins with this, so a plugin sees the same under both."""
+    source = os.environ if source is None else source
+    out = {k: source[k] for k in inherit if k in source}
+    out.update(env or {})
+    out.update({
+        "PIPEVISOR_PLUGIN": "1",
+        "PIPEVISOR_PLUGIN_NAME": name,
+        "PIPEVISOR_PROTOCOL": f"{PROTOCOL_VERSIONS.min}..{PROTOCOL_VERSIONS.max}",
+        "PIPEVISOR_HOST_PID": str(os.getpid()),
+    })
+    return out
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -72,27 +86,30 @@ def describe_exit(returncode: int | None) -> str:
 
 
 async def spawn(
-    spec: PluginSpec,
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str],
     containment: _platform.Containment,
-    extra_env: Mapping[str, str],
-    source_env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    rlimits: Mapping[str, int] | None = None,
 ) -> Process:
-    """Start the plugin. Raises :class:`SpawnError` when it cannot start at all."""
-    source = os.environ if source_env is None else source_env
-    env = build_env(spec, extra_env, source)
-    executable = resolve_executable(spec.command[0], env.get("PATH"))
-    if spec.cwd is not None and not os.path.isdir(spec.cwd):
-        raise SpawnError(f"working directory does not exist: {spec.cwd}")
-    rlimits = spec.limits.rlimits()
-    argv, kwargs = _platform.wrap_command([executable, *spec.command[1:]], containment, rlimits)
+    """Start ``command`` (its first item looked up on ``env``'s PATH) with three pipes,
+    wrapped by ``containment`` with the kernel ``rlimits`` (short name -> value, see
+    :mod:`pipevisor.supervisor.proc.rlimits`). Raises :class:`SpawnError` when it
+    cannot start at all."""
+    executable = resolve_executable(command[0], env.get("PATH"))
+    if cwd is not None and not os.path.isdir(cwd):
+        raise SpawnError(f"working directory does not exist: {cwd}")
+    rlimits = dict(rlimits or {})
+    argv, kwargs = _platform.wrap_command([executable, *command[1:]], containment, rlimits)
     try:
         process = await anyio.open_process(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            cwd=spec.cwd,
-            env=env,
+            cwd=cwd,
+            env=dict(env),
             **kwargs,
         )
     except OSError as exc:

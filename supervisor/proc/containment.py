@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import psutil
 
-from pipevisor.supervisor.limits import RLIMIT_IDS
+from pipevisor.supervisor.proc.rlimits import RLIMIT_IDS
 
 __all__ = [
     "FORWARDED_SIGNALS",
@@ -315,7 +315,7 @@ def wrap_command(argv: Sequence[str], containment: Containment,
     called from a long-lived thread: PR_SET_PDEATHSIG fires when the *thread*
     that forked the shim exits.
 
-    ``rlimits`` (short name -> value, see ``pipevisor.supervisor.limits.RLIMIT_IDS``) are set
+    ``rlimits`` (short name -> value, see ``pipevisor.supervisor.proc.rlimits.RLIMIT_IDS``) are set
     in the plugin just before exec by pvinit when there is a shim (so the shim
     itself stays unconstrained). Without one they are ignored here: the caller
     sets them right after the spawn with :func:`set_rlimits_after_spawn` (no

@@ -27,8 +27,8 @@ from functools import partial
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 
-from pipevisor.supervisor.listening import AcceptGuard, RateLimitedLog, accept_forever, refuse
-from pipevisor.supervisor.metrics import CONTENT_TYPE
+from pipevisor.supervisor.engine.metrics import CONTENT_TYPE
+from pipevisor.supervisor.io.listening import AcceptGuard, RateLimitedLog, accept_forever, refuse
 
 log = logging.getLogger("pipevisor.metrics")
 

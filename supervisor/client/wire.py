@@ -1,0 +1,190 @@
+"""Request building and answer reading shared by the blocking and the async client:
+what the daemon's notices, garbled lines and events mean to a caller."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+
+from pipevisor.protocol import (
+    ErrorObject,
+    Fault,
+    FaultKind,
+    NotificationReceived,
+    ProtocolFault,
+    ResponseReceived,
+)
+from pipevisor.protocol.messages import ErrorResponse, RequestId
+from pipevisor.supervisor.client.errors import (
+    EVENT,
+    SOCKET_ENV,
+    BadAnswer,
+    ControlError,
+    DaemonBusy,
+    DaemonConnectionLost,
+    DaemonNotRunning,
+    EventsLagged,
+)
+from pipevisor.supervisor.errors import PipevisorError, error_from_object
+from pipevisor.supervisor.paths import default_socket_path
+
+
+class _Unread(Exception):
+    """The daemon closed an idle connection before reading our request: safe to resend."""
+
+
+_REOPEN = frozenset({"idle", "evicted"})
+"""Notices after which the request was never read, and a new connection is the remedy."""
+
+_GARBLED = frozenset({FaultKind.INVALID_JSON, FaultKind.INVALID_UTF8,
+                      FaultKind.TRUNCATED_MESSAGE})
+
+_ID_IN_HEAD = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
+_REASON = re.compile(rb'"reason"\s*:\s*"(\w+)"')
+_MESSAGE = re.compile(rb'"message"\s*:\s*"((?:[^"\\]|\\.)*)')
+
+
+def resolve_socket_path(socket_path: str | None = None) -> str:
+    return socket_path or os.environ.get(SOCKET_ENV) or default_socket_path()
+
+
+def _raise_for(method: str, error: ErrorObject) -> None:
+    """The exception for an error answer: call errors as the embedded supervisor raises them."""
+    data = error.data
+    if isinstance(data, dict) and data.get("origin") == "control":
+        raise ControlError(error)
+    raise error_from_object(error)
+
+
+def _settle(method: str, event: ResponseReceived) -> Any:
+    msg = event.response
+    if isinstance(msg, ErrorResponse):
+        _raise_for(method, msg.error)
+    return msg.result  # type: ignore[union-attr]
+
+
+def _notice(fault: Fault) -> tuple[str, str] | None:
+    """(reason, message) when ``fault`` is a notice the daemon sends before it closes a
+    connection on its own (an error answer with id null; the daemon's ``control.notice``)."""
+    if fault.kind is not FaultKind.UNEXPECTED_RESPONSE or fault.id is not None:
+        return None
+    raw = fault.raw  # the line's first 200 bytes: read what is there, even if cut
+    reason = _REASON.search(raw)
+    message = _MESSAGE.search(raw)
+    text = message.group(1).decode("utf-8", "replace") if message else ""
+    return (reason.group(1).decode() if reason else "unknown",
+            text.replace('\\"', '"') or "the daemon closed the connection")
+
+
+def _answer_id(fault: Fault) -> RequestId:
+    """The id an oversized answer was for, read from the line's first bytes (None if not)."""
+    found = _ID_IN_HEAD.search(fault.raw)
+    if found is None:
+        return None
+    try:
+        ident: RequestId = orjson.loads(found.group(1))
+    except orjson.JSONDecodeError:
+        return None
+    return ident
+
+
+def _call_params(plugin: str, method: str, params: Any, timeout: float | None) -> dict[str, Any]:
+    p: dict[str, Any] = {"plugin": plugin, "method": method}
+    if params is not None:
+        p["params"] = params
+    if timeout is not None:
+        p["timeout"] = timeout
+    return p
+
+
+def _filters(plugins: list[str] | None, kinds: list[str] | None) -> dict[str, Any]:
+    p: dict[str, Any] = {}
+    if plugins:
+        p["plugins"] = list(plugins)
+    if kinds:
+        p["kinds"] = list(kinds)
+    return p
+
+
+def _opt(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+
+def _failure(path: str, reason: str, message: str) -> PipevisorError:
+    """The exception for a notice the daemon sent before closing the connection."""
+    if reason == "busy":
+        return DaemonBusy(path, message)
+    if reason == "closed":  # no notice: the end of the stream was all it said
+        return DaemonConnectionLost(path, message)
+    return DaemonConnectionLost(path, f"the daemon closed the connection: {message}")
+
+
+
+def _event_or_raise(event: dict[str, Any]) -> dict[str, Any]:
+    """An event for the subscriber, or :class:`EventsLagged` for the daemon's last one."""
+    if event.get("kind") == "lagged" and event.get("plugin") is None:
+        raise EventsLagged(int(event.get("count") or 0))
+    return event
+
+
+def _absorb(events: list[Any], ident: RequestId, pending: deque[dict[str, Any]],
+            socket_path: str) -> bool:
+    """Queue event notifications; True once the subscribe answer was among ``events``.
+    A notice or a garbled line raises (after the events before it are queued, the
+    ``lagged`` one included)."""
+    subscribed = False
+    for event in events:
+        if isinstance(event, ResponseReceived) and event.response.id == ident:
+            _settle("subscribe", event)
+            subscribed = True
+        elif isinstance(event, NotificationReceived) and (
+            event.notification.method == EVENT and isinstance(event.notification.params, dict)
+        ):
+            pending.append(event.notification.params)
+        elif isinstance(event, ProtocolFault):
+            note = _notice(event.fault)
+            if note is not None:
+                if note[0] == "lagged":  # its "lagged" event is queued: that one says it
+                    continue
+                raise _failure(socket_path, *note)
+            if event.fault.kind in _GARBLED or event.fault.kind is FaultKind.OVERSIZED_LINE:
+                raise BadAnswer(f"an event from the daemon could not be read: "
+                                f"{event.fault.detail}")
+    return subscribed
+
+def _blocking_connect(path: str, timeout: float) -> socket.socket:
+    """Connect; a full listen backlog (EAGAIN) is retried until ``timeout``, then reported
+    as :class:`DaemonBusy`, not as a missing daemon."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            sock.close()
+            raise DaemonNotRunning(path, "the socket does not exist") from None
+        except ConnectionRefusedError:
+            sock.close()
+            raise DaemonNotRunning(path, "connection refused (stale socket file?)") from None
+        except (BlockingIOError, TimeoutError) as exc:
+            sock.close()
+            if time.monotonic() + pause >= deadline:
+                why = ("its listen backlog stayed full" if isinstance(exc, BlockingIOError)
+                       else "it did not take the connection")
+                raise DaemonBusy(path, f"{why} for {timeout:g} s; retry later") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+            continue
+        except OSError as exc:
+            sock.close()
+            raise DaemonNotRunning(path, str(exc) or type(exc).__name__) from None
+        return sock
