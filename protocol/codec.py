@@ -46,7 +46,10 @@ class Fault:
     ``id`` is the request id when one could be read from an invalid request
     (so an error reply can echo it), else ``None``. ``is_request`` is true when
     the value looked like a request or notification, i.e. when a JSON-RPC
-    server owes an ``Invalid Request`` reply.
+    server owes an ``Invalid Request`` reply. ``maybe_response`` marks an
+    object with a usable id and nothing else (no method, result or error): if
+    a request of ours waits for that id, it is a malformed answer to it;
+    otherwise it is an invalid request.
     """
 
     kind: FaultKind
@@ -54,6 +57,7 @@ class Fault:
     raw: bytes
     id: RequestId = None
     is_request: bool = False
+    maybe_response: bool = False
 
 
 Decoded: TypeAlias = Message | Fault
@@ -118,10 +122,14 @@ def parse_value(obj: Any, raw: bytes) -> Decoded:
         return Request(ident, method, params)
     has_result = "result" in obj
     has_error = "error" in obj
-    if has_result == has_error:
-        detail = ("a response needs exactly one of result and error" if has_id
-                  else "neither a request (no method) nor a response")
-        return Fault(FaultKind.INVALID_MESSAGE, detail, _truncate(raw), echo_id, not has_id)
+    if has_result and has_error:
+        return Fault(FaultKind.INVALID_MESSAGE, "a response needs exactly one of result and error",
+                     _truncate(raw), echo_id)
+    if not has_result and not has_error:
+        # No method, no result, no error: JSON-RPC 2.0 calls this an invalid Request
+        # object (SPEC 4.2), answered -32600 echoing a readable id.
+        return Fault(FaultKind.INVALID_MESSAGE, "neither a request (no method) nor a response",
+                     _truncate(raw), echo_id, True, has_id and id_ok)
     if not has_id or not id_ok:
         return Fault(FaultKind.INVALID_MESSAGE, "a response needs a string, number or null id",
                      _truncate(raw), None)

@@ -19,14 +19,16 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from pipevisor.protocol import constants as _c
+
 
 class ErrorCode(IntEnum):
     # JSON-RPC 2.0 standard codes.
-    PARSE_ERROR = -32700
-    INVALID_REQUEST = -32600
-    METHOD_NOT_FOUND = -32601
-    INVALID_PARAMS = -32602
-    INTERNAL_ERROR = -32603
+    PARSE_ERROR = _c.PARSE_ERROR
+    INVALID_REQUEST = _c.INVALID_REQUEST
+    METHOD_NOT_FOUND = _c.METHOD_NOT_FOUND
+    INVALID_PARAMS = _c.INVALID_PARAMS
+    INTERNAL_ERROR = _c.INTERNAL_ERROR
 
     # Local: produced by pipevisor only.
     PLUGIN_CRASHED = -31000
@@ -44,14 +46,14 @@ class ErrorCode(IntEnum):
     PROTOCOL_VIOLATION = -31012
 
     # Sent by plugins that speak the pipevisor protocol.
-    UNSUPPORTED_PROTOCOL_VERSION = -31050
-    NOT_INITIALIZED = -31051
-    SHUTTING_DOWN = -31052
-    REQUEST_CANCELLED = -31053
+    UNSUPPORTED_PROTOCOL_VERSION = _c.UNSUPPORTED_PROTOCOL_VERSION
+    NOT_INITIALIZED = _c.NOT_INITIALIZED
+    SHUTTING_DOWN = _c.SHUTTING_DOWN
+    REQUEST_CANCELLED = _c.REQUEST_CANCELLED
 
 
-LOCAL_CODES = range(-31049, -30999)  # -31049 .. -31000 inclusive
-PLUGIN_CODES = range(-31099, -31049)  # -31099 .. -31050 inclusive
+LOCAL_CODES = _c.LOCAL_CODES  # -31049 .. -31000 inclusive
+PLUGIN_CODES = _c.PLUGIN_CODES  # -31099 .. -31050 inclusive
 
 STANDARD_MESSAGES: dict[int, str] = {
     ErrorCode.PARSE_ERROR: "Parse error",

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
-"""16 MiB: far above any sane RPC payload, far below what hurts a host."""
+from pipevisor.protocol.constants import DEFAULT_MAX_LINE_BYTES  # 16 MiB
+
+__all__ = ["DEFAULT_MAX_LINE_BYTES", "HEAD_BYTES", "LineSplitter", "OversizedLine"]
 
 HEAD_BYTES = 200
 """How much of an offending line a fault keeps, for the log and the user."""

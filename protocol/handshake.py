@@ -16,6 +16,19 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from pipevisor.protocol.constants import (
+    CANCEL,
+    HANDSHAKE,
+    LOG,
+    LOG_LEVELS,
+    PING,
+    PROGRESS,
+    PROTOCOL_NAME,
+    PROTOCOL_VERSION_PAIRS,
+    RESERVED_PREFIXES,
+    SHUTDOWN,
+    is_reserved,
+)
 from pipevisor.protocol.errors import (
     ErrorCode,
     ErrorObject,
@@ -27,23 +40,14 @@ from pipevisor.protocol.errors import (
 from pipevisor.protocol.schema_store import first_error
 from pipevisor.protocol.versions import Version, VersionRange, negotiate
 
-PROTOCOL_NAME = "pipevisor"
-PROTOCOL_VERSIONS = VersionRange(Version(1, 0), Version(1, 0))
+PROTOCOL_VERSIONS = VersionRange(Version(*PROTOCOL_VERSION_PAIRS[0]),
+                                 Version(*PROTOCOL_VERSION_PAIRS[1]))
 """The protocol versions this package speaks."""
 
-HANDSHAKE = "pipevisor/handshake"
-CANCEL = "pipevisor/cancel"
-PING = "pipevisor/ping"
-SHUTDOWN = "pipevisor/shutdown"
-LOG = "pipevisor/log"
-PROGRESS = "pipevisor/progress"
-
-RESERVED_PREFIXES = ("pipevisor/", "rpc.", "$/")
-LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
-
-
-def is_reserved(method: str) -> bool:
-    return method.startswith(RESERVED_PREFIXES)
+__all__ = ["CANCEL", "HANDSHAKE", "LOG", "LOG_LEVELS", "PING", "PROGRESS", "PROTOCOL_NAME",
+           "PROTOCOL_VERSIONS", "RESERVED_PREFIXES", "SHUTDOWN", "HandshakeParams",
+           "HandshakeResult", "MethodInfo", "check_params", "choose_version", "is_reserved",
+           "unsupported_version"]
 
 
 def check_params(name: str, params: Any) -> None:

@@ -14,6 +14,10 @@ Replies that the protocol makes mandatory and that no application logic
 decides (``Parse error`` to a garbage line, ``Invalid Request``, the array
 answer to a batch) are queued internally and collected with
 :meth:`Peer.take_output`, so the I/O layer writes them without knowing why.
+Those automatic error replies are bounded: at most ``max_auto_replies`` wait
+in the queue between two calls of :meth:`Peer.take_output`; the rest are
+counted (``stats.unanswered``) and reported as faults, never queued, so a
+peer flooding us with invalid messages cannot grow our memory.
 """
 
 from __future__ import annotations
@@ -67,15 +71,26 @@ class PeerStats:
     messages_out: int = 0
     faults: int = 0
     late_responses: int = 0
+    unanswered: int = 0
+    """Invalid messages left unanswered because ``max_auto_replies`` was reached."""
 
 
 class Peer:
     """One end of a newline-delimited JSON-RPC 2.0 connection.
 
-    ``answer_garbage``: a JSON-RPC *server* answers an unparseable line with
-    ``Parse error`` (id null). A host reading a plugin's stdout should not
-    (stray debug prints would get answers the plugin cannot use), so the
-    host side leaves it off and only reports the fault.
+    Invalid requests (valid JSON that is not a valid request: ``42``, ``[]``,
+    ``{"jsonrpc": "2.0", "method": 1}``, an element of a batch) are always
+    answered ``Invalid Request``, echoing the id when one can be read and with
+    id null otherwise, as JSON-RPC 2.0 requires of whoever receives requests;
+    both ends of a pipevisor connection do.
+
+    ``answer_garbage``: also answer a line that is not JSON at all (or is too
+    long) with ``Parse error``, id null. A plugin does (SPEC 3.5). A host
+    reading a plugin's stdout does not: such lines are nearly always a stray
+    debug print, which the plugin could not make sense of an answer to.
+
+    ``max_auto_replies`` bounds the automatic error replies waiting in
+    :meth:`take_output`'s queue; see the module docstring.
     """
 
     def __init__(
@@ -85,6 +100,7 @@ class Peer:
         answer_garbage: bool = False,
         id_factory: Callable[[], RequestId] | None = None,
         remember_cancelled: int = 1024,
+        max_auto_replies: int = 1024,
     ) -> None:
         self._splitter = LineSplitter(max_line_bytes)
         self._answer_garbage = answer_garbage
@@ -98,6 +114,8 @@ class Peer:
         self._abandoned: OrderedDict[RequestId, None] = OrderedDict()
         self._remember = remember_cancelled
         self._output: list[bytes] = []
+        self._max_auto = max_auto_replies
+        self._auto = 0  # automatic error replies since the last take_output
         self.stats = PeerStats()
 
     # ------------------------------------------------------------------ state
@@ -149,6 +167,7 @@ class Peer:
 
     def take_output(self) -> bytes:
         """Bytes the protocol obliges us to send (automatic error replies, batch answers)."""
+        self._auto = 0
         if not self._output:
             return b""
         out = b"".join(self._output)
@@ -163,7 +182,7 @@ class Peer:
                   f"{self._splitter.max_line_bytes} bytes and was skipped{how}", item.head),
             events,
         )
-        if self._answer_garbage:
+        if self._answer_garbage and self._may_auto_reply():
             self._queue_error(None, standard_error(ErrorCode.PARSE_ERROR, "line too long"))
 
     def _handle_line(self, line: bytes, events: list[Event]) -> None:
@@ -197,21 +216,34 @@ class Peer:
             events.append(NotificationReceived(msg))  # type: ignore[arg-type]
         else:
             assert isinstance(msg, Fault)
+            # {"jsonrpc": "2.0", "id": X} alone: a broken answer if we wait for X, which
+            # _fault settles; otherwise an invalid request, answered below.
+            answers_ours = msg.maybe_response and msg.id in self._outgoing
             self._fault(msg, events)
-            # A host reading a plugin's stdout answers an invalid request only when it
-            # carries an id someone waits on; a stray JSON value printed by a
-            # plugin (``42``, ``{"debug": 1}``) gets no reply.
-            owed = self._answer_garbage or msg.id is not None
-            if msg.kind is FaultKind.INVALID_MESSAGE and msg.is_request and owed:
+            if answers_ours:
+                return
+            # JSON-RPC 2.0: an invalid request is answered -32600, id null when none can
+            # be read, in a batch as an element of its array answer (SPEC 4.2, 3.4).
+            if msg.kind is FaultKind.INVALID_MESSAGE and msg.is_request:
+                if not self._may_auto_reply():
+                    return
                 error = standard_error(ErrorCode.INVALID_REQUEST, msg.detail)
                 if batch is not None:
                     self._batches[batch].replies.append(ErrorResponse(msg.id, error).to_json())
                 else:
                     self._queue_error(msg.id, error)
             elif msg.kind in (FaultKind.INVALID_JSON, FaultKind.INVALID_UTF8) and (
-                self._answer_garbage
+                self._answer_garbage and self._may_auto_reply()
             ):
                 self._queue_error(None, standard_error(ErrorCode.PARSE_ERROR, msg.detail))
+
+    def _may_auto_reply(self) -> bool:
+        """Count one automatic error reply; False (and counted as unanswered) past the bound."""
+        if self._auto >= self._max_auto:
+            self.stats.unanswered += 1
+            return False
+        self._auto += 1
+        return True
 
     def _handle_batch(self, items: list[Decoded], events: list[Event]) -> None:
         number = next(self._batch_numbers)
@@ -250,7 +282,8 @@ class Peer:
         events.append(ProtocolFault(fault))
         # A malformed answer to a request we are waiting for must still settle
         # that request, or its caller would wait for ever.
-        if fault.kind is FaultKind.INVALID_MESSAGE and not fault.is_request and (
+        if fault.kind is FaultKind.INVALID_MESSAGE and (
+            not fault.is_request or fault.maybe_response) and (
             fault.id is not None and fault.id in self._outgoing
         ):
             method = self._outgoing.pop(fault.id)

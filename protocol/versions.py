@@ -5,12 +5,10 @@ Versions are compared as integer pairs, never as strings ("1.10" > "1.9").
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from pipevisor.protocol.constants import parse_version_pair
 from pipevisor.protocol.errors import VersionError
-
-_VERSION_RE = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -20,10 +18,11 @@ class Version:
 
     @classmethod
     def parse(cls, text: object) -> Version:
-        if not isinstance(text, str) or not _VERSION_RE.fullmatch(text):
-            raise VersionError(f"not a MAJOR.MINOR version: {text!r}")
-        major, minor = text.split(".")
-        return cls(int(major), int(minor))
+        try:
+            major, minor = parse_version_pair(text)  # the one parser, shared with the kit
+        except ValueError as exc:
+            raise VersionError(str(exc)) from None
+        return cls(major, minor)
 
     def __str__(self) -> str:
         return f"{self.major}.{self.minor}"

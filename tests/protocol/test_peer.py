@@ -461,21 +461,64 @@ def test_batch_of_responses_settles_requests_and_writes_nothing() -> None:
     assert peer.take_output() == b""
 
 
-def test_host_answers_an_invalid_request_only_when_it_has_an_id() -> None:
-    peer = Peer()  # host side
+def test_host_answers_every_invalid_request_as_json_rpc_says() -> None:
+    """[M-4.2a] Both ends answer an invalid request -32600, id null when none can be read."""
+    peer = Peer()  # host side: no answer_garbage
     peer.receive_data(line({"jsonrpc": "2.0", "method": 5, "id": "q"}))
     answer = orjson.loads(peer.take_output())
-    assert answer["id"] == "q"  # a readable id is echoed: someone waits on it
+    assert answer["id"] == "q"  # a readable id is echoed
     assert answer["error"]["code"] == -32600
-    # Stray JSON printed by a plugin is reported, never answered.
-    for stray in (b"42\n", b'{"debug": 1}\n', b'{"jsonrpc": "2.0", "method": 5}\n', b"[1]\n"):
-        events = peer.receive_data(stray)
+    for invalid in (b"42\n", b'{"debug": 1}\n', b'{"jsonrpc": "2.0", "method": 5}\n', b"[]\n",
+                    b'{"jsonrpc": "2.0", "id": [1], "method": "m"}\n'):
+        events = peer.receive_data(invalid)
         assert events and all(isinstance(e, ProtocolFault) for e in events)
-        assert peer.take_output() == b""
+        assert orjson.loads(peer.take_output()) == {
+            "jsonrpc": "2.0", "id": None,
+            "error": {"code": -32600, "message": "Invalid Request",
+                      "data": events[0].fault.detail}}, invalid
+    peer.receive_data(b"[1]\n")
+    [element] = orjson.loads(peer.take_output())
+    assert element["id"] is None and element["error"]["code"] == -32600
+    # Not JSON at all is still only reported on the host side (SPEC 3.5).
+    assert peer.receive_data(b"DEBUG hello\n")
+    assert peer.take_output() == b""
 
 
-def test_batch_on_host_side_omits_unanswerable_items() -> None:
+def test_a_bare_id_is_an_invalid_request_unless_it_answers_ours() -> None:
+    """[M-4.2b] {"jsonrpc": "2.0", "id": X}: -32600 echoing X, unless we wait for X."""
+    for side in (Peer(), Peer(answer_garbage=True)):
+        side.receive_data(line({"jsonrpc": "2.0", "id": "x"}))
+        assert orjson.loads(side.take_output()) == {
+            "jsonrpc": "2.0", "id": "x",
+            "error": {"code": -32600, "message": "Invalid Request",
+                      "data": "neither a request (no method) nor a response"}}
+        assert side.incoming == frozenset()
+
+
+def test_batch_on_host_side_answers_its_invalid_elements() -> None:
     peer = Peer()
     peer.receive_data(line([{"jsonrpc": "2.0", "id": 1, "method": "a"}, 7]))
     answer = orjson.loads(peer.send_result(1, "r"))
-    assert answer == [{"jsonrpc": "2.0", "id": 1, "result": "r"}]
+    assert sorted(answer, key=lambda a: str(a["id"])) == [
+        {"jsonrpc": "2.0", "id": 1, "result": "r"},
+        {"jsonrpc": "2.0", "id": None,
+         "error": {"code": -32600, "message": "Invalid Request", "data": "not a JSON object"}}]
+
+
+@pytest.mark.parametrize("garbage", [False, True])
+def test_automatic_replies_to_a_flood_are_bounded(garbage: bool) -> None:
+    """A peer flooding us with invalid messages gets at most max_auto_replies answers per
+    take_output; the rest are counted, not queued."""
+    peer = Peer(max_auto_replies=10, answer_garbage=garbage)
+    flood = b"[]\n" * 50 + b"7\n" * 50 + b"[1,2,3]\n" * 10 + b"nope\n" * 10
+    events = peer.receive_data(flood)
+    assert len(events) == 50 + 50 + 30 + 10  # every one still reported as a fault
+    out = peer.take_output()
+    assert out.count(b"\n") == 10
+    assert peer.stats.unanswered == 130 - 10 + (10 if garbage else 0)
+    # The bound is per take_output: the next read is answered again.
+    peer.receive_data(b"[]\n")
+    assert orjson.loads(peer.take_output())["error"]["code"] == -32600
+    # Answers a dispatcher writes itself are never held back.
+    peer.receive_data(b"7\n" * 20 + line({"jsonrpc": "2.0", "id": 1, "method": "m"}))
+    assert peer.send_result(1, None) == b'{"jsonrpc":"2.0","id":1,"result":null}\n'
