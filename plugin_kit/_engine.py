@@ -60,9 +60,11 @@ from pipevisor.protocol import (
     VersionRange,
     encode,
     negotiate,
+    standard_error,
     unsupported_version,
 )
 from pipevisor.protocol.messages import Notification
+from pipevisor.protocol.schema_store import first_error
 
 if TYPE_CHECKING:
     import asyncio
@@ -71,6 +73,10 @@ if TYPE_CHECKING:
 
 Deliver = Callable[[Any, "ErrorObject | None"], None]
 """Settles one host call: (result, None) or (None, error)."""
+
+_log = logging.getLogger("pipevisor.kit")
+_NO_ID = object()
+_ID_TYPES = (str, int, float, type(None))  # what a request id can be, so what a cancel may name
 
 
 class _Call:
@@ -85,6 +91,17 @@ class _Call:
         self.task: asyncio.Task[None] | None = None  # async handlers, once started
 
 
+class _Note:
+    """A notification for one of the plugin's notification handlers."""
+
+    __slots__ = ("entry", "method", "params")
+
+    def __init__(self, method: str, entry: _Method, params: Any) -> None:
+        self.method = method
+        self.entry = entry
+        self.params = params
+
+
 class _BadResult(Exception):
     """A handler's result failed its declared result_schema."""
 
@@ -96,17 +113,16 @@ class _Workers:
     ignores cancellation would hold up the exit, and it costs a few ms to import.
     """
 
-    def __init__(self, size: int, name: str, run: Callable[[_Call], None]) -> None:
+    def __init__(self, size: int, name: str) -> None:
         self._size = size
         self._name = name
-        self._run = run
-        self._jobs: SimpleQueue[_Call] = SimpleQueue()
+        self._jobs: SimpleQueue[Callable[[], None]] = SimpleQueue()
         self._lock = threading.Lock()
         self._started = 0
         self._idle = 0  # workers waiting for a job that no submitted job has claimed yet
         self.busy = 0  # handlers running now
 
-    def submit(self, call: _Call) -> None:
+    def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
             start = False
             if self._idle:
@@ -114,18 +130,22 @@ class _Workers:
             elif self._started < self._size:
                 self._started += 1
                 start = True
-        self._jobs.put(call)
+        self._jobs.put(job)
         if start:
             threading.Thread(target=self._work, name=f"{self._name}-{self._started}",
                              daemon=True).start()
 
     def _work(self) -> None:
         while True:
-            call = self._jobs.get()
+            job = self._jobs.get()
             with self._lock:
                 self.busy += 1
             try:
-                self._run(call)
+                job()
+            except Exception:  # a job answers its own errors; this is a bug in the kit
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
             finally:
                 with self._lock:
                     self.busy -= 1
@@ -145,7 +165,7 @@ class Engine:
         self._changed = threading.Condition(self.lock)  # notified when a call is answered
         self.calls: dict[Any, _Call] = {}
         self._host_calls: dict[Any, Deliver] = {}
-        self._workers = _Workers(plugin.threads, plugin.name, self._run_sync)
+        self._workers = _Workers(plugin.threads, plugin.name)
         self._shutting_down = False
         self._eof = False
         self._gone = False  # a write failed: nobody reads our answers any more
@@ -156,7 +176,7 @@ class Engine:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._loop_ident = -1  # the loop thread's id, once it runs
-        self._waiting_for_loop: list[_Call] = []
+        self._waiting_for_loop: list[_Call | _Note] = []
         self._cancelled_error: type[BaseException] = Cancelled  # asyncio's, once imported
         self._reader: threading.Thread | None = None
         self._reader_ready = threading.Event()  # the bytes read with the handshake are fed
@@ -298,7 +318,7 @@ class Engine:
                 self._limit_pending = False
 
     def _dispatch(self, events: list[Event]) -> None:
-        async_calls: list[_Call] = []  # started together: one wake-up of the loop
+        async_calls: list[_Call | _Note] = []  # started together: one wake-up of the loop
         for event in events:
             if isinstance(event, RequestReceived):
                 self._on_request(event.request, async_calls)
@@ -312,15 +332,13 @@ class Engine:
                     else:
                         deliver(msg.result, None)
             elif isinstance(event, NotificationReceived):
-                note = event.notification
-                if note.method == CANCEL and isinstance(note.params, dict):
-                    self._on_cancel(note.params.get("id"))
+                self._on_notification(event.notification, async_calls)
             else:
                 sys.stderr.write(f"{self.plugin.name}: bad input: {event.fault.detail}\n")
         if async_calls:
             self._submit_async(async_calls)
 
-    def _on_request(self, req: Request, async_calls: list[_Call]) -> None:
+    def _on_request(self, req: Request, async_calls: list[_Call | _Note]) -> None:
         plugin = self.plugin
         name = req.method
         entry = plugin.methods.get(name)
@@ -335,7 +353,7 @@ class Engine:
             if entry.is_async:
                 async_calls.append(call)
             else:
-                self._workers.submit(call)
+                self._workers.submit(lambda: self._run_sync(call))
             return
         if name == HANDSHAKE:
             self._handshake(req)
@@ -364,6 +382,56 @@ class Engine:
             self._reply_error(req.id, ErrorObject(ErrorCode.METHOD_NOT_FOUND,
                                                   f"Method not found: {name}"))
 
+    def _on_notification(self, note: Notification, async_jobs: list[_Call | _Note]) -> None:
+        """SPEC 4.4: never answered. Before the handshake every one is ignored (SPEC 6.1)."""
+        if note.method == CANCEL:
+            params = note.params
+            ident = params.get("id", _NO_ID) if isinstance(params, dict) else _NO_ID
+            if type(ident) in _ID_TYPES:  # an array or object id names no request: ignore it
+                self._on_cancel(ident)
+            else:
+                _log.warning("ignored pipevisor/cancel without a usable id: %r", params)
+            return
+        entry = self.plugin.notifications.get(note.method)
+        if entry is None or not self.plugin.connected:
+            return  # SPEC 4.4: an unknown notification is ignored
+        job = _Note(note.method, entry, note.params)
+        if entry.is_async:
+            async_jobs.append(job)
+        else:
+            self._workers.submit(lambda: self._run_note(job))
+
+    def _note_args(self, note: _Note) -> tuple[list[Any], dict[str, Any]] | None:
+        """Bind a notification's params, or log why they do not fit and return None."""
+        problem = None
+        if note.entry.params_check is not None:
+            problem = note.entry.params_check.problem(note.params)
+        if problem is None:
+            try:
+                return note.entry.signature.bind(note.params)
+            except ParamsError as exc:
+                problem = str(exc)
+        _log.warning("notification %s ignored: invalid params: %s", note.method, problem)
+        return None
+
+    def _run_note(self, note: _Note) -> None:
+        bound = self._note_args(note)
+        if bound is None:
+            return
+        try:
+            note.entry.fn(*bound[0], **bound[1])
+        except Exception:
+            _log.exception("notification handler %s failed", note.method)
+
+    async def _serve_note(self, note: _Note) -> None:
+        bound = self._note_args(note)
+        if bound is None:
+            return
+        try:
+            await note.entry.fn(*bound[0], **bound[1])
+        except Exception:
+            _log.exception("notification handler %s failed", note.method)
+
     def _on_cancel(self, ident: Any) -> None:
         with self.lock:
             call = self.calls.get(ident)
@@ -378,6 +446,11 @@ class Engine:
         if plugin.connected:
             self._reply_error(req.id, ErrorObject(ErrorCode.INVALID_REQUEST,
                                                   "the handshake happens once per process"))
+            return
+        problem = first_error("handshake.params", req.params)  # SPEC 6.5: -32602 [M-6.5a]
+        if problem is not None:
+            self._reply_error(req.id, standard_error(ErrorCode.INVALID_PARAMS,
+                                                     f"handshake params: {problem}"))
             return
         params = req.params if isinstance(req.params, dict) else {}
         try:
@@ -601,7 +674,7 @@ class Engine:
 
             traceback.print_exc(file=sys.stderr)
 
-    def _submit_async(self, calls: list[_Call]) -> None:
+    def _submit_async(self, calls: list[_Call | _Note]) -> None:
         if threading.get_ident() == self._loop_ident:
             self._start_tasks(calls)  # read on the loop: no hop
             return
@@ -617,10 +690,24 @@ class Engine:
         except RuntimeError:  # the loop is closed: the plugin is exiting, as are these calls
             pass
 
-    def _start_tasks(self, calls: list[_Call]) -> None:
+    def _start_tasks(self, jobs: list[_Call | _Note]) -> None:
         assert self.loop is not None
-        for call in calls:
-            call.task = self.loop.create_task(self._serve_async(call))
+        for job in jobs:
+            if isinstance(job, _Note):
+                self.loop.create_task(self._serve_note(job))
+                continue
+            task = job.task = self.loop.create_task(self._serve_async(job))
+            task.add_done_callback(self._task_done_for(job))
+
+    def _task_done_for(self, call: _Call) -> Callable[[asyncio.Task[None]], None]:
+        return lambda task: self._task_done(call, task)
+
+    def _task_done(self, call: _Call, task: asyncio.Task[None]) -> None:
+        """A task cancelled before it first ran never enters _serve_async's ``try`` (a
+        request and its cancel in one read do that): answer its call here. A no-op
+        when the task answered, as _finish_error answers a call once."""
+        if task.cancelled():
+            self._finish_error(call, self._cancelled(call))
 
     def _cancel_task(self, call: _Call) -> None:
         loop = self.loop

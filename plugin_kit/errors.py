@@ -6,19 +6,50 @@ them without pulling in the rest of the kit.
 
 from __future__ import annotations
 
+from pipevisor.protocol.constants import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    LOCAL_CODES,
+    METHOD_NOT_FOUND,
+    NOT_INITIALIZED,
+    PARSE_ERROR,
+    REQUEST_CANCELLED,
+    SHUTTING_DOWN,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    is_application_code,
+)
+
 TYPE_CHECKING = False  # no typing import at start-up; mypy reads this name as typing's
 if TYPE_CHECKING:
     from typing import Any
 
-LOCAL_CODES = range(-31049, -30999)  # only the supervisor may send these (SPEC section 10)
+__all__ = ["LOCAL_CODES", "Cancelled", "HostCallError", "PluginError"]
+
+_ALLOWED = frozenset((PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS,
+                      INTERNAL_ERROR, UNSUPPORTED_PROTOCOL_VERSION, NOT_INITIALIZED,
+                      SHUTTING_DOWN, REQUEST_CANCELLED))
+"""The reserved codes SPEC 10 defines for a plugin to send."""
+_warned: set[int] = set()
 
 
 class PluginError(Exception):
     """Raise in a handler to answer the call with this JSON-RPC error.
 
     The plugin keeps running; the caller sees ``code``, ``message`` and ``data``
-    exactly as given. Codes in -31049..-31000 are refused at construction
-    because the supervisor reserves them to mean "pipevisor said this".
+    exactly as given. Use (SPEC 10):
+
+    * your own codes for application errors: any integer
+      outside -32768..-30000, for example 1, 2, 3 (document them with your methods);
+    * a JSON-RPC standard code where it fits, e.g. -32602 for params the
+      method cannot use;
+    * -31050..-31053 only with the meaning SPEC gives them.
+
+    Codes in -31049..-31000 are refused at construction (ValueError): only
+    the supervisor may send them. Any other code inside -32768..-30000 (for
+    example -32000, which JSON-RPC reserves for its implementations) is
+    answered as given but warned about once per code, because SPEC 10 forbids
+    plugins to use it.
     """
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
@@ -26,7 +57,16 @@ class PluginError(Exception):
             raise TypeError(f"PluginError code must be an int, not {type(code).__name__}")
         if code in LOCAL_CODES:
             raise ValueError(f"PluginError code {code} is in -31049..-31000, which only the "
-                             "supervisor may send; use -32000..-32099 or your own range")
+                             "supervisor may send; use a code outside -32768..-30000 (e.g. 1)")
+        if not (is_application_code(code) or code in _ALLOWED) and (
+                code not in _warned and type(self) is PluginError):
+            _warned.add(code)
+            import warnings
+
+            warnings.warn(f"PluginError code {code} is reserved (SPEC 10: JSON-RPC 2.0 keeps "
+                          "-32768..-32000 for itself, pipevisor -31099..-30000); plugins' own "
+                          "errors use codes outside -32768..-30000, e.g. 1, 2, 3",
+                          FutureWarning, stacklevel=2)
         super().__init__(code, message, data)
         self.code = code
         self.message = message

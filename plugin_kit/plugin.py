@@ -21,6 +21,19 @@ import sys
 from types import MappingProxyType
 
 from pipevisor.kit.binding import Signature
+from pipevisor.protocol.constants import (
+    DEFAULT_GRACE_SECONDS,
+    HANDSHAKE,
+    LOG_LEVELS,
+    METHOD_NAME_MAX,
+    PROTOCOL_NAME,
+    PROTOCOL_VERSION_PAIRS,
+    RESERVED_PREFIXES,
+    negotiate_pairs,
+    parse_range_pairs,
+    parse_version_pair,
+)
+from pipevisor.protocol.constants import DEFAULT_MAX_LINE_BYTES as DEFAULT_MAX_LINE_BYTES
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy reads this name as typing's
 if TYPE_CHECKING:
@@ -35,42 +48,90 @@ if TYPE_CHECKING:
 
     F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_GRACE = 2.0  # SPEC 9.1: exit within the grace after EOF; also the shutdown default
-DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024  # SPEC 3.3, when the handshake names no limit
-KIT_VERSIONS = ((1, 0), (1, 0))  # pipevisor.protocol.PROTOCOL_VERSIONS without importing protocol
-LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
-HANDSHAKE = "pipevisor/handshake"
-_RESERVED_PREFIXES = ("pipevisor/", "rpc.", "$/")  # pipevisor.protocol.handshake.RESERVED_PREFIXES
+# The protocol's values come from pipevisor.protocol.constants, which imports nothing:
+# reading them costs no orjson, dataclasses or enum before the handshake answer.
+DEFAULT_GRACE = DEFAULT_GRACE_SECONDS  # SPEC 9.1 after EOF; SPEC 7.3 when graceSeconds is absent
+KIT_VERSIONS = PROTOCOL_VERSION_PAIRS
+LEVELS = LOG_LEVELS
+_RESERVED_PREFIXES = RESERVED_PREFIXES
 _FAST_LINE_LIMIT = 1 << 20  # a first line longer than this is left to the engine's framing
 _CO_COROUTINE = 0x80  # code flag of an ``async def`` function (inspect.CO_COROUTINE)
 
 
-def parse_version(text: object) -> tuple[int, int]:
-    """``MAJOR.MINOR`` as pipevisor.protocol.Version.parse reads it (each part 0 or 1-6 digits
-    without a leading zero), without importing re or protocol. Raises ValueError."""
-    if isinstance(text, str) and text.isascii():
-        major, dot, minor = text.partition(".")
-        if dot and _part_ok(major) and _part_ok(minor):
-            return int(major), int(minor)
-    raise ValueError(f"not a MAJOR.MINOR version: {text!r}")
-
-
-def _part_ok(part: str) -> bool:
-    return part.isdigit() and len(part) <= 6 and (part == "0" or part[0] != "0")
+parse_version = parse_version_pair  # ``MAJOR.MINOR`` -> (major, minor); raises ValueError
 
 
 def parse_range(obj: object) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """A ``protocolVersions`` value as pipevisor.protocol.VersionRange.parse reads it, or None."""
     try:
-        if isinstance(obj, str):
-            low = high = parse_version(obj)
-        elif isinstance(obj, dict) and set(obj) == {"min", "max"}:
-            low, high = parse_version(obj["min"]), parse_version(obj["max"])
-        else:
-            return None
+        return parse_range_pairs(obj)
     except ValueError:
         return None
-    return (low, high) if low <= high else None
+
+
+def plain_handshake_params(params: dict[str, Any]) -> bool:
+    """True only if ``params`` surely validate against ``schemas/handshake.params.json``.
+
+    Conservative and cheap (no jsonschema, ~50 ms to import): anything unusual,
+    such as an integer written as ``1.0``, answers False, and the engine then
+    decides with the schema itself. A test holds True to "the schema accepts".
+    """
+    if params.get("protocol") != PROTOCOL_NAME:
+        return False
+    host, plugin = params.get("host"), params.get("plugin")
+    if (type(host) is not dict or type(host.get("name")) is not str
+            or type(host.get("version")) is not str or type(plugin) is not dict
+            or type(plugin.get("name")) is not str):
+        return False
+    if "pid" in host and not _int_at_least(host["pid"], 1):
+        return False
+    if "instance" in plugin and not _int_at_least(plugin["instance"], 0):
+        return False
+    versions = params.get("protocolVersions")
+    if type(versions) is not dict or parse_range(versions) is None:
+        return False
+    for key in ("interfaces", "hostMethods"):
+        if key in params and not _version_lists(params[key]):
+            return False
+    if "limits" in params and not _limits_ok(params["limits"]):
+        return False
+    caps = params.get("capabilities", {})
+    if type(caps) is not dict or type(caps.get("cancel", False)) is not bool:
+        return False
+    log = caps.get("log", {})
+    return type(log) is dict and log.get("minLevel", "debug") in LOG_LEVELS
+
+
+def _int_at_least(value: object, low: int) -> bool:
+    return type(value) is int and value >= low
+
+
+def _version_lists(value: object) -> bool:
+    if type(value) is not dict:
+        return False
+    for versions in value.values():
+        if type(versions) is not list or not versions or len(set(map(str, versions))) != len(
+                versions) or not all(type(v) is str for v in versions):
+            return False
+        try:
+            for v in versions:
+                parse_version_pair(v)
+        except ValueError:
+            return False
+    return True
+
+
+def _limits_ok(limits: object) -> bool:
+    if type(limits) is not dict:
+        return False
+    for key in ("memoryBytes", "openFiles", "processes"):
+        if limits.get(key) is not None and not _int_at_least(limits[key], 1):
+            return False
+    for key in ("cpuPercent", "callTimeoutSeconds"):
+        value = limits.get(key)
+        if value is not None and not (type(value) in (int, float) and value > 0):
+            return False
+    return "maxLineBytes" not in limits or _int_at_least(limits["maxLineBytes"], 1)
 
 
 class _Method:
@@ -111,6 +172,8 @@ class Plugin:
             (protocol_versions.min.major, protocol_versions.min.minor),
             (protocol_versions.max.major, protocol_versions.max.minor))
         self.methods: dict[str, _Method] = {}
+        self.notifications: dict[str, _Method] = {}
+        """Handlers of notifications from the host (``@plugin.notification``)."""
         self.uses: dict[str, dict[str, str]] = {}
         """Host methods this plugin calls, declared in the handshake (``uses_host_method``)."""
         self.host_methods: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({})
@@ -156,10 +219,7 @@ class Plugin:
         mismatch); a ``result_schema`` after it (-32603: the plugin broke its
         own contract). Bad registrations fail here, at import, not on a call.
         """
-        if name.startswith(_RESERVED_PREFIXES):
-            raise ValueError(f"method name {name!r} is reserved (pipevisor/, rpc., $/)")
-        if not 1 <= len(name) <= 256:
-            raise ValueError(f"method name must be 1..256 characters, got {len(name)}")
+        _check_name(name)
         info: dict[str, str] = {}
         if version is not None:
             info["version"] = "{}.{}".format(*parse_version(version))
@@ -169,14 +229,32 @@ class Plugin:
         def register(fn: F) -> F:
             if name in self.methods:
                 raise ValueError(f"method {name!r} is registered twice")
-            params_check = result_check = None
-            if params_schema is not None or result_schema is not None:
-                from pipevisor.kit.schema import SchemaCheck  # jsonschema: ~50 ms, only if asked
-                if params_schema is not None:
-                    params_check = SchemaCheck(params_schema, f"{name} params_schema")
-                if result_schema is not None:
-                    result_check = SchemaCheck(result_schema, f"{name} result_schema")
-            self.methods[name] = _Method(fn, info, params_check, result_check)
+            self.methods[name] = _Method(fn, info, _schema(params_schema, f"{name} params_schema"),
+                                         _schema(result_schema, f"{name} result_schema"))
+            return fn
+
+        return register
+
+    def notification(self, name: str, *,
+                     params_schema: dict[str, Any] | None = None) -> Callable[[F], F]:
+        """Decorator: handle the notification ``name`` sent by the host (SPEC 4.4).
+
+        The handler (``def`` or ``async def``) gets the params bound as for a
+        method, without ``ctx``; what it returns is ignored. Notifications get
+        no answer, so params that fail ``params_schema`` or do not fit the
+        handler, and exceptions it raises, are logged (a ``pipevisor/log``
+        warning or error, and stderr) and nothing is sent. Notifications are
+        not declared in the handshake; one the plugin has no handler for is
+        ignored, as SPEC 4.4 requires. Reserved names (``pipevisor/``, ``rpc.``,
+        ``$/``) are refused: the kit handles ``pipevisor/cancel`` itself.
+        """
+        _check_name(name)
+
+        def register(fn: F) -> F:
+            if name in self.notifications:
+                raise ValueError(f"notification {name!r} is registered twice")
+            self.notifications[name] = _Method(fn, {}, _schema(params_schema,
+                                                               f"{name} params_schema"), None)
             return fn
 
         return register
@@ -187,10 +265,7 @@ class Plugin:
         result members newer than it are dropped, and on another major the method is
         disabled for this plugin (its calls answer -31005) instead of failing in ways
         the plugin cannot read. Undeclared host methods are still callable."""
-        if name.startswith(_RESERVED_PREFIXES):
-            raise ValueError(f"method name {name!r} is reserved (pipevisor/, rpc., $/)")
-        if not 1 <= len(name) <= 256:
-            raise ValueError(f"method name must be 1..256 characters, got {len(name)}")
+        _check_name(name)
         self.uses[name] = ({"version": "{}.{}".format(*parse_version(version))}
                            if version is not None else {})
 
@@ -274,6 +349,8 @@ class Plugin:
         params = msg.get("params")
         if type(params) is not dict:
             return None
+        if not plain_handshake_params(params):
+            return None  # the engine checks them against the schema and answers -32602
         offered = parse_range(params.get("protocolVersions"))
         if offered is None:
             return None
@@ -287,9 +364,7 @@ class Plugin:
     def _negotiate(self, offered: tuple[tuple[int, int], tuple[int, int]]
                    ) -> tuple[int, int] | None:
         """SPEC 6.4: the highest version in both ranges, None when they do not overlap."""
-        low = max(self._versions[0], offered[0])
-        high = min(self._versions[1], offered[1])
-        return high if low <= high else None
+        return negotiate_pairs(self._versions, offered)
 
     def _accept_handshake(self, params: dict[str, Any], chosen: tuple[int, int]) -> None:
         """Take what the handshake params say; shared by the fast path and the engine."""
@@ -367,6 +442,22 @@ class Plugin:
 
 
 _REQUEST_KEYS = frozenset(("jsonrpc", "id", "method", "params"))
+
+
+def _check_name(name: str) -> None:
+    """SPEC 5: no reserved prefix, 1 to 256 characters."""
+    if name.startswith(RESERVED_PREFIXES):
+        raise ValueError(f"method name {name!r} is reserved (pipevisor/, rpc., $/)")
+    if not 1 <= len(name) <= METHOD_NAME_MAX:
+        raise ValueError(f"method name must be 1..{METHOD_NAME_MAX} characters, got {len(name)}")
+
+
+def _schema(schema: dict[str, Any] | None, where: str) -> SchemaCheck | None:
+    if schema is None:
+        return None
+    from pipevisor.kit.schema import SchemaCheck  # jsonschema: ~50 ms, only if asked
+
+    return SchemaCheck(schema, where)
 
 
 def _refuse_constant(name: str) -> Any:

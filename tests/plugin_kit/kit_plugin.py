@@ -61,7 +61,7 @@ async def release_blocked() -> None:
 
 @plugin.method("fail")
 def fail() -> None:
-    raise PluginError(-32001, "deliberate", {"why": "test"})
+    raise PluginError(4001, "deliberate", {"why": "test"})
 
 
 @plugin.method("boom")
@@ -128,6 +128,31 @@ async def ablast(ctx: Context, size: int, notes: int) -> str:
         ctx.progress(i, total=notes, message="q" * 1000)
         await asyncio.sleep(0)
     return "a" * size
+
+
+received_notes: list[Any] = []  # what the notification handlers received, in order
+
+
+@plugin.notification("note.add", params_schema={
+    "type": "object", "required": ["value"], "properties": {"value": {"type": "integer"}}})
+def note_add(value: int) -> None:
+    received_notes.append(value)
+
+
+@plugin.notification("note.async")
+async def note_async(value: Any, where: str = "async") -> None:
+    await asyncio.sleep(0)
+    received_notes.append([where, value])
+
+
+@plugin.notification("note.boom")
+def note_boom() -> None:
+    raise RuntimeError("a notification handler failed")
+
+
+@plugin.method("notes")
+def get_notes() -> list[Any]:
+    return received_notes
 
 
 if __name__ == "__main__":

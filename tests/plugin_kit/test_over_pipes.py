@@ -61,7 +61,7 @@ async def test_params_by_name_by_position_and_wrong_params() -> None:
 async def test_errors_become_answers_and_the_plugin_keeps_running() -> None:
     async with running() as p:
         error = (await p.request(1, "fail"))["error"]
-        assert error == {"code": -32001, "message": "deliberate", "data": {"why": "test"}}
+        assert error == {"code": 4001, "message": "deliberate", "data": {"why": "test"}}
         error = (await p.request(2, "boom"))["error"]
         assert error["code"] == ErrorCode.INTERNAL_ERROR
         assert "KeyError" in error["message"] and "missing-thing" in error["message"]

@@ -243,10 +243,15 @@ def test_importing_the_kit_loads_no_heavy_module() -> None:
             "print(' '.join(sorted(set(sys.modules) - before)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=DEADLINE, check=True, cwd=ROOT)
+    modules = set(out.stdout.split())
+    # The kit reads the protocol's constants from pipevisor.protocol.constants, which
+    # imports nothing; the package itself is lazy (PEP 562). Nothing else of it loads.
+    light = {"pipevisor.protocol", "pipevisor.protocol.constants"}
+    assert "pipevisor.protocol.constants" in modules  # the constants are not copied
     added = {".".join(m.split(".")[:2]) if m.startswith("pipevisor.") else m.split(".")[0]
-             for m in out.stdout.split()}
+             for m in modules - light}
     heavy = {"asyncio", "pipevisor.protocol", "pipevisor.supervisor", "orjson", "jsonschema",
-             "anyio", "psutil", "click",
+             "anyio", "psutil", "click", "re", "enum",
              "concurrent", "dataclasses", "inspect", "logging", "typing"}
     assert added & heavy == set(), added
 
@@ -282,3 +287,43 @@ def test_fast_path_negotiates_with_the_plugins_own_range() -> None:
     assert plugin.protocol_version == Version(1, 3)
     params["protocolVersions"] = {"min": "1.6", "max": "2.0"}  # no overlap: protocol answers
     assert Plugin("q", protocol_versions=ours)._fast_handshake(_line(params=params)) is None
+
+
+def _param_variants() -> list[Any]:
+    base: dict[str, Any] = dict(HANDSHAKE["params"])
+    changes: list[tuple[str, Any]] = [
+        ("protocol", "other"), ("protocol", None), ("host", {"name": "h"}),
+        ("host", {"name": "h", "version": "1", "pid": 0}),
+        ("host", {"name": "h", "version": "1", "pid": True}),
+        ("host", {"name": "h", "version": "1", "pid": 7}), ("plugin", {"instance": 1}),
+        ("plugin", {"name": "p", "instance": -1}), ("plugin", {"name": "p", "instance": 1.0}),
+        ("protocolVersions", "1.0"), ("protocolVersions", {"min": "1.0"}),
+        ("protocolVersions", {"min": "1.0", "max": "1.0", "x": 1}),
+        ("interfaces", {"m": []}), ("interfaces", {"m": ["1.0", "1.0"]}),
+        ("interfaces", {"m": ["1.0", "2.1"]}), ("interfaces", {"m": ["01.0"]}),
+        ("hostMethods", []), ("limits", {"maxLineBytes": 0}), ("limits", {"memoryBytes": None}),
+        ("limits", {"cpuPercent": 0}), ("limits", {"cpuPercent": 0.5}),
+        ("limits", {"callTimeoutSeconds": True}), ("limits", {"maxLineBytes": None}),
+        ("capabilities", {"cancel": 1}), ("capabilities", {"log": {"minLevel": "loud"}}),
+        ("capabilities", {"log": {"minLevel": "notice"}}), ("capabilities", []),
+        ("x-vendor", {"any": "thing"})]
+    variants: list[Any] = [base]
+    for key, value in changes:
+        variant = dict(base)
+        if value is None:
+            del variant[key]
+        else:
+            variant[key] = value
+        variants.append(variant)
+    return variants
+
+
+@pytest.mark.parametrize("params", _param_variants())
+def test_the_fast_path_takes_only_params_the_schema_accepts(params: Any) -> None:
+    """SPEC 6.5 [M-6.5a]: the fast path answers without jsonschema, so it may only take
+    params the schema surely accepts; anything else goes to the engine's schema check."""
+    from pipevisor.kit.plugin import plain_handshake_params
+    from pipevisor.protocol.schema_store import first_error
+
+    if plain_handshake_params(params):
+        assert first_error("handshake.params", params) is None
