@@ -42,7 +42,7 @@ from pipevisor.supervisor.engine.config import PluginSpec
 from pipevisor.supervisor.engine.states import SERVING, PluginState
 from pipevisor.supervisor.engine.supervisor import Supervisor
 from pipevisor.supervisor.errors import ConfigError
-from pipevisor.supervisor.proc import containment as _platform
+from pipevisor.supervisor.proc import tree
 
 log = logging.getLogger("pipevisor.daemon")
 
@@ -357,7 +357,7 @@ class Daemon:
                         "their graceful stop", signal.Signals(signum).name, len(live))
             self.forced = True
             for pid in live:
-                _platform.kill_tree(pid)
+                tree.kill_tree(pid)
             return
 
     async def _start_plugins(self) -> None:

@@ -63,6 +63,7 @@ from pipevisor.supervisor.errors import (
     local,
 )
 from pipevisor.supervisor.proc import containment as _platform
+from pipevisor.supervisor.proc import leftovers, tree
 from pipevisor.supervisor.proc.spawn import (
     SpawnError,
     describe_exit,
@@ -114,7 +115,7 @@ class PluginRunner:
         containment: _platform.Containment,
         handshake_params: Callable[[PluginSpec, int], HandshakeParams],
         host_handler: HostHandler | None = None,
-        leftovers: _platform.LeftoverRecord | None = None,
+        leftovers: leftovers.LeftoverRecord | None = None,
         interfaces: InterfaceSet | None = None,
         adapters: AdapterLookup | None = None,
         host_adapters: AdapterLookup | None = None,
@@ -561,7 +562,7 @@ class PluginRunner:
         finally:
             with anyio.CancelScope(shield=True):
                 if process.returncode is None:
-                    _platform.kill_tree(process.pid)
+                    tree.kill_tree(process.pid)
                     await process.wait()
                 await process.aclose()
             if self._leftovers is not None:

@@ -27,6 +27,7 @@ import psutil
 from pipevisor.supervisor.engine.limits import Limit, LimitAction, Limits
 from pipevisor.supervisor.engine.states import PluginState
 from pipevisor.supervisor.proc import containment as _platform
+from pipevisor.supervisor.proc import tree
 from pipevisor.supervisor.proc.proctable import ProcTable
 
 if TYPE_CHECKING:
@@ -356,7 +357,7 @@ class Sampler:
             if track is None or track.root != pid:
                 self._hot = None
                 track = self._tracks[runner.spec.name] = _Track(pid)
-                if _platform.IS_LINUX and _platform._is_shim(pid):
+                if _platform.IS_LINUX and tree._is_shim(pid):
                     track.shims.add(pid)
                 if runner.spec.limits.cpu is not None:
                     track.tokens = _bucket_size(runner.spec.limits)
@@ -508,7 +509,7 @@ class Sampler:
                              "paused in turns")
         assert runner.process is not None
         pid = runner.process.pid
-        _platform.pause_tree(pid)
+        tree.pause_tree(pid)
         self._paused[name] = pid
         runner.paused_since = time.monotonic()
         tg.start_soon(self._resume_after, runner, pid, pause)
@@ -528,7 +529,7 @@ class Sampler:
         if self._paused.get(name) != pid:
             return
         del self._paused[name]
-        _platform.resume_tree(pid)
+        tree.resume_tree(pid)
         runner = self._runners.get(name)
         if runner is not None:
             runner.paused_since = None
@@ -544,7 +545,7 @@ def _find_inner_shim(track: _Track, children: dict[int, list[int]]) -> None:
     for pid in children.get(track.root, ()):
         if pid not in track.shim_checked and children.get(pid):
             track.shim_checked.add(pid)
-            if _platform._is_shim(pid):
+            if tree._is_shim(pid):
                 track.shims.add(pid)
 
 

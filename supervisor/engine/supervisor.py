@@ -31,6 +31,7 @@ from pipevisor.supervisor.engine.sampler import Sampler
 from pipevisor.supervisor.engine.states import SERVING, PluginState
 from pipevisor.supervisor.errors import CallError, ConfigError, invalid_params, local
 from pipevisor.supervisor.proc import containment as _platform
+from pipevisor.supervisor.proc import leftovers, tree
 
 log = logging.getLogger("pipevisor.supervisor")
 
@@ -50,7 +51,7 @@ class Supervisor:
         plugin's mistake (-32602), not the host's failure (-32603 and a traceback)."""
         self._tg: TaskGroup | None = None
         self._containment: _platform.Containment | None = None
-        self._leftovers: _platform.LeftoverRecord | None = None
+        self._leftovers: leftovers.LeftoverRecord | None = None
         self._subreaper = False
         self._reaper_scope = anyio.CancelScope()
         self.sampler = Sampler(self.runners, config.sample_interval)
@@ -74,14 +75,14 @@ class Supervisor:
                  self._containment.detail)
         if self.config.state_dir is not None:
             os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
-            self._leftovers = _platform.LeftoverRecord(
+            self._leftovers = leftovers.LeftoverRecord(
                 os.path.join(self.config.state_dir, "children.json"))
             killed = self._leftovers.cleanup()
             if killed:
                 log.warning("killed %d processes left over by a previous instance: %s",
                             len(killed), killed)
         if self._containment.mechanism != "pidns":
-            self._subreaper = _platform.become_subreaper()
+            self._subreaper = tree.become_subreaper()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         if self._subreaper:
@@ -112,7 +113,7 @@ class Supervisor:
             return await tg.__aexit__(exc_type, exc, tb)
         finally:
             if self._subreaper:
-                _platform.reap_adopted(set())
+                tree.reap_adopted(set())
 
     def _stop_budget(self) -> float:
         budgets = [s.stop.shutdown_grace + s.stop.eof_grace + s.stop.term_grace + 5.0
@@ -129,7 +130,7 @@ class Supervisor:
             while True:
                 await anyio.sleep(1.0)
                 known = {r.process.pid for r in self.runners.values() if r.process is not None}
-                _platform.reap_adopted(known)
+                tree.reap_adopted(known)
 
     def _add(self, spec: PluginSpec) -> PluginRunner:
         assert self._tg is not None and self._containment is not None

@@ -55,6 +55,7 @@ from pipevisor.protocol import (
     standard_error,
 )
 from pipevisor.supervisor.proc import containment as _platform
+from pipevisor.supervisor.proc import tree
 from pipevisor.supervisor.proc.spawn import (
     describe_exit,
     plugin_env,
@@ -323,7 +324,7 @@ async def _main_run(command: tuple[str, ...], opts: CheckOptions, checks: _Check
             try:
                 await _main_checks(s, command, opts, checks)
             finally:
-                _platform.kill_tree(process.pid)
+                tree.kill_tree(process.pid)
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
@@ -625,7 +626,7 @@ async def _eof_run(command: tuple[str, ...], opts: CheckOptions, checks: _Checks
                 else:
                     await _check_eof(s, opts, checks)
             finally:
-                _platform.kill_tree(process.pid)
+                tree.kill_tree(process.pid)
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):

@@ -28,6 +28,7 @@ from pipevisor.supervisor import PluginCrashed, Supervisor, SupervisorConfig
 from pipevisor.supervisor.engine.config import CallPolicy, HealthPolicy, PluginSpec, StopPolicy
 from pipevisor.supervisor.engine.policy import RestartPolicy
 from pipevisor.supervisor.proc import containment as _platform
+from pipevisor.supervisor.proc import shim
 from pipevisor.supervisor.proc.spawn import (
     plugin_env,
     spawn,
@@ -250,10 +251,10 @@ def test_a_changed_pvinit_source_gets_a_new_binary(
     if os.environ.get("PIPEVISOR_SHIM") == "0" or _platform.ensure_shim() is None:
         pytest.skip("no pvinit shim in this run")
     source = tmp_path / "pvinit.c"
-    source.write_bytes(_platform._SHIM_SOURCE.read_bytes())
+    source.write_bytes(shim._SHIM_SOURCE.read_bytes())
     monkeypatch.setenv("PIPEVISOR_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("PIPEVISOR_SHIM", raising=False)
-    monkeypatch.setattr(_platform, "_SHIM_SOURCE", source)
+    monkeypatch.setattr(shim, "_SHIM_SOURCE", source)
     try:
         _platform.reset_detection_cache()
         first = _platform.ensure_shim()
