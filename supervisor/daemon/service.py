@@ -30,12 +30,12 @@ from importlib import metadata
 from typing import Any
 
 import anyio
-import orjson
 
 from pipevisor.supervisor import paths
 from pipevisor.supervisor.daemon import config_file
 from pipevisor.supervisor.daemon.config_file import DaemonConfig, LogFormat
 from pipevisor.supervisor.daemon.control import ControlLimits, ControlSocketError, serve_control
+from pipevisor.supervisor.daemon.log_format import setup_logging
 from pipevisor.supervisor.daemon.metrics_http import MetricsListenError, serve_metrics
 from pipevisor.supervisor.daemon.systemd import Notifier
 from pipevisor.supervisor.engine.config import PluginSpec
@@ -47,76 +47,6 @@ from pipevisor.supervisor.proc import tree
 log = logging.getLogger("pipevisor.daemon")
 
 EXIT_OK, EXIT_START_FAILED, EXIT_BAD_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-# ============================================================ logging
-
-_JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
-                     logging.ERROR: 3, logging.CRITICAL: 2}
-
-
-def _plugin_of(record: logging.LogRecord) -> str | None:
-    prefix = "pipevisor.plugin."
-    return record.name[len(prefix):] if record.name.startswith(prefix) else None
-
-
-class JournalFormatter(logging.Formatter):
-    """``<N>`` priority prefixes that journald turns into log levels; no timestamp
-    (the journal adds its own)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        prio = _JOURNAL_PRIORITY.get(record.levelno, 6)
-        plugin = _plugin_of(record)
-        who = f"[{plugin}]" if plugin else record.name.removeprefix("pipevisor.")
-        text = f"<{prio}>{who}: {record.getMessage()}"
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text.replace("\n", f"\n<{prio}>")
-
-
-class TextFormatter(logging.Formatter):
-    """Timestamped lines for a terminal; a plugin's stderr lines are tagged ``[name]``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%H:%M:%S", time.localtime(record.created))
-        plugin = _plugin_of(record)
-        who = f"[{plugin}]" if plugin else record.name.removeprefix("pipevisor.")
-        text = f"{ts}.{int(record.msecs):03d} {record.levelname:<7} {who}: {record.getMessage()}"
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line for log shippers."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": record.created, "level": record.levelname.lower(),
-            "logger": record.name, "msg": record.getMessage(),
-        }
-        plugin = _plugin_of(record)
-        if plugin:
-            doc["plugin"] = plugin
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc, default=str).decode()
-
-
-def setup_logging(fmt: LogFormat, level: str, environ: dict[str, str] | None = None) -> None:
-    env = os.environ if environ is None else environ
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt is LogFormat.JSON:
-        handler.setFormatter(JsonFormatter())
-    elif env.get("JOURNAL_STREAM"):
-        handler.setFormatter(JournalFormatter())
-    else:
-        handler.setFormatter(TextFormatter())
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
 
 
 # ============================================================ the daemon

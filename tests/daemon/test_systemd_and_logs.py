@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from pipevisor.supervisor.daemon.service import JournalFormatter, JsonFormatter, TextFormatter
+from pipevisor.supervisor.daemon.log_format import JournalFormatter, JsonFormatter, TextFormatter
 from pipevisor.supervisor.daemon.systemd import Notifier
 
 
