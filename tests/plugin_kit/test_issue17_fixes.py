@@ -206,7 +206,7 @@ async def _notes_until(p: Pipes, want: list[Any], start: int) -> list[Any]:
 
 
 async def test_notification_handlers_get_checked_params_and_are_never_answered() -> None:
-    """[M-4.4a] [M-4.4c] Valid params reach the handler; invalid ones are logged, not
+    """[M-4.4b] [M-4.4c] Valid params reach the handler; invalid ones are logged, not
     answered; a failing handler is logged; unknown notifications are ignored."""
     async with running() as p:
         await p.send(method="note.add", params={"value": 1})

@@ -56,12 +56,13 @@ def test_the_spec_sample_follows_the_spec(plugin: Path) -> None:
         _line(5, "pipevisor/handshake", {"protocol": "pipevisor"}),  # a second one
         _line(6, "no.such"),
         b"not json\n",
+        b"42\n",                                              # JSON, not an object
     ]
     done = subprocess.run([str(plugin)], input=b"".join(lines), capture_output=True,
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     answers = [orjson.loads(x) for x in done.stdout.splitlines()]
-    assert [a["id"] for a in answers] == [1, 2, 3, 4, 5, 6, None]
+    assert [a["id"] for a in answers] == [1, 2, 3, 4, 5, 6, None, None]
     assert answers[0]["error"]["code"] == -31051
     assert answers[1]["result"]["protocolVersion"] == "1.0"
     assert answers[2]["result"] == {}
@@ -70,3 +71,4 @@ def test_the_spec_sample_follows_the_spec(plugin: Path) -> None:
     assert "once" in answers[4]["error"]["message"]
     assert answers[5]["error"]["code"] == -32601
     assert answers[6]["error"]["code"] == -32700
+    assert answers[7]["error"]["code"] == -32600  # [M-4.2a], not -32700 as it once said
