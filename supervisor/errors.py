@@ -130,7 +130,14 @@ def invalid_params(what: str, exc: InterfaceViolation, **details: Any) -> CallEr
 
 
 def sanitize_plugin_error(error: ErrorObject) -> ErrorObject:
-    """A plugin may not speak with pipevisor's voice: local codes from it become -32603."""
+    """A plugin may not speak with pipevisor's voice: local codes from it become -32603,
+    and ``data.origin`` (which says whether pipevisor, the daemon's control socket or a
+    plugin produced an error, and decides how the CLI exits) is pipevisor's own key:
+    a plugin's value is moved to ``data.pluginOrigin``."""
+    data = error.data
+    if isinstance(data, dict) and "origin" in data:
+        data = {("pluginOrigin" if k == "origin" else k): v for k, v in data.items()}
+        error = ErrorObject(error.code, error.message, data)
     if not error.is_local:
         return error
     return ErrorObject(

@@ -27,6 +27,7 @@ from pipevisor.supervisor.client import (
     EventsLagged,
 )
 from pipevisor.supervisor.errors import CallError, CallTimeout, PipevisorError
+from pipevisor.supervisor.text import printable
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -72,7 +73,7 @@ def _fail(code: int, message: str, as_json: bool, error: dict[str, Any] | None =
         click.echo(orjson.dumps({"error": error or {"message": message}, "exit": code},
                                 default=str).decode(), err=True)
     else:
-        click.echo(f"pipevisor: {message}", err=True)
+        click.echo(f"pipevisor: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -174,6 +175,7 @@ def render_status(status: dict[str, Any]) -> str:
             _memory(p.get("memory_rss")), "-" if cpu is None else f"{cpu:.1f}%",
             _versions(p), _degradations(p),
         ])
+    rows = [[printable(cell) for cell in row] for row in rows]  # versions, reasons: plugin text
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"pipevisor daemon pid {daemon.get('pid', '?')}, "
              f"up {_duration(time.time() - daemon['started']) if 'started' in daemon else '-'}, "
@@ -249,7 +251,7 @@ def _lifecycle(verb: str, plugin: str, wait: float, socket_path: str | None,
         click.echo(_dump(result))
     else:
         pid = f" (pid {result['pid']})" if result.get("pid") else ""
-        click.echo(f"{result['name']}: {result['state']}{pid}")
+        click.echo(printable(f"{result['name']}: {result['state']}{pid}"))
     if result["state"] == "failed":
         _fail(EXIT_UNAVAILABLE, f"{result['name']} failed: {result.get('reason')}", as_json,
               {"message": f"plugin {result['name']!r} failed", "reason": result.get("reason")})
@@ -343,7 +345,7 @@ def _event_line(ev: dict[str, Any]) -> str:
             f" ({rest['reason']})" if rest.get("reason") else "")
     else:
         detail = " ".join(f"{k}={orjson.dumps(v, default=str).decode()}" for k, v in rest.items())
-    return f"{stamp} {ev.get('plugin') or '-'} {ev.get('kind')} {detail}".rstrip()
+    return printable(f"{stamp} {ev.get('plugin') or '-'} {ev.get('kind')} {detail}".rstrip())
 
 
 @click.command()
@@ -357,7 +359,8 @@ def logs(plugin: str, lines: int, follow: bool, socket_path: str | None, as_json
     """Print PLUGIN's recent stderr (the daemon keeps a bounded tail)."""
 
     def show(line: str) -> None:
-        click.echo(orjson.dumps({"plugin": plugin, "line": line}).decode() if as_json else line)
+        click.echo(orjson.dumps({"plugin": plugin, "line": line}).decode() if as_json
+                   else printable(line, keep_tabs=True))
 
     def tail(c: Client) -> None:
         answer = c.request("logs", {"plugin": plugin, "lines": lines})

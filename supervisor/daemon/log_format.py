@@ -1,6 +1,10 @@
 """How the daemon's log lines look: text for a terminal, ``<N>`` priorities for the
 journal, one JSON object per line for shippers. A plugin's own lines (its stderr,
-``pipevisor/log``) arrive on ``pipevisor.plugin.<name>`` loggers and are tagged."""
+``pipevisor/log``) arrive on ``pipevisor.plugin.<name>`` loggers and are tagged.
+
+Messages often carry plugin text (its log lines, its error messages), so the text and
+journal formats escape control characters (:func:`pipevisor.supervisor.text.printable`):
+one record is one line, whatever a plugin writes. The JSON format is exact."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any
 import orjson
 
 from pipevisor.supervisor.daemon.config_file import LogFormat
+from pipevisor.supervisor.text import printable
 
 _JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
                      logging.ERROR: 3, logging.CRITICAL: 2}
@@ -23,6 +28,12 @@ def _plugin_of(record: logging.LogRecord) -> str | None:
     return record.name[len(prefix):] if record.name.startswith(prefix) else None
 
 
+def _traceback(text: str) -> str:
+    """A traceback indented under its record, each line escaped: an exception message
+    may carry plugin text, and no line of it may start where a new record would."""
+    return "\n".join("    " + printable(line, keep_tabs=True) for line in text.splitlines())
+
+
 class JournalFormatter(logging.Formatter):
     """``<N>`` priority prefixes that journald turns into log levels; no timestamp
     (the journal adds its own)."""
@@ -31,9 +42,9 @@ class JournalFormatter(logging.Formatter):
         prio = _JOURNAL_PRIORITY.get(record.levelno, 6)
         plugin = _plugin_of(record)
         who = f"[{plugin}]" if plugin else record.name.removeprefix("pipevisor.")
-        text = f"<{prio}>{who}: {record.getMessage()}"
+        text = f"<{prio}>{who}: {printable(record.getMessage())}"
         if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
+            text += "\n" + _traceback(self.formatException(record.exc_info))
         return text.replace("\n", f"\n<{prio}>")
 
 
@@ -44,9 +55,10 @@ class TextFormatter(logging.Formatter):
         ts = time.strftime("%H:%M:%S", time.localtime(record.created))
         plugin = _plugin_of(record)
         who = f"[{plugin}]" if plugin else record.name.removeprefix("pipevisor.")
-        text = f"{ts}.{int(record.msecs):03d} {record.levelname:<7} {who}: {record.getMessage()}"
+        text = (f"{ts}.{int(record.msecs):03d} {record.levelname:<7} {who}: "
+                f"{printable(record.getMessage())}")
         if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
+            text += "\n" + _traceback(self.formatException(record.exc_info))
         return text
 
 

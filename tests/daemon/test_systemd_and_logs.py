@@ -72,7 +72,7 @@ def record(name: str, level: int, msg: str) -> logging.LogRecord:
 def test_journal_lines_carry_priorities_and_plugin_tags() -> None:
     f = JournalFormatter()
     assert f.format(record("pipevisor.plugin.echo", logging.INFO, "hello")) == "<6>[echo]: hello"
-    assert f.format(record("pipevisor.daemon", logging.WARNING, "a\nb")) == "<4>daemon: a\n<4>b"
+    assert f.format(record("pipevisor.daemon", logging.WARNING, "a\nb")) == "<4>daemon: a\\nb"
     assert f.format(record("pipevisor.runner", logging.ERROR, "x")).startswith("<3>")
 
 

@@ -21,7 +21,9 @@ Usage: hostile.py ATTACK [ARG ...]; attacks (after the handshake):
                              ["exit", code] ends the process at once
 
 'serve' answers: echo {text} -> {text} (with "chatty": true it also logs, on stderr and
-with pipevisor/log, before answering); sleep {seconds}; pipevisor/ping; pipevisor/shutdown.
+with pipevisor/log, before answering); sleep {seconds}; pipevisor/ping; pipevisor/shutdown;
+say {stderr, log, error}: writes the stderr line, sends the pipevisor/log message and
+answers with the error object, each only if given (plugin text the host must print safely).
 """
 
 from __future__ import annotations
@@ -85,6 +87,15 @@ def serve(alloc: int = 0) -> None:
             held.append(bytearray(alloc))  # may fail under RLIMIT_DATA: MemoryError, exit 1
             for i in range(0, alloc, 4096):
                 held[-1][i] = 1
+        if method == "say":  # plugin text of its choosing, where the host prints it
+            if "stderr" in params:
+                os.write(2, params["stderr"].encode("latin-1") + b"\n")
+            if "log" in params:
+                send({"jsonrpc": "2.0", "method": "pipevisor/log",
+                      "params": {"level": "warning", "message": params["log"]}})
+            if "error" in params:
+                send({"jsonrpc": "2.0", "id": ident, "error": params["error"]})
+                continue
         if method == "echo" and isinstance(params, dict) and params.get("chatty"):
             send({"jsonrpc": "2.0", "method": "pipevisor/log",
                   "params": {"level": "info", "message": "chatty echo"}})
