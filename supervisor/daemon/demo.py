@@ -1,16 +1,18 @@
-"""``pipevisor demo``: the example plugins under an embedded supervisor, surviving a crash.
+"""``pipevisor demo``: two plugins under an embedded supervisor, surviving a crash.
 
-Runs ``examples/python-stdlib/pipevisor-echo`` and ``examples/misbehaving/pipevisor-crashy``
-from a source checkout, calls them, crashes one, watches it come back, and stops
-both. ``python -m pipevisor.supervisor.daemon.demo`` runs it too.
+Runs the demo plugins shipped in the package (``demo_plugin.py``, written with the
+kit), calls them, crashes one, watches it come back, and stops both; it needs nothing
+but an installed pipevisor. ``scripts/demo`` in a checkout is the bigger tour: the
+daemon with every example plugin, in every language.
+``python -m pipevisor.supervisor.daemon.demo`` runs it too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,25 +20,19 @@ import anyio
 from pipevisor.supervisor.engine.config import PluginSpec, StopPolicy
 from pipevisor.supervisor.engine.events import Subscription
 from pipevisor.supervisor.engine.states import PluginState
-from pipevisor.supervisor.errors import ConfigError, PluginCrashed
+from pipevisor.supervisor.errors import PluginCrashed
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-ECHO = EXAMPLES / "python-stdlib" / "pipevisor-echo"
-CRASHY = EXAMPLES / "misbehaving" / "pipevisor-crashy"
+DEMO_PLUGIN = "pipevisor.supervisor.daemon.demo_plugin"
 TIMEOUT = 10.0
 """Seconds any one step may take before the demo gives up."""
 
 
 def example_plugins() -> list[PluginSpec]:
-    """Specs for the two example plugins; ConfigError when the examples are not there."""
-    for path in (ECHO, CRASHY):
-        if not path.is_file():
-            raise ConfigError(
-                f"example plugin {path} not found: the demo runs from a source checkout "
-                f"of pipevisor (it looked in {EXAMPLES})")
+    """Specs for the two demo plugins (:mod:`~pipevisor.supervisor.daemon.demo_plugin`),
+    run by this interpreter, so they work wherever pipevisor is installed."""
     stop = StopPolicy(shutdown_grace=2.0, eof_grace=2.0, term_grace=2.0)
-    return [PluginSpec("echo", (str(ECHO),), stop=stop),
-            PluginSpec("crashy", (str(CRASHY), "--crash-after", "0"), stop=stop)]
+    return [PluginSpec(name, (sys.executable, "-m", DEMO_PLUGIN, name), stop=stop)
+            for name in ("echo", "crashy")]
 
 
 def _table(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -87,7 +83,7 @@ async def _demo(specs: list[PluginSpec], out: Callable[[str], None]) -> None:
 
     async with Supervisor(specs) as sup:
         await sup.wait_ready(timeout=TIMEOUT)
-        out("pipevisor demo: two example plugins under an embedded supervisor")
+        out("pipevisor demo: two plugins under an embedded supervisor")
         for line in _table(sup.status()):
             out(line)
 

@@ -184,5 +184,5 @@ async def test_demo_shows_the_crash_and_the_restart() -> None:
     assert "exit code 3" in text
     assert "crash requested" in text  # the crashy plugin's last stderr line
     assert "crashy restarted: ready -> backoff -> starting -> handshaking -> ready" in text
-    assert '"instance": 2' in text
+    assert 'call crashy.work() -> {"done": true}' in text
     assert "echo stopped (exit code 0), crashy stopped (exit code 0)" in text
