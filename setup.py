@@ -1,7 +1,11 @@
-"""Build step of the package: compile the pvinit shim into the wheel.
+"""Build step of the package: compile the pvinit shim into the wheel, and the three
+fields pyproject.toml marks dynamic.
 
-pyproject.toml holds every piece of metadata; this file only adds what setuptools
-cannot declare: the C shim built as an *executable* (not an extension module) with the
+pyproject.toml holds the rest of the metadata. This file adds what setuptools cannot
+declare statically: the version from the VERSION file pipevisor-kit shares, a
+dependency on pipevisor-kit at exactly that version, README.md with its relative links
+made absolute (they would break on a package index page), and the C shim built as an
+*executable* (not an extension module) with the
 build machine's compiler, placed next to its source as
 ``pipevisor/supervisor/proc/native/pvinit`` with ``pvinit.sha256`` naming the source and
 flags it was built from. At run time pipevisor uses that binary and compiles nothing;
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,4 +66,31 @@ class BinaryDistribution(Distribution):
         return True
 
 
-setup(cmdclass={"build_py": BuildPyWithShim}, distclass=BinaryDistribution)
+HERE = Path(__file__).resolve().parent
+REPOSITORY = "https://github.com/pipevisor/pipevisor/blob/main/"
+VERSION = (HERE / "VERSION").read_text().strip()
+DEPENDENCIES = [
+    f"pipevisor-kit=={VERSION}",  # pipevisor.protocol and pipevisor.kit
+    "anyio>=4.4",
+    "orjson>=3.8",
+    "jsonschema>=4.18",
+    "click>=8.1",
+    "psutil>=5.9",
+]
+
+
+def readme_for_index() -> str:
+    """README.md with ``](relative)`` links pointing at the repository."""
+    text = (HERE / "README.md").read_text()
+    return re.sub(r"\]\((?!https?:|#|mailto:)([^)]+)\)",
+                  lambda m: f"]({REPOSITORY}{m.group(1)})", text)
+
+
+setup(
+    version=VERSION,
+    install_requires=DEPENDENCIES,
+    long_description=readme_for_index(),
+    long_description_content_type="text/markdown",
+    cmdclass={"build_py": BuildPyWithShim},
+    distclass=BinaryDistribution,
+)

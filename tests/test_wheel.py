@@ -1,9 +1,11 @@
-"""The wheel users install (issue 15): only the ``pipevisor`` namespace at the top level,
-typed packages, the package data the code opens at run time, and the license."""
+"""The wheels users install (issue 15): ``pipevisor`` and ``pipevisor-kit``, each with only
+the ``pipevisor`` namespace at the top level and no file in common, one version, typed
+packages, the package data the code opens at run time, and the license."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -15,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, zipfile.ZipFile]:
+    """Both distributions built from this repository: ``pipevisor`` (the supervisor)
+    and ``pipevisor-kit`` (protocol and kit, packaging/kit)."""
     out = tmp_path_factory.mktemp("wheel")
     # a copy of the tracked files, so the build never writes into the checkout
     src = tmp_path_factory.mktemp("src")
@@ -29,55 +33,102 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
         elif source.is_file():
             target.write_bytes(source.read_bytes())
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                           "--disable-pip-version-check", "-w", str(out), str(src)],
+                           "--disable-pip-version-check", "-w", str(out), str(src),
+                           str(src / "packaging" / "kit")],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (built,) = out.glob("pipevisor-*.whl")
-    return zipfile.ZipFile(built)
+    (main,) = out.glob("pipevisor-*.whl")
+    (kit,) = out.glob("pipevisor_kit-*.whl")
+    return {"pipevisor": zipfile.ZipFile(main), "pipevisor-kit": zipfile.ZipFile(kit)}
+
+
+@pytest.fixture(scope="module")
+def wheel(wheels: dict[str, zipfile.ZipFile]) -> zipfile.ZipFile:
+    return wheels["pipevisor"]
+
+
+def _metadata(wheel: zipfile.ZipFile) -> str:
+    dist_info = next(n.split("/")[0] for n in wheel.namelist() if ".dist-info/" in n)
+    return wheel.read(f"{dist_info}/METADATA").decode()
 
 
 @pytest.mark.slow
-def test_the_wheel_installs_only_the_pipevisor_namespace(wheel: zipfile.ZipFile) -> None:
-    names = wheel.namelist()
+@pytest.mark.parametrize("dist", ["pipevisor", "pipevisor-kit"])
+def test_each_wheel_installs_only_the_pipevisor_namespace(
+        wheels: dict[str, zipfile.ZipFile], dist: str) -> None:
+    names = wheels[dist].namelist()
     top = {n.split("/")[0] for n in names}
     dist_info = next(t for t in top if t.endswith(".dist-info"))
     assert top == {"pipevisor", dist_info}
-    assert "pipevisor/__init__.py" not in names  # a PEP 420 namespace: the kit may join it
-    record = wheel.read(f"{dist_info}/RECORD").decode()
+    assert "pipevisor/__init__.py" not in names  # a PEP 420 namespace shared by both
+    record = wheels[dist].read(f"{dist_info}/RECORD").decode()
     assert {line.split("/")[0] for line in record.splitlines() if line} == top
 
 
 @pytest.mark.slow
-def test_the_wheel_carries_types_data_and_license(wheel: zipfile.ZipFile) -> None:
-    names = set(wheel.namelist())
-    for package in ("supervisor", "protocol", "kit"):
-        assert f"pipevisor/{package}/py.typed" in names
-    assert "pipevisor/protocol/SPEC.md" in names
-    assert "pipevisor/supervisor/proc/native/pvinit.c" in names
+def test_the_two_wheels_share_no_file_and_split_where_documented(
+        wheels: dict[str, zipfile.ZipFile]) -> None:
+    main = {n for n in wheels["pipevisor"].namelist() if n.startswith("pipevisor/")}
+    kit = {n for n in wheels["pipevisor-kit"].namelist() if n.startswith("pipevisor/")}
+    assert not main & kit
+    assert {n.split("/")[1] for n in main} == {"supervisor"}
+    assert {n.split("/")[1] for n in kit} == {"protocol", "kit"}
+
+
+@pytest.mark.slow
+def test_one_version_and_the_kit_pulls_in_no_daemon_dependency(
+        wheels: dict[str, zipfile.ZipFile]) -> None:
+    version = (ROOT / "VERSION").read_text().strip()
+    main, kit = _metadata(wheels["pipevisor"]), _metadata(wheels["pipevisor-kit"])
+    assert f"Version: {version}\n" in main and f"Version: {version}\n" in kit
+    assert f"Requires-Dist: pipevisor-kit=={version}\n" in main
+    kit_deps = {line.split(":", 1)[1].strip().split(">")[0].split("=")[0]
+                for line in kit.splitlines() if line.startswith("Requires-Dist:")}
+    assert kit_deps == {"orjson", "jsonschema"}
+
+
+@pytest.mark.slow
+def test_the_readme_links_work_on_an_index_page(wheel: zipfile.ZipFile) -> None:
+    description = _metadata(wheel).split("\n\n", 1)[1]
+    links = re.findall(r"\]\(([^)]+)\)", description)
+    assert links and all(link.startswith(("https://", "#")) for link in links), links
+
+
+@pytest.mark.slow
+def test_the_wheels_carry_types_data_and_license(wheels: dict[str, zipfile.ZipFile]) -> None:
+    main, kit = set(wheels["pipevisor"].namelist()), set(wheels["pipevisor-kit"].namelist())
+    assert "pipevisor/supervisor/py.typed" in main
+    assert {"pipevisor/protocol/py.typed", "pipevisor/kit/py.typed"} <= kit
+    assert "pipevisor/protocol/SPEC.md" in kit
+    assert "pipevisor/supervisor/proc/native/pvinit.c" in main
     assert any(n.startswith("pipevisor/protocol/schemas/") and n.endswith(".json")
-               for n in names)
-    dist_info = next(n.split("/")[0] for n in names if ".dist-info/" in n)
-    assert f"{dist_info}/licenses/LICENSE" in names
-    metadata = wheel.read(f"{dist_info}/METADATA").decode()
-    assert "License-Expression: MIT" in metadata
-    assert "Classifier: Typing :: Typed" in metadata
+               for n in kit)
+    for wheel in wheels.values():
+        names = wheel.namelist()
+        dist_info = next(n.split("/")[0] for n in names if ".dist-info/" in n)
+        assert f"{dist_info}/licenses/LICENSE" in names
+        metadata = _metadata(wheel)
+        assert "License-Expression: MIT" in metadata
+        assert "Classifier: Typing :: Typed" in metadata
 
 
 @pytest.mark.slow
 def test_the_wheel_carries_a_built_shim_used_without_a_compiler(
-        wheel: zipfile.ZipFile, tmp_path: Path) -> None:
+        wheels: dict[str, zipfile.ZipFile], tmp_path: Path) -> None:
     """The shim is built with the package: the wheel is tagged for this platform, and
     an installed copy uses its own pvinit with no compiler on PATH and an empty cache."""
     import site
 
     if not sys.platform.startswith("linux"):
         pytest.skip("pvinit is Linux-only")
+    wheel = wheels["pipevisor"]
     assert not wheel.filename.endswith("-none-any.whl")  # type: ignore[union-attr]
     names = set(wheel.namelist())
     assert {"pipevisor/supervisor/proc/native/pvinit",
             "pipevisor/supervisor/proc/native/pvinit.sha256"} <= names
     installed = tmp_path / "site"
     wheel.extractall(installed)
+    wheels["pipevisor-kit"].extractall(installed)
     (installed / "pipevisor/supervisor/proc/native/pvinit").chmod(0o755)  # zip keeps no mode
     env = {"PATH": str(tmp_path / "empty-bin"), "HOME": str(tmp_path),
            "PIPEVISOR_CACHE_DIR": str(tmp_path / "cache"),
