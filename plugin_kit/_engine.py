@@ -75,6 +75,7 @@ Deliver = Callable[[Any, "ErrorObject | None"], None]
 """Settles one host call: (result, None) or (None, error)."""
 
 _log = logging.getLogger("pipevisor.kit")
+_SETTLE = 0.25  # seconds for cancelled async calls to answer themselves before the kit does
 _NO_ID = object()
 _ID_TYPES = (str, int, float, type(None))  # what a request id can be, so what a cancel may name
 
@@ -200,12 +201,14 @@ class Engine:
             self._reader.start()
         self._reader_ready.set()
         self._stop.wait()
+        # SPEC 7.3 and 9.1 give the whole wind-down the grace: calls get all of it but
+        # _SETTLE, which is left for cancelled tasks to answer and for the exit.
         if self._stop_kind == "shutdown":
-            self._wind_down(self._shutdown_grace)
+            self._wind_down(max(0.0, self._shutdown_grace - _SETTLE))
             with self.lock:
                 self._reply(self._shutdown_id, None)
         elif self._stop_kind == "eof":
-            self._wind_down(DEFAULT_GRACE)
+            self._wind_down(DEFAULT_GRACE - 2 * _SETTLE)
         self.plugin.connected = False
         self._fail_host_calls("the plugin is exiting")
         self._stop_loop()
@@ -230,8 +233,8 @@ class Engine:
 
         A sync handler's thread cannot be stopped: its call is answered as
         cancelled now and whatever it returns later is dropped. An async one is
-        cancelled on the loop and answers itself, or is answered here a second
-        later if the loop is too busy to get to it.
+        cancelled on the loop and answers itself, or is answered here _SETTLE
+        seconds later if the loop is too busy to get to it.
         """
         with self.lock:
             self._wait_for_calls(grace)
@@ -243,7 +246,7 @@ class Engine:
             else:
                 self._finish_error(call, self._cancelled(call))
         with self.lock:
-            self._wait_for_calls(1.0)
+            self._wait_for_calls(_SETTLE)
             left = list(self.calls.values())
         for call in left:
             self._finish_error(call, self._cancelled(call))
@@ -571,10 +574,18 @@ class Engine:
             del self.calls[ident]
             call.ctx.answered = True
             try:
-                data = self.peer.send_result(ident, result)
+                encoded = encode({"jsonrpc": "2.0", "id": ident, "result": result})
             except EncodeError as exc:
                 data = self.peer.send_error(ident, ErrorObject(
                     ErrorCode.INTERNAL_ERROR, f"result is not JSON: {exc}"))
+            else:
+                if len(encoded) - 1 > self.plugin.max_line_bytes:  # SPEC 3.3 [M-3.3a]
+                    data = self.peer.send_error(ident, ErrorObject(
+                        ErrorCode.INTERNAL_ERROR,
+                        f"{call.ctx.method}: result of {len(encoded) - 1} bytes exceeds the "
+                        f"host's limits.maxLineBytes of {self.plugin.max_line_bytes}"))
+                else:
+                    data = self.peer.send_result(ident, result)
             self._write(data)
             self._changed.notify_all()
 

@@ -73,9 +73,11 @@ class Pipes:
 
 
 @asynccontextmanager
-async def running(path: str = KIT_PLUGIN, handshake: bool = True) -> AsyncIterator[Pipes]:
-    """The plugin, handshaken; killed on the way out if the test did not end it."""
-    process = await anyio.open_process([sys.executable, path])
+async def running(path: str = KIT_PLUGIN, handshake: bool = True,
+                  **popen: Any) -> AsyncIterator[Pipes]:
+    """The plugin, handshaken; killed on the way out if the test did not end it.
+    ``popen`` goes to anyio.open_process (``cwd=...``, say)."""
+    process = await anyio.open_process([sys.executable, path], **popen)
     try:
         pipes = Pipes(process)
         if handshake:

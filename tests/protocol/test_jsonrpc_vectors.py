@@ -63,8 +63,8 @@ METHODS: dict[str, Any] = {
 class Server:
     """A tiny dispatcher over a sans-I/O peer: what a plugin's main loop does."""
 
-    def __init__(self) -> None:
-        self.peer = Peer(answer_garbage=True)
+    def __init__(self, answer_garbage: bool = True) -> None:
+        self.peer = Peer(answer_garbage=answer_garbage)
         self.notifications: list[str] = []
         self.faults = 0
 
@@ -169,6 +169,25 @@ def test_vector(vector: dict[str, Any]) -> None:
     assert after == [{"jsonrpc": "2.0", "id": "barrier", "result": ["hello", 5]}]
     assert server.peer.take_output() == b""
     assert server.peer.incoming == frozenset()
+
+
+HOST_SKIPS_PARSE_ERRORS = {8, 10}  # SPEC 3.5: the host does not answer lines that are not JSON
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[f"{v['n']:02d}-{v['name']}" for v in VECTORS])
+def test_vector_on_the_host_side(vector: dict[str, Any]) -> None:
+    """[M-3.4a] [M-4.2a] The host's peer (no answer_garbage) answers the same, but for
+    lines that are not JSON, which SPEC 3.5 leaves unanswered on the host side."""
+    server = Server(answer_garbage=False)
+    answers = _lines(server.feed(vector["send"].encode("utf-8") + b"\n"))
+    if vector["expect"] is None or vector["n"] in HOST_SKIPS_PARSE_ERRORS:
+        assert answers == []
+    else:
+        assert len(answers) == 1, answers
+        _check_any(answers[0], vector["expect"])
+    assert _lines(server.feed(BARRIER)) == [
+        {"jsonrpc": "2.0", "id": "barrier", "result": ["hello", 5]}]
+    assert server.peer.take_output() == b""
 
 
 def test_vector_file_is_complete() -> None:
