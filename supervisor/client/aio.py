@@ -37,6 +37,7 @@ from pipevisor.supervisor.client.wire import (
     _opt,
     _settle,
     _Unread,
+    expected_daemon_uid,
     resolve_socket_path,
 )
 from pipevisor.supervisor.io.control_link import (
@@ -67,11 +68,19 @@ class AsyncClient:
     :class:`BadAnswer`; a garbled line fails every waiting request and the
     connection is replaced on the next request, as is one the daemon closed
     because it was idle.
+
+    Before anything is sent, the socket's server must be root, our own uid or
+    ``daemon_uid`` (default ``$PIPEVISOR_DAEMON_UID``, a uid or user name), else
+    :class:`pipevisor.supervisor.client.wire.UntrustedDaemon` (a planted socket never
+    sees a request).
     """
 
     def __init__(self, socket_path: str | None = None, *, connect_timeout: float = 5.0,
-                 max_answer_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+                 max_answer_bytes: int = DEFAULT_MAX_LINE_BYTES,
+                 daemon_uid: int | str | None = None) -> None:
         self.socket_path = resolve_socket_path(socket_path)
+        self._daemon_uid = expected_daemon_uid(daemon_uid, self.socket_path)
+        """Who may serve the socket besides root and us (``PIPEVISOR_DAEMON_UID``)."""
         self._connect_timeout = connect_timeout
         self._max_answer = max_answer_bytes
         self._peer = Peer(max_line_bytes=max_answer_bytes)
@@ -89,7 +98,7 @@ class AsyncClient:
     async def _connect_socket(self) -> socket.socket:
         # connected blocking in a worker thread: instant for a local socket
         return await anyio.to_thread.run_sync(
-            _blocking_connect, self.socket_path, self._connect_timeout)
+            _blocking_connect, self.socket_path, self._connect_timeout, self._daemon_uid)
 
     async def _connect(self) -> anyio.abc.SocketStream:
         return await wrap_socket(await self._connect_socket())

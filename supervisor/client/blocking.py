@@ -60,6 +60,7 @@ from pipevisor.supervisor.client.wire import (
     _opt,
     _settle,
     _Unread,
+    expected_daemon_uid,
     resolve_socket_path,
 )
 
@@ -73,11 +74,19 @@ class Client:
 
     ``max_answer_bytes`` is the longest answer line read (the daemon never
     writes a longer one); a longer or garbled answer raises :class:`BadAnswer`.
+
+    Before anything is sent, the socket's server must be root, our own uid or
+    ``daemon_uid`` (default ``$PIPEVISOR_DAEMON_UID``, a uid or user name), else
+    :class:`pipevisor.supervisor.client.wire.UntrustedDaemon` (a planted socket never
+    sees a request).
     """
 
     def __init__(self, socket_path: str | None = None, *, connect_timeout: float = 5.0,
-                 max_answer_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+                 max_answer_bytes: int = DEFAULT_MAX_LINE_BYTES,
+                 daemon_uid: int | str | None = None) -> None:
         self.socket_path = resolve_socket_path(socket_path)
+        self._daemon_uid = expected_daemon_uid(daemon_uid, self.socket_path)
+        """Who may serve the socket besides root and us (``PIPEVISOR_DAEMON_UID``)."""
         self._connect_timeout = connect_timeout
         self._max_answer = max_answer_bytes
         self._lock = threading.Lock()
@@ -94,7 +103,7 @@ class Client:
         return Peer(max_line_bytes=self._max_answer)
 
     def _connect(self) -> socket.socket:
-        sock = _blocking_connect(self.socket_path, self._connect_timeout)
+        sock = _blocking_connect(self.socket_path, self._connect_timeout, self._daemon_uid)
         sock.settimeout(None)
         return sock
 

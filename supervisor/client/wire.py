@@ -4,8 +4,10 @@ what the daemon's notices, garbled lines and events mean to a caller."""
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import socket
+import struct
 import time
 from collections import deque
 from typing import Any
@@ -159,9 +161,67 @@ def _absorb(events: list[Any], ident: RequestId, pending: deque[dict[str, Any]],
                                 f"{event.fault.detail}")
     return subscribed
 
-def _blocking_connect(path: str, timeout: float) -> socket.socket:
-    """Connect; a full listen backlog (EAGAIN) is retried until ``timeout``, then reported
-    as :class:`DaemonBusy`, not as a missing daemon."""
+DAEMON_UID_ENV = "PIPEVISOR_DAEMON_UID"
+"""The uid (or user name) of a daemon run by another user that clients may talk to."""
+
+
+class UntrustedDaemon(PipevisorError):
+    """The control socket is served by a process of a uid the client does not trust
+    (not root, not the client's own uid, not the expected one): it may be a fake
+    socket planted to capture requests, so nothing was sent."""
+
+    def __init__(self, socket_path: str, reason: str) -> None:
+        super().__init__(f"refusing the control socket {socket_path}: {reason}; nothing "
+                         "was sent")
+        self.socket_path = socket_path
+
+
+def expected_daemon_uid(given: int | str | None, path: str) -> int | None:
+    """The uid besides root and our own that may serve the socket: ``given``, else
+    ``$PIPEVISOR_DAEMON_UID`` (a number or a user name), else None."""
+    value = given if given is not None else os.environ.get(DAEMON_UID_ENV) or None
+    if value is None or isinstance(value, int):
+        return value
+    if value.isdigit():
+        return int(value)
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise UntrustedDaemon(path, f"{DAEMON_UID_ENV}={value!r} names no user") from None
+
+
+def server_uid(sock: socket.socket) -> int | None:
+    """The uid of the process that serves a connected Unix socket (SO_PEERCRED)."""
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if opt is None:
+        getpeereid = getattr(os, "getpeereid", None)  # not in the stdlib on BSD/macOS yet
+        return None if getpeereid is None else int(getpeereid(sock.fileno())[0])
+    raw = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize("3i"))
+    uid: int = struct.unpack("3i", raw)[1]
+    return uid
+
+
+def check_server(sock: socket.socket, path: str, expected: int | None) -> None:
+    """Raise :class:`UntrustedDaemon` unless the socket is served by root, by our own
+    uid or by ``expected``: checked before anything is sent (#14 item 1), so a socket
+    planted in a folder someone else controls never receives a request."""
+    uid = server_uid(sock)
+    if uid is None:
+        return  # no way to ask on this platform: the folder checks are all there is
+    trusted = {0, os.geteuid()} | ({expected} if expected is not None else set())
+    if uid not in trusted:
+        want = ", ".join(str(u) for u in sorted(trusted))
+        raise UntrustedDaemon(path, f"it is served by uid {uid}, not by uid {want} "
+                              f"(set {DAEMON_UID_ENV}={uid} if that daemon is the one "
+                              "you mean)")
+
+
+def _blocking_connect(path: str, timeout: float,
+                      daemon_uid: int | None = None) -> socket.socket:
+    """Connect and check who serves the socket (:func:`check_server`); a full listen
+    backlog (EAGAIN) is retried until ``timeout``, then reported as
+    :class:`DaemonBusy`, not as a missing daemon."""
+    expected = expected_daemon_uid(daemon_uid, path)
     deadline = time.monotonic() + timeout
     pause = 0.005
     while True:
@@ -187,4 +247,9 @@ def _blocking_connect(path: str, timeout: float) -> socket.socket:
         except OSError as exc:
             sock.close()
             raise DaemonNotRunning(path, str(exc) or type(exc).__name__) from None
+        try:
+            check_server(sock, path, expected)
+        except BaseException:
+            sock.close()
+            raise
         return sock

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import grp
 import os
 import re
 import tomllib
@@ -66,6 +67,10 @@ class DaemonSettings:
     closed (clients reconnect by themselves)."""
     metrics_max_connections: int = 64
     """HTTP connections at once to ``metrics_listen``; past it, 503."""
+    socket_group: str | None = None
+    """A group whose members may use the control socket besides the daemon's own user
+    and root: the socket becomes 0660 with that group. Unset: 0600, owner and root only
+    (docs/cli.md, "Who may use the socket")."""
 
     def __post_init__(self) -> None:
         if self.control_max_connections < 1 or self.metrics_max_connections < 1:
@@ -73,6 +78,18 @@ class DaemonSettings:
                              "at least 1")
         if not self.control_idle_timeout > 0:
             raise ValueError("control_idle_timeout must be a positive number of seconds")
+        if self.socket_group is not None:
+            socket_group_id(self.socket_group)
+
+
+def socket_group_id(name: str) -> int:
+    """The gid of ``[daemon] socket_group`` (a name, or a number); ValueError if unknown."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        if name.isdigit():
+            return int(name)
+        raise ValueError(f"socket_group: no group named {name!r} on this system") from None
 
 
 def listen_address(text: str) -> tuple[str, int]:

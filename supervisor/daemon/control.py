@@ -29,15 +29,20 @@ socket stream and a new task per request were most of the control path's
 cost (figures in perf/README.md). Other anyio backends read with a task
 (:class:`pipevisor.supervisor.io.control_link.StreamLink`); both paths are tested.
 
-Security rests on the file mode: the socket is created 0600 (under a umask,
-so it is never briefly wider) in a directory created 0700; whoever can
-connect can control every plugin. Methods are listed in protocol/SPEC.md
-("Control socket").
+Whoever is served controls every plugin, so access is checked twice (#14 item 1): the
+socket is created 0600 (under a umask, so it is never briefly wider; 0660 with
+``[daemon] socket_group``) in a folder that must be ours and closed to other writers
+(:func:`pipevisor.supervisor.paths.secure_dir`), and every connection's peer is checked
+with SO_PEERCRED before a byte of it is read (:class:`SocketAccess`): root, the
+daemon's own uid and members of ``socket_group`` are served; anyone else, and any
+process inside a plugin's process tree or pid namespace, is told ``forbidden`` and
+disconnected. Methods are listed in protocol/SPEC.md ("Control socket").
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -46,7 +51,7 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import anyio
@@ -85,6 +90,7 @@ from pipevisor.supervisor.io.control_link import (
     wrap_socket,
 )
 from pipevisor.supervisor.io.listening import AcceptGuard, RateLimitedLog, accept_forever, refuse
+from pipevisor.supervisor.paths import UnsafeRuntimeDir, secure_dir
 
 log = logging.getLogger("pipevisor.control")
 
@@ -196,8 +202,18 @@ class _BadParams(Exception):
 # ================================================================ socket set-up
 
 
-def peer_pid(sock: socket.socket) -> int | None:
-    """The pid at the other end of a connected Unix socket (Linux SO_PEERCRED), if known."""
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """The kernel's record of who connected (SO_PEERCRED, taken at ``connect``)."""
+
+    pid: int | None
+    """None when the peer lives in a pid namespace we cannot see into (pid 0)."""
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials | None:
+    """Who is at the other end of a connected Unix socket (Linux SO_PEERCRED), if known."""
     opt = getattr(socket, "SO_PEERCRED", None)
     if opt is None:
         return None
@@ -205,8 +221,63 @@ def peer_pid(sock: socket.socket) -> int | None:
         raw = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize("3i"))
     except OSError:
         return None
-    pid: int = struct.unpack("3i", raw)[0]
-    return pid or None
+    pid, uid, gid = struct.unpack("3i", raw)
+    return PeerCredentials(pid or None, uid, gid)
+
+
+def peer_pid(sock: socket.socket) -> int | None:
+    """The pid at the other end of a connected Unix socket (Linux SO_PEERCRED), if known."""
+    creds = peer_credentials(sock)
+    return None if creds is None else creds.pid
+
+
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
+
+
+def peer_groups(sock: socket.socket, pid: int | None) -> frozenset[int]:
+    """The peer's supplementary groups: SO_PEERGROUPS (the kernel's copy taken at
+    ``connect``), else the ``Groups:`` line of /proc/PID/status."""
+    for size in (1024, 65536):
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 4 * size)
+        except OSError as exc:
+            if exc.errno == errno.ERANGE:
+                continue
+            break
+        return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+    if pid is None:
+        return frozenset()
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("Groups:"):
+                    return frozenset(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class SocketAccess:
+    """Who may use the control socket: root, ``uid`` (the daemon's effective uid by
+    default) and, when ``gid`` is set (``[daemon] socket_group``), that group's members
+    (primary or supplementary group of the connecting process)."""
+
+    uid: int = field(default_factory=os.geteuid)
+    gid: int | None = None
+
+    def refusal(self, sock: socket.socket, creds: PeerCredentials | None) -> str | None:
+        """None when the peer may be served, else why not (for the log)."""
+        if creds is None:
+            return ("its credentials cannot be read (SO_PEERCRED)"
+                    if hasattr(socket, "SO_PEERCRED") else None)
+        if creds.uid in (0, self.uid):
+            return None
+        if self.gid is not None and (creds.gid == self.gid
+                                     or self.gid in peer_groups(sock, creds.pid)):
+            return None
+        group = "" if self.gid is None else f" nor in group {self.gid}"
+        return f"uid {creds.uid} is not root, not the daemon's uid {self.uid}{group}"
 
 
 def _claim_path(path: str) -> None:
@@ -242,10 +313,14 @@ def _claim_path(path: str) -> None:
         probe.close()
 
 
-def _bind(path: str) -> socket.socket:
-    """Bind with a umask that makes the socket 0600 from its first instant."""
+def _bind(path: str, access: SocketAccess) -> socket.socket:
+    """Bind with a umask that makes the socket 0600 from its first instant, in a folder
+    only we can change (created 0700 if missing); with a group, chgrp then 0660."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        secure_dir(directory, what="the control socket's folder")
+    except UnsafeRuntimeDir as exc:
+        raise ControlSocketError(str(exc)) from None
     _claim_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
@@ -256,10 +331,46 @@ def _bind(path: str) -> socket.socket:
         raise ControlSocketError(f"cannot bind control socket {path}: {exc}") from exc
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)  # a no-op after the umask; kept so the intent is explicit
+    try:
+        if access.gid is not None:
+            os.chown(path, -1, access.gid, follow_symlinks=False)
+            os.chmod(path, 0o660)
+            _warn_unsearchable(directory, access.gid)
+        else:
+            os.chmod(path, 0o600)  # a no-op after the umask; kept so the intent is explicit
+    except OSError as exc:
+        sock.close()
+        os.unlink(path)
+        raise ControlSocketError(f"cannot give control socket {path} to group "
+                                 f"{access.gid}: {exc.strerror or exc} (the daemon must "
+                                 "run as root or be a member of socket_group)") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
+
+
+def _warn_unsearchable(directory: str, gid: int) -> None:
+    """The group can reach the socket only if it may search every folder above it."""
+    folder = os.path.realpath(directory)
+    while True:
+        st = os.stat(folder)
+        if not (st.st_mode & 0o001 or (st.st_mode & 0o010 and st.st_gid == gid)):
+            log.warning("socket_group: group %d cannot search %s (mode %04o, group %d), so "
+                        "its members cannot reach the control socket; put the socket in a "
+                        "folder they can reach (docs/cli.md)", gid, folder,
+                        stat.S_IMODE(st.st_mode), st.st_gid)
+            return
+        if folder == "/":
+            return
+        folder = os.path.dirname(folder)
+
+
+def _pid_ns(link: str) -> int | None:
+    """The inode naming a pid namespace (``/proc/PID/ns/pid``), None if unreadable."""
+    try:
+        return os.stat(link).st_ino
+    except OSError:
+        return None
 
 
 def _remove_if_ours(path: str, inode: int) -> None:
@@ -297,18 +408,21 @@ async def serve_control(
     max_in_flight: int | None = None,
     max_connections: int | None = None,
     limits: ControlLimits | None = None,
+    access: SocketAccess | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control socket until cancelled; the socket file is removed on exit.
-    ``max_in_flight`` and ``max_connections`` override the same fields of ``limits``."""
+    ``max_in_flight`` and ``max_connections`` override the same fields of ``limits``;
+    ``access`` says who is served (the daemon's uid and root by default)."""
+    access = access or SocketAccess()
     limits = limits or ControlLimits()
     if max_in_flight is not None:
         limits = replace(limits, max_in_flight=max_in_flight)
     if max_connections is not None:
         limits = replace(limits, max_connections=max_connections)
-    sock = _bind(socket_path)
+    sock = _bind(socket_path, access)
     inode = os.lstat(socket_path).st_ino
-    server = _Server(sup, hooks, socket_path, limits)
+    server = _Server(sup, hooks, socket_path, limits, access)
     guard = AcceptGuard(f"control socket {socket_path}")
     try:
         async with anyio.create_task_group() as tg:
@@ -381,8 +495,9 @@ Handler = Callable[["_Server", "_Connection", dict[str, Any]], Awaitable[Any]]
 
 class _Server:
     def __init__(self, sup: Supervisor, hooks: DaemonHooks, path: str,
-                 limits: ControlLimits) -> None:
+                 limits: ControlLimits, access: SocketAccess | None = None) -> None:
         self.limits = limits
+        self.access = access or SocketAccess()
         self.max_connections = limits.max_connections
         self.max_in_flight = limits.max_in_flight
         self.conns: dict[_Connection, None] = {}
@@ -402,11 +517,14 @@ class _Server:
         return len(self.conns)
 
     def plugin_of(self, pid: int | None) -> str | None:
-        """The plugin whose process tree the peer runs in, if any (#14 item 1).
+        """The plugin whose process tree or pid namespace the peer runs in, if any (#14
+        item 1); ``"?"`` when the peer is gone before it could be checked.
 
-        Plugins run as the daemon's own user, so the socket's 0600 mode does not keep
-        them out; their tree does. Walks the peer's ancestors (the kernel's view, so a
-        forged environment does not help) up to a plugin's root process."""
+        Plugins run as the daemon's own user, so the socket's mode does not keep them
+        out; their tree does. Walks the peer's ancestors (the kernel's view, so a forged
+        environment does not help) up to a plugin's root process, and compares the
+        peer's pid namespace with each plugin's. A connecting process that exits at
+        once (handing its socket to a child) is refused: it can no longer be checked."""
         if pid is None:
             return None
         roots = {r.process.pid: name for name, r in self.sup.runners.items()
@@ -414,22 +532,49 @@ class _Server:
         if not roots:
             return None
         try:
-            chain = [pid, *(p.pid for p in psutil.Process(pid).parents())]
+            proc = psutil.Process(pid)
+            chain = [pid, *(p.pid for p in proc.parents())]
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return "?"
         except psutil.Error:
-            return None  # gone already: its connection is dead too
+            return "?"  # gone already: whatever holds its socket now cannot be checked
         except OSError as exc:  # out of descriptors to read /proc: serve, and say so
             self._refusals(logging.WARNING, "control socket %s: could not check whether "
                            "a client runs inside a plugin (%s); served", self.path, exc)
             return None
-        return next((roots[p] for p in chain if p in roots), None)
+        found = next((roots[p] for p in chain if p in roots), None)
+        if found is not None:
+            return found
+        ns = _pid_ns(f"/proc/{pid}/ns/pid")
+        if ns is None or ns == _pid_ns("/proc/self/ns/pid"):
+            return None
+        for root, name in roots.items():
+            if ns == _pid_ns(f"/proc/{root}/ns/pid_for_children"):
+                return name
+        return None
+
+    def refusal(self, sock: socket.socket) -> tuple[str, str] | None:
+        """(log text, client message) when this peer may not be served."""
+        creds = peer_credentials(sock)
+        plugin = self.plugin_of(None if creds is None else creds.pid)
+        if plugin == "?":
+            return ("a client that exited before it could be checked",
+                    "the connecting process is gone")
+        if plugin is not None:
+            return (f"inside plugin {plugin}'s process tree",
+                    "plugins may not use the control socket")
+        why = self.access.refusal(sock, creds)
+        if why is not None:
+            return (f"pid {creds.pid if creds else '?'}: {why}",
+                    "forbidden: not allowed to use this control socket")
+        return None
 
     async def accepted(self, sock: socket.socket) -> None:
-        plugin = self.plugin_of(peer_pid(sock))
-        if plugin is not None:
+        refused = self.refusal(sock)
+        if refused is not None:
             self._refusals(logging.WARNING, "control socket %s: refused a connection from "
-                           "inside plugin %s's process tree", self.path, plugin)
-            refuse(sock, notice(ErrorCode.INVALID_REQUEST,
-                                "plugins may not use the control socket", "forbidden"))
+                           "%s", self.path, refused[0])
+            refuse(sock, notice(ErrorCode.INVALID_REQUEST, refused[1], "forbidden"))
             return
         if len(self.conns) >= self.max_connections and self.evict_idle() is None:
             self._refusals(logging.WARNING, "control socket %s: refused a connection: all %d "

@@ -3,8 +3,11 @@
 Foreground on purpose (no double fork, no pid file): systemd, containers and
 terminals all want the process they started to be the daemon. Lifecycle:
 
-- the control socket is bound first, so a second daemon is refused before it
-  could touch the first one's plugins or leftover records;
+- the state dir's instance lock is taken first, then the control socket is bound, so
+  a second daemon on the same state dir or socket is refused before it could touch the
+  first one's plugins or leftover records; every run-time folder (state dir, socket
+  folder, ``$XDG_RUNTIME_DIR``) must be ours and closed to other writers, else exit 2
+  naming the path and why;
 - plugins start; READY=1 is sent once each is serving or given up on;
 - SIGTERM/SIGINT stop every plugin gracefully and concurrently, exit 0; the
   same signal again during that stop SIGKILLs every plugin tree at once, exit 130;
@@ -13,7 +16,8 @@ terminals all want the process they started to be the daemon. Lifecycle:
   running with their in-flight calls. A bad file is refused and logged and
   the running set stays as it was.
 
-Exit codes: 0 clean stop, 1 could not start (socket taken ...), 2 bad config,
+Exit codes: 0 clean stop, 1 could not start (socket or state dir taken ...), 2 bad
+config or unsafe run-time folder,
 130 stopped by force (a second stop signal).
 """
 
@@ -34,7 +38,12 @@ import anyio
 from pipevisor.supervisor import paths
 from pipevisor.supervisor.daemon import config_file
 from pipevisor.supervisor.daemon.config_file import DaemonConfig, LogFormat
-from pipevisor.supervisor.daemon.control import ControlLimits, ControlSocketError, serve_control
+from pipevisor.supervisor.daemon.control import (
+    ControlLimits,
+    ControlSocketError,
+    SocketAccess,
+    serve_control,
+)
 from pipevisor.supervisor.daemon.log_format import setup_logging
 from pipevisor.supervisor.daemon.metrics_http import MetricsListenError, serve_metrics
 from pipevisor.supervisor.daemon.systemd import Notifier
@@ -42,7 +51,7 @@ from pipevisor.supervisor.engine.config import PluginSpec
 from pipevisor.supervisor.engine.states import SERVING, PluginState
 from pipevisor.supervisor.engine.supervisor import Supervisor
 from pipevisor.supervisor.errors import ConfigError
-from pipevisor.supervisor.proc import tree
+from pipevisor.supervisor.proc import leftovers, tree
 
 log = logging.getLogger("pipevisor.daemon")
 
@@ -244,8 +253,12 @@ class Daemon:
             settings = self.config.daemon
             limits = ControlLimits(max_connections=settings.control_max_connections,
                                    idle_timeout=settings.control_idle_timeout)
+            group = settings.socket_group
+            access = SocketAccess(gid=None if group is None
+                                  else config_file.socket_group_id(group))
             await outer.start(lambda task_status: serve_control(
-                sup, self.socket_path, self, limits=limits, task_status=task_status))
+                sup, self.socket_path, self, limits=limits, access=access,
+                task_status=task_status))
             listen = settings.metrics_listen
             if listen is not None:
                 host, port = config_file.listen_address(listen)
@@ -340,7 +353,20 @@ def run_daemon(config_path: str | None, socket: str | None, log_format: str | No
         return EXIT_BAD_CONFIG
     fmt = LogFormat(log_format) if log_format else config.daemon.log_format
     setup_logging(fmt, config.daemon.log_level.value)
-    os.makedirs(os.path.dirname(sock) or ".", mode=0o700, exist_ok=True)
+    state_dir = config.supervisor.state_dir
+    try:
+        paths.secure_dir(os.path.dirname(os.path.abspath(sock)),
+                         what="the control socket's folder")
+        if state_dir is not None:
+            # one instance per state dir, for this process's life: a second daemon stops
+            # here, before it reads a record or binds anything
+            leftovers.claim_state_dir(state_dir)
+    except ConfigError as exc:
+        log.error("configuration refused: %s", exc)
+        return EXIT_BAD_CONFIG
+    except leftovers.StateDirBusy as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_START_FAILED
     daemon = Daemon(os.path.abspath(config_path) if config_path else None, config, sock,
                     log_format_override=LogFormat(log_format) if log_format else None)
     try:
