@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -22,7 +23,8 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, zipfile.ZipFil
     and ``pipevisor-kit`` (protocol and kit, packaging/kit)."""
     out = tmp_path_factory.mktemp("wheel")
     # a copy of the tracked files, so the build never writes into the checkout
-    src = tmp_path_factory.mktemp("src")
+    src = out.parent / "src"
+    src.mkdir()
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
                            check=True).stdout.decode().split("\0")
     for name in filter(None, files):
@@ -40,6 +42,21 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, zipfile.ZipFil
     (main,) = out.glob("pipevisor-*.whl")
     (kit,) = out.glob("pipevisor_kit-*.whl")
     return {"pipevisor": zipfile.ZipFile(main), "pipevisor-kit": zipfile.ZipFile(kit)}
+
+
+@pytest.fixture(scope="module")
+def sdist(wheels: dict[str, zipfile.ZipFile], tmp_path_factory: pytest.TempPathFactory
+          ) -> set[str]:
+    """Names in the main sdist, built from the same copy of the tracked files."""
+    src = Path(wheels["pipevisor"].filename).parent.parent / "src"  # type: ignore[arg-type]
+    out = tmp_path_factory.mktemp("sdist")
+    proc = subprocess.run([sys.executable, "-m", "build", "--sdist",
+                           "-o", str(out), str(src)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (built,) = out.glob("pipevisor-*.tar.gz")
+    with tarfile.open(built) as tar:
+        return {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +164,13 @@ def test_the_wheel_carries_a_built_shim_used_without_a_compiler(
     assert shim == str(installed / "pipevisor/supervisor/proc/native/pvinit"), proc.stderr
     assert mechanism != "session", proc.stderr
     assert not (tmp_path / "cache").exists()  # nothing compiled at run time
+
+
+@pytest.mark.slow
+def test_the_sdist_carries_tests_docs_spec_and_both_sources(sdist: set[str]) -> None:
+    assert {"protocol/SPEC.md", "CHANGELOG.md", "VERSION", "LICENSE", "setup.py",
+            "packaging/kit/pyproject.toml", "supervisor/proc/native/pvinit.c",
+            "plugin_kit/plugin.py", "tests/conftest.py", "docs/architecture.md",
+            "scripts/test"} <= sdist
+    assert "supervisor/proc/native/pvinit" not in sdist  # built by the installer
+    assert not [name for name in sdist if "__pycache__" in name]
