@@ -21,6 +21,7 @@ from pipevisor.supervisor.engine.interfaces import AdapterSpec
 from pipevisor.supervisor.engine.limits import Limits
 from pipevisor.supervisor.engine.policy import RestartPolicy
 from pipevisor.supervisor.errors import ConfigError
+from pipevisor.supervisor.proc.privileges import Sandbox
 from pipevisor.supervisor.proc.spawn import DEFAULT_INHERITED_ENV
 
 
@@ -129,6 +130,17 @@ class PluginSpec:
     """Check the plugin's results against the interface before they reach the caller."""
     limits: Limits = field(default_factory=Limits)
     """CPU/memory/fd/process limits; none by default (docs/limits.md)."""
+    user: str | int | None = None
+    """Run the plugin as this user (name or uid; needs a root supervisor): set in the
+    plugin before exec, with its supplementary groups cleared. None: ours."""
+    group: str | int | None = None
+    """... and this group (name or gid); default: the user's primary group."""
+    no_new_privs: bool = True
+    """PR_SET_NO_NEW_PRIVS before exec: no setuid binary or file capability can give
+    the plugin (or anything it runs) more privileges than it started with."""
+    sandbox: Sandbox | None = None
+    """A Landlock sandbox (paths to read/write, TCP ports); none by default
+    (docs/process-containment.md, "Privileges")."""
 
     def __post_init__(self) -> None:
         try:
@@ -161,6 +173,16 @@ class PluginSpec:
                               "log_bytes_per_second >= 1024")
         if self.calls.timeout <= 0:
             raise ConfigError(f"plugin {self.name!r}: call timeout must be positive")
+        for key in ("user", "group"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not (
+                    (isinstance(value, int) and value >= 0)
+                    or (isinstance(value, str) and value))):
+                raise ConfigError(f"plugin {self.name!r}: {key} must be a name or a number "
+                                  f">= 0, not {value!r}")
+        if self.sandbox is not None and not self.no_new_privs:
+            raise ConfigError(f"plugin {self.name!r}: a sandbox needs no_new_privs "
+                              "(Landlock requires it)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,9 +64,11 @@ from pipevisor.supervisor.errors import (
 )
 from pipevisor.supervisor.proc import containment as _platform
 from pipevisor.supervisor.proc import leftovers, tree
+from pipevisor.supervisor.proc.privileges import Privileges
 from pipevisor.supervisor.proc.spawn import (
     SpawnError,
     describe_exit,
+    plan,
     plugin_env,
     pump_stderr,
     spawn,
@@ -135,6 +137,8 @@ class PluginRunner:
         self._first_stdout: bytes | None = None
         self._hub = hub
         self._containment = containment
+        self._privileges: dict[str, Any] | None = None
+        """What the last spawn put in effect (uid, gid, no_new_privs, sandbox), for status."""
         self._handshake_params = handshake_params
         self._host_handler = host_handler
         self._leftovers = leftovers
@@ -528,10 +532,14 @@ class PluginRunner:
         self._set_state(S.STARTING)
         spawned_at = time.time()
         try:
+            privileges = plan(Privileges(self.spec.user, self.spec.group,
+                                         self.spec.no_new_privs, self.spec.sandbox),
+                              self._containment, self.spec.name)
             process = await spawn(
                 self.spec.command, containment=self._containment, cwd=self.spec.cwd,
                 env=plugin_env(self.spec.name, inherit=self.spec.inherit_env, env=self.spec.env),
-                rlimits=self.spec.limits.rlimits())
+                rlimits=self.spec.limits.rlimits(), privileges=privileges)
+            self._privileges = privileges.describe()
         except SpawnError as exc:
             self._hub.publish(SupervisorEvent(self.spec.name, "exit", {"error": str(exc)}))
             return _End("spawn", str(exc), give_up=True)
@@ -999,6 +1007,8 @@ class PluginRunner:
             "stderr_tail": self.stderr.last(5),
             "resources": self.resources,
             "breaches": list(self.breaches),
+            "containment": {**self._containment.describe(),
+                            "privileges": self._privileges},
         }
 
     # ================================================================ limits

@@ -22,14 +22,19 @@ from typing import Any, Literal
 import psutil
 
 from pipevisor.supervisor.proc.leftovers import LeftoverRecord
+from pipevisor.supervisor.proc.privileges import PrivilegePlan
 from pipevisor.supervisor.proc.rlimits import RLIMIT_IDS
 from pipevisor.supervisor.proc.shim import (
     FORWARDED_SIGNALS,
     IS_LINUX,
     TREE_ENV,
+    ShimFile,
+    ShimRefused,
     _known_shims,
     _shim_cached,
     ensure_shim,
+    fd_path,
+    sealed_copy,
 )
 from pipevisor.supervisor.proc.tree import (
     become_subreaper,
@@ -79,8 +84,25 @@ class Containment:
 
     mechanism: Mechanism
     shim: str | None
+    """What is executed: ``/proc/self/fd/N`` for the sealed copy, else the verified path."""
     detail: str
+    shim_fd: int | None = None
+    """The sealed memfd ``shim`` names (passed to the child as that same fd number)."""
+    shim_source: str | None = None
+    """Where the verified file came from: ``packaged``, ``cache`` or ``override``."""
+    shim_path: str | None = None
+    """The verified file on disk (what ``shim`` is a copy of, when it is a memfd)."""
 
+    def describe(self) -> dict[str, Any]:
+        """The containment part of a plugin's status (without privileges)."""
+        return {
+            "mechanism": self.mechanism,
+            "shim": self.shim_path or self.shim,
+            "shim_source": self.shim_source,
+            "shim_exec": None if self.shim is None else
+            ("memfd" if self.shim_fd is not None else "path"),
+            "detail": self.detail,
+        }
 
 
 # --------------------------------------------------------------------------- detection
@@ -90,7 +112,7 @@ class _ShimUnusable(Exception):
     """The shim binary exists but cannot be executed (noexec mount, wrong format, ...)."""
 
 
-def _probe_pidns(shim: str) -> tuple[bool, str]:
+def _probe_pidns(shim: str, fd: int | None = None) -> tuple[bool, str]:
     """Whether pvinit can have a pid namespace here (and why not); running it is also
     the proof that the binary runs at all, else :class:`_ShimUnusable`."""
     try:
@@ -101,6 +123,7 @@ def _probe_pidns(shim: str) -> tuple[bool, str]:
             text=True,
             timeout=10,
             check=False,
+            pass_fds=() if fd is None else (fd,),
         )
     except OSError as exc:
         raise _ShimUnusable(f"{shim} cannot run: {exc}") from exc
@@ -140,30 +163,57 @@ def _without_shim(why: str) -> Containment:
     return Containment("session", None, f"no pvinit shim: {why}")
 
 
+def _probe_sealed(shim: ShimFile) -> tuple[str, int | None, bool, str]:
+    """Seal the verified shim into a memfd and probe that copy; where memfd exec is not
+    possible, probe the verified path instead (said in one log line). Returns (what to
+    exec, its fd or None, namespace ok, detail); raises _ShimUnusable or ShimRefused."""
+    try:
+        fd: int | None = sealed_copy(shim.path)
+    except OSError as exc:
+        fd, why = None, f"no sealed copy ({exc})"
+    if fd is not None:
+        try:
+            ok, detail = _probe_pidns(fd_path(fd), fd)
+            return fd_path(fd), fd, ok, detail
+        except _ShimUnusable as exc:
+            why = f"executing the sealed copy failed ({exc})"
+    ok, detail = _probe_pidns(shim.path)
+    log.warning("pvinit runs from its verified path %s, not from a sealed in-memory copy: "
+                "%s; a change to that file on disk would reach the next spawn",
+                shim.path, why)
+    return shim.path, None, ok, detail
+
+
 @functools.cache
 def _detect(force: str, shim_env: str | None) -> Containment:
     if not IS_LINUX:
         if force == "pidns":
             raise RuntimeError(f"pid namespaces are Linux-only ({sys.platform})")
         return _without_shim(f"pvinit is Linux-only ({sys.platform})")
-    shim, why = _shim_cached(shim_env)
-    if shim is None:
+    found, why = _shim_cached(shim_env)
+    if found is None:
         if force == "pidns":
             raise RuntimeError(f"pidns containment needs the pvinit shim: {why}")
         return _without_shim(why)
     try:
-        ok, detail = _probe_pidns(shim)
-    except _ShimUnusable as exc:
+        shim, fd, ok, detail = _probe_sealed(found)
+    except (_ShimUnusable, ShimRefused) as exc:
         if force == "pidns":
             raise RuntimeError(f"pidns containment needs the pvinit shim: {exc}") from exc
         return _without_shim(str(exc))
+    _known_shims.add(os.path.realpath(shim))
+    where = f"; pvinit {found.why}" + (", run from a sealed memfd" if fd is not None else "")
+
+    def made(mechanism: Mechanism, text: str) -> Containment:
+        return Containment(mechanism, shim, text + where, fd, found.source, found.path)
+
     if force == "session":
-        return Containment("session+pdeathsig", shim, "pid namespace disabled by configuration")
+        return made("session+pdeathsig", "pid namespace disabled by configuration")
     if ok:
-        return Containment("pidns", shim, detail)
+        return made("pidns", detail)
     if force == "pidns":
         raise RuntimeError(f"pid namespace unavailable: {detail}")
-    return Containment("session+pdeathsig", shim, detail)
+    return made("session+pdeathsig", detail)
 
 
 def detect_containment(*, force: str | None = None) -> Containment:
@@ -188,7 +238,8 @@ def reset_detection_cache() -> None:
 
 
 def wrap_command(argv: Sequence[str], containment: Containment,
-                 rlimits: Mapping[str, int] | None = None) -> tuple[list[str], dict[str, Any]]:
+                 rlimits: Mapping[str, int] | None = None,
+                 privileges: PrivilegePlan | None = None) -> tuple[list[str], dict[str, Any]]:
     """Turn a plugin argv into what to exec plus spawn kwargs.
 
     The kwargs only contain options both ``anyio.open_process`` and
@@ -203,16 +254,28 @@ def wrap_command(argv: Sequence[str], containment: Containment,
     sets them right after the spawn with :func:`set_rlimits_after_spawn` (no
     ``preexec_fn``: ``anyio.open_process`` does not take one, and it is unsafe
     with threads).
+
+    ``privileges`` (from :func:`.privileges.plan_privileges` for this containment):
+    with the shim, pvinit drops them in the plugin before exec; without it, user and
+    group are set by ``subprocess`` itself and no_new_privs by ``setpriv`` where
+    the plan found one.
     """
     if not argv:
         raise ValueError("empty plugin command")
     kwargs: dict[str, Any] = {"start_new_session": True}
     if containment.shim is None:
-        return list(argv), kwargs
+        if privileges is None:
+            return list(argv), kwargs
+        kwargs.update(privileges.spawn_kwargs())
+        return [*privileges.exec_prefix(), *argv], kwargs
     _known_shims.add(os.path.realpath(containment.shim))
+    if containment.shim_fd is not None:
+        kwargs["pass_fds"] = (containment.shim_fd,)  # pvinit closes it first thing
     mode = "--ns" if containment.mechanism == "pidns" else "--no-ns"
     flags = [f for name, value in (rlimits or {}).items()
              for f in ("--rlimit", f"{name}={int(value)}")]
+    if privileges is not None:
+        flags += privileges.shim_flags()
     return [containment.shim, mode, "--parent", str(os.getpid()), *flags, "--", *argv], kwargs
 
 

@@ -20,6 +20,12 @@ from anyio.abc import Process
 
 from pipevisor.protocol import PROTOCOL_VERSIONS
 from pipevisor.supervisor.proc import containment as _platform
+from pipevisor.supervisor.proc.privileges import (
+    PrivilegeError,
+    PrivilegePlan,
+    Privileges,
+    plan_privileges,
+)
 
 log = logging.getLogger("pipevisor.process")
 
@@ -85,6 +91,16 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
+def plan(privileges: Privileges | None, containment: _platform.Containment,
+         name: str = "plugin") -> PrivilegePlan:
+    """How ``privileges`` apply under ``containment`` (and what will be in effect, for
+    status); :class:`SpawnError` when the plugin must not start that way."""
+    try:
+        return plan_privileges(privileges, shim=containment.shim is not None, name=name)
+    except PrivilegeError as exc:
+        raise SpawnError(str(exc)) from None
+
+
 async def spawn(
     command: Sequence[str],
     *,
@@ -92,16 +108,19 @@ async def spawn(
     containment: _platform.Containment,
     cwd: str | None = None,
     rlimits: Mapping[str, int] | None = None,
+    privileges: PrivilegePlan | None = None,
 ) -> Process:
     """Start ``command`` (its first item looked up on ``env``'s PATH) with three pipes,
     wrapped by ``containment`` with the kernel ``rlimits`` (short name -> value, see
-    :mod:`pipevisor.supervisor.proc.rlimits`). Raises :class:`SpawnError` when it
+    :mod:`pipevisor.supervisor.proc.rlimits`) and ``privileges`` (from :func:`plan`;
+    None: the supervisor's own, no no_new_privs). Raises :class:`SpawnError` when it
     cannot start at all."""
     executable = resolve_executable(command[0], env.get("PATH"))
     if cwd is not None and not os.path.isdir(cwd):
         raise SpawnError(f"working directory does not exist: {cwd}")
     rlimits = dict(rlimits or {})
-    argv, kwargs = _platform.wrap_command([executable, *command[1:]], containment, rlimits)
+    argv, kwargs = _platform.wrap_command([executable, *command[1:]], containment, rlimits,
+                                          privileges)
     try:
         process = await anyio.open_process(
             argv,

@@ -2,7 +2,8 @@
  * pvinit - containment shim exec'd by the pipevisor supervisor in place of a
  * plugin:
  *
- *     pvinit [--ns|--no-ns] --parent PID [--rlimit NAME=N ...] -- /path/to/plugin args...
+ *     pvinit [--ns|--no-ns] --parent PID [--rlimit NAME=N ...] [PRIVILEGES...]
+ *            -- /path/to/plugin args...
  *     pvinit --probe-ns        (exit 0: pid ns, 4: user+pid ns, 2: none)
  *
  * Two tiny processes sit above the plugin:
@@ -32,6 +33,24 @@
  * in the plugin process just before exec (never above the current hard
  * limit), so that pvinit itself is not constrained: the kernel backstop of
  * pipevisor's resource limits (docs/limits.md).
+ *
+ * Every fd above 2 is closed first thing: the supervisor may exec pvinit from
+ * a sealed memfd (argv[0] = /proc/self/fd/N), and nothing of that, or of
+ * anything else inherited, may reach the plugin.
+ *
+ * PRIVILEGES, applied in the plugin process only, after the rlimits, in this
+ * order (pvinit itself keeps its own, so that it can still kill the tree):
+ *   --ll-*        build a Landlock ruleset (paths opened while still privileged)
+ *   --user UID / --group GID
+ *                 setgroups(0) (no supplementary groups), setgid, setuid; not
+ *                 root and asked for other ids: refused
+ *   --nnp         prctl(PR_SET_NO_NEW_PRIVS): exec can never gain privileges
+ *   then landlock_restrict_self() and exec.
+ * Landlock options: --landlock (restrict file writes), --ll-restrict read|bind|
+ * connect (also restrict reads, TCP bind, TCP connect), --ll-read PATH,
+ * --ll-write PATH (write implies read), --ll-bind PORT, --ll-connect PORT.
+ * Any failure here is "pvinit: ..." on stderr and exit 126: the plugin never
+ * runs with less containment than it was asked for.
  */
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -45,9 +64,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <stdint.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -59,6 +82,8 @@
 
 /* Exit code for misuse of pvinit itself (bad command line). */
 #define EXIT_USAGE 125
+/* Exit code when the plugin's privileges or sandbox cannot be set up. */
+#define EXIT_PRIVS 126
 /* Inner's parent-death signal without a namespace: it must be catchable so
  * the inner can kill the tree before going; it is not in the forward list. */
 #define ORPHAN_SIG SIGALRM
@@ -118,6 +143,286 @@ static void apply_rlimits(void)
             diag("setrlimit(%d, %llu): %s", rlimits[k].resource,
                  (unsigned long long)value, strerror(errno));
     }
+}
+
+/* ---- inherited fds ------------------------------------------------------ */
+
+#ifndef __NR_close_range
+#define __NR_close_range 436
+#endif
+
+/* Close every fd above 2 (the memfd pvinit was exec'd from, anything else a
+ * careless parent passed): the plugin gets its three pipes and nothing more. */
+static void close_inherited_fds(void)
+{
+    if (syscall(__NR_close_range, 3U, ~0U, 0U) == 0)
+        return;
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL) {
+        for (int fd = 3; fd < 65536; fd++)
+            close(fd);
+        return;
+    }
+    int own = dirfd(d);
+    int fds[1024], n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && n < (int)(sizeof fds / sizeof fds[0])) {
+        if (!isdigit((unsigned char)e->d_name[0]))
+            continue;
+        int fd = atoi(e->d_name);
+        if (fd > 2 && fd != own)
+            fds[n++] = fd;
+    }
+    closedir(d);
+    for (int k = 0; k < n; k++)
+        close(fds[k]);
+}
+
+/* ---- privileges --------------------------------------------------------- */
+
+static long want_uid = -1, want_gid = -1;
+static int want_nnp;
+
+static int parse_id(const char *text, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (*end != '\0' || end == text || errno != 0 || v < 0 || v > 0x7fffffffL)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* setgroups(0), setgid, setuid, in that order; then prove they took. */
+static void drop_privileges(void)
+{
+    if (want_uid < 0 && want_gid < 0)
+        return;
+    uid_t uid = want_uid >= 0 ? (uid_t)want_uid : geteuid();
+    gid_t gid = want_gid >= 0 ? (gid_t)want_gid : getegid();
+    if (geteuid() != 0) {
+        if (uid != geteuid() || uid != getuid() || gid != getegid() || gid != getgid()) {
+            diag("cannot run the plugin as uid %u gid %u: pvinit runs as uid %u, not root",
+                 (unsigned)uid, (unsigned)gid, (unsigned)geteuid());
+            _exit(EXIT_PRIVS);
+        }
+        return;
+    }
+    if (setgroups(0, NULL) != 0) {
+        diag("setgroups(0): %s", strerror(errno));
+        _exit(EXIT_PRIVS);
+    }
+    if (setresgid(gid, gid, gid) != 0) {
+        diag("setgid(%u): %s", (unsigned)gid, strerror(errno));
+        _exit(EXIT_PRIVS);
+    }
+    if (setresuid(uid, uid, uid) != 0) {
+        diag("setuid(%u): %s", (unsigned)uid, strerror(errno));
+        _exit(EXIT_PRIVS);
+    }
+    if (getuid() != uid || geteuid() != uid || getgid() != gid || getegid() != gid ||
+        getgroups(0, NULL) != 0 || (uid != 0 && setuid(0) == 0)) {
+        diag("privileges not dropped to uid %u gid %u", (unsigned)uid, (unsigned)gid);
+        _exit(EXIT_PRIVS);
+    }
+}
+
+/* ---- Landlock ------------------------------------------------------------
+ * Own definitions (uapi names prefixed pv_), so that pvinit builds with old
+ * kernel headers too; the ABI is probed at run time. */
+
+#ifndef __NR_landlock_create_ruleset
+#define __NR_landlock_create_ruleset 444
+#endif
+#ifndef __NR_landlock_add_rule
+#define __NR_landlock_add_rule 445
+#endif
+#ifndef __NR_landlock_restrict_self
+#define __NR_landlock_restrict_self 446
+#endif
+
+struct pv_ruleset_attr {
+    uint64_t handled_access_fs;
+    uint64_t handled_access_net;
+};
+struct pv_path_beneath_attr {
+    uint64_t allowed_access;
+    int32_t parent_fd;
+} __attribute__((packed));
+struct pv_net_port_attr {
+    uint64_t allowed_access;
+    uint64_t port;
+};
+
+#define PV_CREATE_RULESET_VERSION (1U << 0)
+#define PV_RULE_PATH_BENEATH 1
+#define PV_RULE_NET_PORT 2
+#define PV_FS_EXECUTE (1ULL << 0)
+#define PV_FS_WRITE_FILE (1ULL << 1)
+#define PV_FS_READ_FILE (1ULL << 2)
+#define PV_FS_READ_DIR (1ULL << 3)
+#define PV_FS_TRUNCATE (1ULL << 14)
+#define PV_FS_IOCTL_DEV (1ULL << 15)
+#define PV_NET_BIND_TCP (1ULL << 0)
+#define PV_NET_CONNECT_TCP (1ULL << 1)
+/* Rights that make sense on a file rather than a folder. */
+#define PV_FS_FILE_RIGHTS \
+    (PV_FS_EXECUTE | PV_FS_WRITE_FILE | PV_FS_READ_FILE | PV_FS_TRUNCATE | PV_FS_IOCTL_DEV)
+#define PV_FS_READ_RIGHTS (PV_FS_EXECUTE | PV_FS_READ_FILE | PV_FS_READ_DIR)
+
+#define MAX_LL_RULES 64
+static int want_landlock, ll_read_restricted, ll_bind_restricted, ll_connect_restricted;
+static const char *ll_read[MAX_LL_RULES], *ll_write[MAX_LL_RULES];
+static int n_ll_read, n_ll_write;
+static long ll_bind[MAX_LL_RULES], ll_connect[MAX_LL_RULES];
+static int n_ll_bind, n_ll_connect;
+
+/* Every file-system right the running kernel's ABI knows. */
+static uint64_t fs_rights_for_abi(int abi)
+{
+    uint64_t all = (1ULL << 13) - 1; /* ABI 1: EXECUTE .. MAKE_SYM */
+    if (abi >= 2)
+        all |= 1ULL << 13; /* REFER */
+    if (abi >= 3)
+        all |= PV_FS_TRUNCATE;
+    if (abi >= 5)
+        all |= PV_FS_IOCTL_DEV;
+    return all;
+}
+
+static void ll_fail(const char *what, const char *path)
+{
+    diag("landlock sandbox: %s%s%s: %s", what, path ? " " : "", path ? path : "",
+         strerror(errno));
+    _exit(EXIT_PRIVS);
+}
+
+static void ll_add_path(int ruleset, const char *path, uint64_t allowed)
+{
+    int fd = open(path, O_PATH | O_CLOEXEC);
+    if (fd < 0)
+        ll_fail("cannot open", path);
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        ll_fail("cannot stat", path);
+    if (!S_ISDIR(st.st_mode))
+        allowed &= PV_FS_FILE_RIGHTS;
+    struct pv_path_beneath_attr rule = {allowed, fd};
+    if (allowed != 0 && syscall(__NR_landlock_add_rule, ruleset, PV_RULE_PATH_BENEATH, &rule, 0) != 0)
+        ll_fail("cannot add a rule for", path);
+    close(fd);
+}
+
+static void ll_add_port(int ruleset, long port, uint64_t allowed)
+{
+    struct pv_net_port_attr rule = {allowed, (uint64_t)port};
+    if (syscall(__NR_landlock_add_rule, ruleset, PV_RULE_NET_PORT, &rule, 0) != 0) {
+        char text[24];
+        snprintf(text, sizeof text, "%ld", port);
+        ll_fail("cannot add a rule for port", text);
+    }
+}
+
+/* Returns the ruleset fd (restricted later, after the privilege drop), or -1. */
+static int landlock_prepare(void)
+{
+    if (!want_landlock)
+        return -1;
+    long abi = syscall(__NR_landlock_create_ruleset, NULL, 0, PV_CREATE_RULESET_VERSION);
+    if (abi < 1)
+        ll_fail("the kernel has no Landlock", NULL);
+    int net = ll_bind_restricted || ll_connect_restricted;
+    if (net && abi < 4) {
+        diag("landlock sandbox: network rules need Landlock ABI 4, the kernel has %ld", abi);
+        _exit(EXIT_PRIVS);
+    }
+    uint64_t all = fs_rights_for_abi((int)abi);
+    uint64_t handled = all & ~(uint64_t)PV_FS_READ_RIGHTS;
+    if (ll_read_restricted)
+        handled |= PV_FS_READ_RIGHTS;
+    struct pv_ruleset_attr attr = {handled, 0};
+    if (ll_bind_restricted)
+        attr.handled_access_net |= PV_NET_BIND_TCP;
+    if (ll_connect_restricted)
+        attr.handled_access_net |= PV_NET_CONNECT_TCP;
+    size_t size = net ? sizeof attr : sizeof attr.handled_access_fs;
+    int ruleset = (int)syscall(__NR_landlock_create_ruleset, &attr, size, 0U);
+    if (ruleset < 0)
+        ll_fail("cannot create a ruleset", NULL);
+    for (int k = 0; k < n_ll_write; k++)
+        ll_add_path(ruleset, ll_write[k], handled);
+    for (int k = 0; k < n_ll_read; k++)
+        ll_add_path(ruleset, ll_read[k], handled & PV_FS_READ_RIGHTS);
+    for (int k = 0; k < n_ll_bind; k++)
+        ll_add_port(ruleset, ll_bind[k], PV_NET_BIND_TCP);
+    for (int k = 0; k < n_ll_connect; k++)
+        ll_add_port(ruleset, ll_connect[k], PV_NET_CONNECT_TCP);
+    return ruleset;
+}
+
+static void landlock_enforce(int ruleset)
+{
+    if (ruleset < 0)
+        return;
+    if (syscall(__NR_landlock_restrict_self, ruleset, 0U) != 0)
+        ll_fail("cannot restrict the plugin", NULL);
+    close(ruleset);
+}
+
+static int parse_port(const char *text, long *port)
+{
+    return parse_id(text, port) != 0 || *port > 65535 ? -1 : 0;
+}
+
+static int parse_privilege_option(int argc, char **argv, int *i)
+{
+    const char *opt = argv[*i];
+    if (strcmp(opt, "--nnp") == 0) {
+        want_nnp = 1;
+        return 0;
+    }
+    if (strcmp(opt, "--landlock") == 0) {
+        want_landlock = 1;
+        return 0;
+    }
+    if (*i + 1 >= argc)
+        return -1;
+    const char *arg = argv[++*i];
+    if (strcmp(opt, "--user") == 0)
+        return parse_id(arg, &want_uid);
+    if (strcmp(opt, "--group") == 0)
+        return parse_id(arg, &want_gid);
+    want_landlock = 1;
+    if (strcmp(opt, "--ll-restrict") == 0) {
+        if (strcmp(arg, "read") == 0)
+            ll_read_restricted = 1;
+        else if (strcmp(arg, "bind") == 0)
+            ll_bind_restricted = 1;
+        else if (strcmp(arg, "connect") == 0)
+            ll_connect_restricted = 1;
+        else
+            return -1;
+        return 0;
+    }
+    if (strcmp(opt, "--ll-read") == 0 && n_ll_read < MAX_LL_RULES) {
+        ll_read_restricted = 1;
+        ll_read[n_ll_read++] = arg;
+        return 0;
+    }
+    if (strcmp(opt, "--ll-write") == 0 && n_ll_write < MAX_LL_RULES) {
+        ll_write[n_ll_write++] = arg;
+        return 0;
+    }
+    if (strcmp(opt, "--ll-bind") == 0 && n_ll_bind < MAX_LL_RULES) {
+        ll_bind_restricted = 1;
+        return parse_port(arg, &ll_bind[n_ll_bind++]);
+    }
+    if (strcmp(opt, "--ll-connect") == 0 && n_ll_connect < MAX_LL_RULES) {
+        ll_connect_restricted = 1;
+        return parse_port(arg, &ll_connect[n_ll_connect++]);
+    }
+    return -1;
 }
 
 static void diag(const char *fmt, ...)
@@ -392,6 +697,13 @@ static void run_plugin(char **argv, const sigset_t *orig_mask, const sigset_t *t
             signal(s, SIG_DFL);
     sigprocmask(SIG_SETMASK, orig_mask, NULL);
     apply_rlimits();
+    int ruleset = landlock_prepare();
+    drop_privileges();
+    if (want_nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+        diag("prctl(PR_SET_NO_NEW_PRIVS): %s", strerror(errno));
+        _exit(EXIT_PRIVS);
+    }
+    landlock_enforce(ruleset);
     execvp(argv[0], argv);
     diag("cannot exec %s: %s", argv[0], strerror(errno));
     _exit(127);
@@ -483,7 +795,10 @@ static int probe_ns(void)
 
 static void usage(void)
 {
-    diag("usage: pvinit [--ns|--no-ns] --parent PID [--rlimit NAME=N ...] -- PROGRAM [ARGS...]");
+    diag("usage: pvinit [--ns|--no-ns] --parent PID [--rlimit NAME=N ...] [--user UID] "
+         "[--group GID] [--nnp] [--landlock] [--ll-restrict read|bind|connect] "
+         "[--ll-read PATH] [--ll-write PATH] [--ll-bind PORT] [--ll-connect PORT] "
+         "-- PROGRAM [ARGS...]");
     _exit(EXIT_USAGE);
 }
 
@@ -491,6 +806,7 @@ int main(int argc, char **argv)
 {
     int use_ns = 0, i;
     long parent = -1;
+    close_inherited_fds();
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--ns") == 0) {
             use_ns = 1;
@@ -509,6 +825,9 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--") == 0) {
             i++;
             break;
+        } else if (strncmp(argv[i], "--", 2) == 0 && argv[i][2] != '\0') {
+            if (parse_privilege_option(argc, argv, &i) != 0)
+                usage();
         } else {
             usage();
         }
