@@ -75,8 +75,21 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str) -> dict
     return obj
 
 
-@click.command("check", context_settings={"ignore_unknown_options": True,
-                                          "allow_interspersed_args": False})
+def _method_params(ctx: click.Context, param: click.Parameter,
+                   values: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for value in values:
+        method, sep, text = value.partition("=")
+        if not sep or not method:
+            raise click.BadParameter(f"{value!r}: expected METHOD=JSON")
+        try:
+            out[method] = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise click.BadParameter(f"{value!r}: the params are not JSON: {exc}") from exc
+    return out
+
+
+@click.command("check")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.option("--timeout", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
               help="Seconds to wait for each answer.")
@@ -88,15 +101,24 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str) -> dict
               help="A method that takes seconds, used to test cancellation.")
 @click.option("--slow-params", default="{}", callback=_json_object, metavar="JSON",
               show_default=True, help="Params for --slow-method.")
+@click.option("--params", "method_params", multiple=True, metavar="METHOD=JSON",
+              callback=_method_params,
+              help="Call METHOD with these params instead of {} (repeatable).")
 @click.argument("plugin")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def check(as_json: bool, timeout: float, grace: float, skip: tuple[str, ...],
-          slow_method: str | None, slow_params: dict[str, Any], plugin: str,
-          args: tuple[str, ...]) -> None:
+          slow_method: str | None, slow_params: dict[str, Any],
+          method_params: dict[str, Any], plugin: str, args: tuple[str, ...]) -> None:
     """Run PLUGIN (a path or a discovered name) with ARGS and check it follows the protocol.
 
+    Besides the handshake, ping, cancel and shutdown, every method the plugin declares
+    is called once, with {} unless --params gives its params (--skip leaves one out);
+    the report says what each was called with. Options anywhere are the checker's;
+    arguments for the plugin go after --:
+
+        pipevisor check ./pipevisor-db --params 'get={"key":"a"}' -- --db /tmp/x
+
     Exit status 0 when every check passes (skipped ones and warnings allowed), 1 otherwise.
-    Options after PLUGIN go to the plugin.
     """
     import anyio
 
@@ -110,7 +132,8 @@ def check(as_json: bool, timeout: float, grace: float, skip: tuple[str, ...],
 
     executable = _resolve(plugin)
     opts = CheckOptions(timeout=timeout, grace=grace, skip_methods=frozenset(skip),
-                        slow_method=slow_method, slow_params=slow_params)
+                        slow_method=slow_method, slow_params=slow_params,
+                        method_params=method_params)
     try:
         report = anyio.run(check_plugin, (executable, *args), opts)
     except SpawnError as exc:

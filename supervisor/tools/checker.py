@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -129,6 +130,8 @@ class CheckOptions:
     slow_method: str | None = None
     """A method that takes a while with ``slow_params``: used to test cancellation."""
     slow_params: dict[str, Any] = field(default_factory=dict)
+    method_params: dict[str, Any] = field(default_factory=dict)
+    """Params to call a declared method with (method -> params); ``{}`` otherwise."""
     cancel_wait: float = 1.0
     """Seconds after ``pipevisor/cancel`` within which the answer must come."""
 
@@ -331,6 +334,27 @@ async def _main_run(command: tuple[str, ...], opts: CheckOptions, checks: _Check
             await process.aclose()
 
 
+_NO_MODULE = re.compile(r"(?:ModuleNotFoundError|ImportError): No module named '([\w.]+)'")
+
+
+def _missing_module_hint(stderr: Sequence[str]) -> str | None:
+    """A hint for a Python plugin that died importing something, above all the kit:
+    the interpreter that runs it is not the one the kit was installed into."""
+    for line in reversed(stderr):
+        found = _NO_MODULE.search(line)
+        if found is None:
+            continue
+        module = found.group(1)
+        if module == "pipevisor" or module.startswith("pipevisor."):
+            return ("could not import the kit: the interpreter running this plugin does "
+                    "not have pipevisor-kit installed. Give the plugin that interpreter: a "
+                    "shebang naming the venv's python, command = [venv/bin/python, plugin] "
+                    "in the config, or a zipapp with the kit inside (docs/plugin-kit.md)")
+        return (f"the plugin could not import {module!r}: install it for the interpreter "
+                "that runs the plugin (its shebang or the command's first item)")
+    return None
+
+
 async def _handshake(s: _Session, command: tuple[str, ...], opts: CheckOptions,
                      checks: _Checks, name: str | None) -> HandshakeResult | None:
     """Handshake; records a check named ``name`` (None: only record failures)."""
@@ -340,6 +364,7 @@ async def _handshake(s: _Session, command: tuple[str, ...], opts: CheckOptions,
     except (_Timeout, _Gone) as exc:
         checks.stopped = "no handshake"
         checks.add(label, Status.FAIL, f"no handshake answer: {exc}",
+                   _missing_module_hint(s.stderr_lines) or
                    "read one line from stdin, answer pipevisor/handshake on stdout with "
                    "a newline at the end, and flush (SPEC 6)")
         return None
@@ -391,13 +416,17 @@ async def _main_checks(s: _Session, command: tuple[str, ...], opts: CheckOptions
         if m in opts.skip_methods:
             checks.add(f"method {m}", Status.SKIP, "skipped (--skip)")
             continue
+        params = opts.method_params.get(m, {})
+        shown = orjson.dumps(params).decode()
+        if len(shown) > 40:
+            shown = shown[:37] + "..."
 
-        def method_judge(a: ResponseReceived) -> tuple[Status, str, str]:
+        def method_judge(a: ResponseReceived, shown: str = shown) -> tuple[Status, str, str]:
             if isinstance(a.response, ErrorResponse):
-                return Status.PASS, f"answered with {_error_text(a)}", ""
-            return Status.PASS, "answered with a result", ""
+                return Status.PASS, f"called with {shown}: answered with {_error_text(a)}", ""
+            return Status.PASS, f"called with {shown}: answered with a result", ""
 
-        await checks.request(f"method {m}", s, m, {}, opts.timeout, method_judge)
+        await checks.request(f"method {m}", s, m, params, opts.timeout, method_judge)
 
     await _check_second_handshake(s, command, opts, checks)
     await _check_cancel(s, hs, opts, checks)

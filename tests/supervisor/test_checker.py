@@ -309,7 +309,7 @@ def test_cli_check_text_passes_plugin_args_through() -> None:
     res = CliRunner().invoke(main, ["check", "--skip", "crash", "--skip", "hang", "--skip",
                                     "garbage", "--skip", "spawn_tree", "--skip", "call_host",
                                     "--skip", "sleep", sys.executable, FAKE,
-                                    "--exit-on-shutdown", "5"])
+                                    "--", "--exit-on-shutdown", "5"])
     assert res.exit_code == 1
     assert "FAIL  shutdown" in res.output and "hint:" in res.output
 
@@ -355,3 +355,34 @@ def test_cli_list_nothing_found_exits_zero_and_says_so(tmp_path: Path) -> None:
 def test_cli_list_rejects_a_bad_prefix() -> None:
     res = CliRunner().invoke(main, ["list", "--prefix", "a/b"])
     assert res.exit_code == 2 and "prefix" in res.output
+
+
+def test_cli_check_options_after_the_plugin_are_the_checkers() -> None:
+    """Typed after the plugin, --skip and --params still reach the checker (they used to
+    be passed to the plugin silently); the report says what each method got."""
+    echo = str(EXAMPLES / "python-stdlib" / "pipevisor-echo")
+    res = CliRunner().invoke(main, ["check", echo, "--skip", "add",
+                                    "--params", 'echo={"text":"hi"}'])
+    assert res.exit_code == 0, res.output
+    lines = {line.split()[1] + " " + line.split()[2]: line
+             for line in res.output.splitlines() if line.startswith("  ")
+             and len(line.split()) > 2}
+    assert "skipped (--skip)" in lines["method add"]
+    assert 'called with {"text":"hi"}: answered with a result' in lines["method echo"]
+    assert "called with {}: answered with error -32602" in lines["method reverse"]
+
+
+def test_cli_check_refuses_an_option_it_does_not_know() -> None:
+    echo = str(EXAMPLES / "python-stdlib" / "pipevisor-echo")
+    res = CliRunner().invoke(main, ["check", echo, "--verbose"])
+    assert res.exit_code == 2 and "--verbose" in res.output
+
+
+async def test_a_plugin_without_the_kit_gets_a_hint_saying_so(tmp_path: Path) -> None:
+    plugin = tmp_path / "pipevisor-nokit"
+    plugin.write_text("from pipevisor.kit import Plugin\n")
+    # -S: no site-packages, as for a plugin whose interpreter lacks pipevisor-kit
+    report = await _check(sys.executable, "-S", plugin)
+    check = report.get("handshake")
+    assert check.status is Status.FAIL
+    assert "could not import the kit" in check.hint and "docs/plugin-kit.md" in check.hint
