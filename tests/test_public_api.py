@@ -1,0 +1,54 @@
+"""The public names, pinned (#18): a change to what users import must change this file
+too. pipevisor.supervisor keeps its names in three places because each has a reader
+(the TYPE_CHECKING imports for type checkers, ``_HOME`` for the lazy loader,
+``__all__`` for star-imports and re-export rules); this test makes them one list."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SUPERVISOR_API = {
+    "Adapter", "AdapterSpec", "CallCancelled", "CallError", "CallPolicy", "CallTimeout",
+    "ConfigError", "HealthPolicy", "InvalidResponse", "Limit", "LimitAction", "Limits",
+    "LocalCallError", "MethodUnavailable", "OverLimit", "PipevisorError", "PluginCrashed",
+    "PluginError", "PluginMode", "PluginSpec", "PluginState", "PluginUnavailable",
+    "ProtocolErrorAction", "QueueFull", "RestartMode", "RestartPolicy", "StartStep",
+    "StopPolicy", "Supervisor", "SupervisorConfig", "SupervisorEvent",
+}
+CLIENT_API = {
+    "AsyncClient", "BadAnswer", "Client", "ControlError", "DaemonBusy",
+    "DaemonConnectionLost", "DaemonNotRunning", "EventsLagged", "resolve_socket_path",
+}
+
+
+@pytest.mark.parametrize(("module", "names"), [
+    ("pipevisor.supervisor", SUPERVISOR_API),
+    ("pipevisor.supervisor.client", CLIENT_API),
+])
+def test_all_is_pinned_and_every_name_resolves(module: str, names: set[str]) -> None:
+    mod = importlib.import_module(module)
+    assert set(mod.__all__) == names
+    assert list(mod.__all__) == sorted(mod.__all__)
+    for name in names:
+        assert getattr(mod, name).__name__ == name
+
+
+def test_the_three_lists_of_the_front_door_agree() -> None:
+    tree = ast.parse((ROOT / "supervisor" / "__init__.py").read_text("utf-8"))
+    typed: dict[str, str] = {}
+    home: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.module
+                typed.update({alias.name: imp.module for alias in imp.names})
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "_HOME":
+            home = ast.literal_eval(node.value) if node.value else {}
+    assert typed == home
+    assert set(home) == SUPERVISOR_API
