@@ -10,6 +10,7 @@ line). Errors always go to stderr, as ``pipevisor: <message>`` (or a JSON
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -294,7 +295,10 @@ def restart(plugin: str, wait: float, socket_path: str | None, as_json: bool) ->
 @json_option
 def load(name_or_path: str, wait: float, socket_path: str | None, as_json: bool) -> None:
     """Load a plugin at run time (a configured or discovered name, or an executable's path);
-    other plugins are untouched."""
+    other plugins are untouched. A path is sent absolute: relative to where you are, not
+    to the daemon's working directory."""
+    if os.sep in name_or_path or os.path.isfile(name_or_path):
+        name_or_path = os.path.abspath(name_or_path)
     _lifecycle("load", name_or_path, wait, socket_path, as_json)
 
 

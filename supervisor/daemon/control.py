@@ -91,6 +91,7 @@ from pipevisor.supervisor.io.control_link import (
 )
 from pipevisor.supervisor.io.listening import AcceptGuard, RateLimitedLog, accept_forever, refuse
 from pipevisor.supervisor.paths import UnsafeRuntimeDir, secure_dir
+from pipevisor.supervisor.proc.trust import check_trusted
 
 log = logging.getLogger("pipevisor.control")
 
@@ -698,6 +699,15 @@ class _Server:
     async def load(self, conn: _Connection, p: dict[str, Any]) -> Any:
         target = _str(p, "plugin")
         wait = _opt_number(p, "wait")
+        if os.sep in target:
+            # a path is the caller's, and only an absolute one means the same here
+            # (the CLI sends them absolute); it must pass the rule discovery applies
+            if not os.path.isabs(target):
+                raise _BadParams(f"{target!r} is a relative path: the daemon's working "
+                                 "directory is not yours; give an absolute path")
+            why = check_trusted(target)
+            if why is not None:
+                raise _BadParams(f"refusing to load {target}: {why}")
         try:
             spec = self.hooks.resolve_plugin(target)
             runner = await self.sup.load(spec, wait=wait)

@@ -21,6 +21,10 @@ or could be run as something other than what the user installed:
   ``pipevisor-x`` there;
 * directories, broken symbolic links, files that are not regular files,
   files that are not executable by us, files anyone may write to;
+* files and folders that fail the trust rule of :mod:`pipevisor.supervisor.proc.trust`
+  (the real file and every folder above it owned by root or us, not writable by
+  their group or by others): a plugin of another user's, one in a group-writable
+  folder, or a symbolic link into someone else's files would run as the daemon;
 * names (the part after the prefix) that are not valid plugin names
   (:data:`pipevisor.supervisor.engine.config.NAME_RE`), because the supervisor could not
   configure them anyway.
@@ -38,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipevisor.supervisor.engine.config import NAME_RE
+from pipevisor.supervisor.proc.trust import TrustRule, check_trusted
 
 DEFAULT_PREFIX = "pipevisor-"
 
@@ -50,6 +55,9 @@ class DiscoveryConfig:
     use_path: bool = True
     dirs: tuple[str, ...] = ()
     """Extra plugin folders, searched before PATH."""
+    trust: TrustRule | None = None
+    """Who may own and write plugin files and the folders above them
+    (:mod:`pipevisor.supervisor.proc.trust`; None: root and this process's uid)."""
 
     def __post_init__(self) -> None:
         if not self.prefix or os.sep in self.prefix:
@@ -109,7 +117,7 @@ def discover(config: DiscoveryConfig = DiscoveryConfig(),
     shadowed: list[Shadowed] = []
     warnings: list[Skipped] = []
     for folder in _folders(config, path, warnings):
-        for name, file_path in _candidates(folder, config.prefix, warnings):
+        for name, file_path in _candidates(folder, config.prefix, warnings, config.trust):
             first = found.get(name)
             if first is not None:
                 shadowed.append(Shadowed(name, file_path, first.path))
@@ -160,10 +168,15 @@ def _folders(config: DiscoveryConfig, path: str, warnings: list[Skipped]) -> Ite
                                            f"{stat.S_IMODE(st.st_mode):o}): anyone could plant a "
                                            "plugin there; not searched"))
             continue
+        why = check_trusted(entry, config.trust)
+        if why is not None:
+            warnings.append(Skipped(entry, f"{where} is not trusted ({why}); not searched"))
+            continue
         yield entry
 
 
-def _candidates(folder: str, prefix: str, warnings: list[Skipped]) -> Iterator[tuple[str, str]]:
+def _candidates(folder: str, prefix: str, warnings: list[Skipped],
+                trust: TrustRule | None) -> Iterator[tuple[str, str]]:
     """(name, absolute path) of the usable plugin files in one folder, sorted by file name."""
     try:
         names = sorted(n for n in os.listdir(folder) if n.startswith(prefix))
@@ -173,14 +186,14 @@ def _candidates(folder: str, prefix: str, warnings: list[Skipped]) -> Iterator[t
     for file_name in names:
         file_path = os.path.join(folder, file_name)
         name = file_name[len(prefix):]
-        reason = _unusable(file_path, name)
+        reason = _unusable(file_path, name, trust)
         if reason is not None:
             warnings.append(Skipped(file_path, reason))
         else:
             yield name, file_path
 
 
-def _unusable(file_path: str, name: str) -> str | None:
+def _unusable(file_path: str, name: str, trust: TrustRule | None = None) -> str | None:
     """Why this candidate cannot be used as a plugin, or None if it can."""
     if not NAME_RE.fullmatch(name):
         return (f"{name!r} is not a valid plugin name (1-64 of A-Z a-z 0-9 _ . -, "
@@ -200,4 +213,7 @@ def _unusable(file_path: str, name: str) -> str | None:
     if st.st_mode & stat.S_IWOTH:
         return (f"world-writable (mode {stat.S_IMODE(st.st_mode):o}): anyone could replace it; "
                 "chmod o-w it to use it")
+    why = check_trusted(file_path, trust)
+    if why is not None:
+        return f"not trusted: {why}"
     return None

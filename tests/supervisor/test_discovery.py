@@ -154,3 +154,61 @@ def test_to_json_shape(tmp_path: Path) -> None:
 def test_bad_prefix_is_refused() -> None:
     with pytest.raises(ValueError, match="prefix"):
         DiscoveryConfig(prefix="")
+
+
+# ------------------------------------------------------------------ trust (#14 item 5)
+
+OTHER_UID = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+
+
+def test_a_group_writable_folder_or_file_is_not_trusted(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    _exe(shared, "pipevisor-a")
+    shared.chmod(0o775)
+    own = tmp_path / "own"
+    loose = _exe(own, "pipevisor-b", 0o775)
+    r = discover(path=f"{shared}{os.pathsep}{own}")
+    assert r.found == ()
+    reasons = _reasons(r)
+    assert "writable by its group" in reasons[str(shared)]
+    assert "writable by its group" in reasons[str(loose)]
+
+
+def test_a_trusted_group_may_write(tmp_path: Path) -> None:
+    from pipevisor.supervisor.proc.trust import TrustRule
+
+    shared = tmp_path / "shared"
+    exe = _exe(shared, "pipevisor-a", 0o775)
+    shared.chmod(0o775)
+    rule = TrustRule.default(group=shared.stat().st_gid)
+    r = discover(DiscoveryConfig(trust=rule), path=str(shared))
+    assert r.found == (FoundPlugin("a", str(exe)),)
+
+
+@needs_root
+def test_a_plugin_or_folder_of_another_user_is_not_trusted(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    _exe(theirs, "pipevisor-a")
+    os.chown(theirs, OTHER_UID, -1)
+    mixed = tmp_path / "mixed"
+    planted = _exe(mixed, "pipevisor-b")
+    os.chown(planted, OTHER_UID, -1)
+    r = discover(path=f"{theirs}{os.pathsep}{mixed}")
+    assert r.found == ()
+    reasons = _reasons(r)
+    assert f"owned by uid {OTHER_UID}" in reasons[str(theirs)]
+    assert f"owned by uid {OTHER_UID}" in reasons[str(planted)]
+
+
+@needs_root
+def test_a_symlink_into_another_users_file_is_not_trusted(tmp_path: Path) -> None:
+    theirs = _exe(tmp_path / "theirs", "tool")
+    os.chown(theirs, OTHER_UID, -1)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    link = mine / "pipevisor-tool"
+    link.symlink_to(theirs)
+    r = discover(path=str(mine))
+    assert r.found == ()
+    assert str(theirs) in _reasons(r)[str(link)]
