@@ -59,11 +59,9 @@ ASYNCIO_PRIVATE = frozenset({"_transport", "_buffer", "_stream", "feed_data", "_
 KNOWN_BREAKS: dict[tuple[str, str], str] = {
     ("daemon/control.py", "internals"): "reads metrics through engine.metrics",
     ("daemon/metrics_http.py", "internals"): "renders through engine.metrics",
-    ("engine/connection.py", "asyncio"): "the asyncio fast path is not in io/ yet",
     ("proc/spawn.py", "asyncio"): "waits on asyncio's StreamWriter to see stdin close",
     ("daemon/control.py", "asyncio"): "reaches the loop for the transport fast path",
     ("client/aio.py", "asyncio"): "reaches the loop for the transport fast path",
-    ("engine/connection.py", "asyncio-private"): "StreamReader._buffer, feed_data",
 }
 """(module, rule) -> why it is broken today. Each is a strict xfail."""
 

@@ -9,7 +9,6 @@ for a timeout to learn that the plugin is gone.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -46,6 +45,7 @@ from pipevisor.supervisor.errors import (
     local,
     sanitize_plugin_error,
 )
+from pipevisor.supervisor.io.pipes import AsyncioPipes, FutureSlot
 
 log = logging.getLogger("pipevisor.connection")
 
@@ -65,31 +65,6 @@ lines): a plugin that writes but never reads is held by its own full pipe instea
 growing the host's memory. Reading resumes once the plugin has read what is queued."""
 
 
-def _asyncio_writer(stream: ByteSendStream) -> asyncio.StreamWriter | None:
-    """The asyncio writer under anyio's process stream, if that is what runs.
-
-    anyio's ``send`` costs two extra event-loop round trips per message (a
-    cancellation checkpoint and a shielded one), about a quarter of a call's
-    cost; on asyncio we write to the transport directly. Any other backend
-    (or a future anyio that renames the attribute) takes the portable path.
-    """
-    writer = getattr(stream, "_stream", None)
-    return writer if isinstance(writer, asyncio.StreamWriter) else None
-
-
-def _asyncio_reader(stream: ByteReceiveStream) -> asyncio.StreamReader | None:
-    """The asyncio reader under anyio's process stream, when it is one we can hook."""
-    reader = getattr(stream, "_stream", None)
-    if isinstance(reader, asyncio.StreamReader) and isinstance(
-            getattr(reader, "_buffer", None), bytearray):
-        return reader
-    return None
-
-
-def _drop(data: bytes) -> None:
-    """Swallows stdout data that arrives after the reader failed and was ended."""
-
-
 class _Slot:
     __slots__ = ("event", "local", "response")
 
@@ -100,28 +75,6 @@ class _Slot:
 
     def set(self) -> None:
         self.event.set()
-
-
-class _FutureSlot:
-    """The asyncio fast path of :class:`_Slot`: one future, no cancel scope.
-
-    An ``anyio.Event`` plus a ``move_on_after`` scope per call cost about two
-    extra event-loop iterations and a timer scope object each; a bare future
-    settled by the reader (or by a loop timer on timeout) costs one wake-up.
-    Cancelling the calling task still cancels the await, so anyio cancel
-    scopes around ``call`` keep working.
-    """
-
-    __slots__ = ("future", "local", "response")
-
-    def __init__(self, future: asyncio.Future[None]) -> None:
-        self.future = future
-        self.response: Response | ErrorResponse | None = None
-        self.local = False
-
-    def set(self) -> None:
-        if not self.future.done():
-            self.future.set_result(None)
 
 
 @dataclass(slots=True)
@@ -147,13 +100,12 @@ class Connection:
         self._stdout = stdout
         self._cb = callbacks
         self.peer = Peer(max_line_bytes=max_line_bytes)
-        self._slots: dict[RequestId, _Slot | _FutureSlot] = {}
+        self._slots: dict[RequestId, _Slot | FutureSlot] = {}
         self._write_lock = anyio.Lock(fast_acquire=True)
         self._host_calls = anyio.Semaphore(max_host_calls, fast_acquire=True)
         self._host_scopes: dict[RequestId, anyio.CancelScope] = {}
-        self._writer = _asyncio_writer(stdin)
-        self._joined: list[bytes] | None = None
-        """Writes waiting to go out in one piece (``_send``); None when none is due."""
+        self._fast = AsyncioPipes.of(stdin, stdout)
+        """The asyncio fast path (io/pipes.py), or None: the portable anyio path."""
         self.closed_error: ErrorObject | None = None
         self.eof = anyio.Event()
         self._max_open = max_host_calls + _MAX_QUEUED_HOST_CALLS
@@ -166,46 +118,22 @@ class Connection:
         """Host methods that raised (not CallError) while serving this plugin."""
         self.read_pauses = 0
         """Times reading stopped because the plugin did not read what it was owed."""
-        self._resume: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------- writing
-
-    def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        """asyncio path: the first message of a loop iteration is written at once (a
-        lone call waits for nothing); later ones in the same iteration, typically many
-        pipelined callers woken together, are joined and written as one piece at the
-        start of the next iteration: one system call instead of one per message. Every
-        write on this path goes through here, so messages keep their order (a cancel
-        never overtakes its request)."""
-        joined = self._joined
-        if joined is not None:
-            joined.append(data)
-            return
-        writer.write(data)
-        self._joined = []
-        asyncio.get_running_loop().call_soon(self._flush_joined, writer)
-
-    def _flush_joined(self, writer: asyncio.StreamWriter) -> None:
-        joined, self._joined = self._joined, None
-        if joined and not writer.is_closing():
-            writer.write(b"".join(joined) if len(joined) > 1 else joined[0])
 
     async def _write(self, data: bytes) -> None:
         if not data:
             return
-        writer = self._writer
-        if writer is not None:
-            # asyncio fast path: a transport write is synchronous and atomic per
-            # message, so no lock is needed; wait for the pipe only when the
-            # plugin is not keeping up (that is the backpressure).
-            if writer.is_closing():
+        fast = self._fast
+        if fast is not None:
+            # a transport write is synchronous and atomic per message, so no lock is
+            # needed; wait for the pipe only when the plugin is not keeping up (that is
+            # the backpressure)
+            if fast.closing():
                 raise anyio.BrokenResourceError
-            self._send(writer, data)
-            if writer.transport.get_write_buffer_size() > _HIGH_WATER:
-                try:
-                    await writer.drain()
-                except (ConnectionResetError, BrokenPipeError) as exc:
-                    raise anyio.BrokenResourceError from exc
+            fast.send(data)
+            if fast.queued() > _HIGH_WATER:
+                await fast.drain()
             else:
                 await anyio.lowlevel.cancel_shielded_checkpoint()
             return
@@ -215,10 +143,10 @@ class Connection:
     async def _send_cancel(self, data: bytes) -> None:
         """A cancel is a courtesy: queued without waiting for a plugin that does not read
         (one per abandoned call, so bounded by the callers), at most a second otherwise."""
-        writer = self._writer
-        if writer is not None:
-            if not writer.is_closing():
-                self._send(writer, data)
+        fast = self._fast
+        if fast is not None:
+            if not fast.closing():
+                fast.send(data)
             return
         with anyio.move_on_after(1.0):
             await self._write_quietly(data)
@@ -233,9 +161,9 @@ class Connection:
     async def close_stdin(self, timeout: float = 1.0) -> None:
         """End the plugin's input. What is queued still goes out if the plugin reads it
         within ``timeout``; one that does not read gets its pipe closed regardless."""
-        writer = self._writer
-        if writer is not None and self._joined:
-            self._flush_joined(writer)  # what was said before EOF still goes out
+        fast = self._fast
+        if fast is not None:
+            fast.flush()  # what was said before EOF still goes out
         with anyio.move_on_after(timeout):
             async with self._write_lock:
                 try:
@@ -243,8 +171,8 @@ class Connection:
                 except (anyio.BrokenResourceError, OSError):
                     pass
                 return
-        if writer is not None:
-            writer.transport.abort()
+        if fast is not None:
+            fast.abort()
 
     # ------------------------------------------------------------------- calls
 
@@ -260,10 +188,10 @@ class Connection:
             ident, data = self.peer.send_request(method, params)
         except EncodeError as exc:
             raise CallError(standard_error(ErrorCode.INVALID_PARAMS, str(exc))) from exc
-        writer = self._writer
-        slot: _Slot | _FutureSlot
-        if writer is not None:
-            slot = await self._call_asyncio(writer, ident, data, timeout)
+        fast = self._fast
+        slot: _Slot | FutureSlot
+        if fast is not None:
+            slot = await self._call_fast(fast, ident, data, timeout)
         else:
             slot = await self._call_portable(ident, data, timeout)
         response = slot.response
@@ -282,30 +210,29 @@ class Connection:
             raise error_from_object(response.error)
         raise error_from_object(sanitize_plugin_error(response.error))
 
-    async def _call_asyncio(self, writer: asyncio.StreamWriter, ident: RequestId, data: bytes,
-                            timeout: float | None) -> _FutureSlot:
+    async def _call_fast(self, fast: AsyncioPipes, ident: RequestId, data: bytes,
+                         timeout: float | None) -> FutureSlot:
         """Send and wait with one future and (given a timeout) one loop timer.
 
         The timer settles the future without a response, which ``call`` reads
         as a timeout; the write needs no checkpoint of its own because the
         await on the future yields anyway.
         """
-        loop = asyncio.get_running_loop()
-        slot = _FutureSlot(loop.create_future())
+        slot = fast.slot()
         self._slots[ident] = slot
-        timer = None if timeout is None else loop.call_later(timeout, slot.set)
+        timer = None if timeout is None else fast.call_later(timeout, slot.set)
         try:
-            if writer.is_closing():
+            if fast.closing():
                 pass  # the reader is about to fail every pending call with the real reason
             else:
-                self._send(writer, data)
-                if writer.transport.get_write_buffer_size() > _HIGH_WATER:
+                fast.send(data)
+                if fast.queued() > _HIGH_WATER:
                     # a plugin that does not read: wait for it no longer than the call may
                     # take (the timer has settled the future by then: a timeout)
                     with anyio.move_on_after(timeout if timeout is not None else math.inf):
                         try:
-                            await writer.drain()
-                        except (ConnectionResetError, BrokenPipeError):
+                            await fast.drain()
+                        except anyio.BrokenResourceError:
                             pass  # as above: the reader settles the call
             await slot.future
         except BaseException:
@@ -352,10 +279,10 @@ class Connection:
 
     async def read_loop(self, tg: TaskGroup) -> None:
         """Runs until stdout closes; then every pending call is failed."""
+        fast = self._fast
         try:
-            reader = _asyncio_reader(self._stdout)
-            if reader is not None and self._writer is not None:
-                await self._read_in_callbacks(reader, self._writer, tg)
+            if fast is not None and fast.can_read_in_callbacks:
+                await fast.read_in_callbacks(self._fast_reader(fast, tg))
                 self._handle(self.peer.receive_eof(), tg)
                 return
             while True:
@@ -369,8 +296,8 @@ class Connection:
                     await self._write_quietly(out)  # waits while the plugin does not read
             self._handle(self.peer.receive_eof(), tg)
         finally:
-            if self._resume is not None:
-                self._resume.cancel()
+            if fast is not None:
+                fast.stop_resuming()
             self.eof.set()
 
     def _take_output(self) -> bytes:
@@ -380,77 +307,31 @@ class Connection:
             out = b"".join([out, *owed])
         return out
 
-    async def _read_in_callbacks(self, reader: asyncio.StreamReader,
-                                 writer: asyncio.StreamWriter, tg: TaskGroup) -> None:
-        """Handle stdout data in the transport's callback instead of in this task.
+    def _fast_reader(self, fast: AsyncioPipes, tg: TaskGroup) -> Callable[[bytes], None]:
+        """What to do with stdout bytes where they arrive (see
+        :meth:`AsyncioPipes.read_in_callbacks`): settle callers, start host calls, and
+        write what the peer owes the plugin at once."""
 
-        The stream reader normally buffers the bytes and wakes this task, which
-        then settles the caller's future: two event-loop iterations between the
-        answer arriving and the caller running. Handling the bytes where they
-        arrive settles the caller in the first one. This task then only waits
-        for EOF (the reader still gets it, and transport errors, as usual).
-        """
-        failure: list[BaseException] = []
+        def on_data(data: bytes) -> None:
+            self._handle(self.peer.receive_data(data), tg)
+            out = self._take_output()
+            if out and not fast.closing():
+                fast.send(out)
+                if fast.queued() > PAUSE_WATER:
+                    self._pause_reading(fast)
 
-        def feed(data: bytes) -> None:
-            if not data or failure:
-                return
-            try:
-                self._handle(self.peer.receive_data(data), tg)
-                out = self._take_output()
-                if out and not writer.is_closing():
-                    self._send(writer, out)
-                    if writer.transport.get_write_buffer_size() > PAUSE_WATER:
-                        self._pause_reading(reader, writer)
-            except BaseException as exc:  # re-raised from the task, not in the transport
-                failure.append(exc)
-                reader.feed_eof()
+        return on_data
 
-        pending: bytearray = reader._buffer  # type: ignore[attr-defined]  # see _asyncio_reader
-        buffered = bytes(pending)  # anything that came before this task ran
-        pending.clear()
-        # an instance attribute shadows the method; deleted again below
-        reader.feed_data = feed  # type: ignore[method-assign,assignment]
-        try:
-            feed(buffered)
-            try:
-                await reader.read()
-            except (ConnectionError, OSError, anyio.ClosedResourceError):
-                pass
-        finally:
-            if failure:
-                # the reader saw EOF early; data still in flight must not reach it
-                reader.feed_data = _drop  # type: ignore[method-assign,assignment]
-            else:
-                del reader.feed_data
-        if failure:
-            raise failure[0]
-
-    def _pause_reading(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Stop reading stdout until the plugin has read what it is owed (the callback
-        path's back-pressure; the portable path gets it by awaiting its writes)."""
-        transport = getattr(reader, "_transport", None)
-        if self._resume is not None or transport is None:
+    def _pause_reading(self, fast: AsyncioPipes) -> None:
+        """Stop reading stdout until the plugin has read what it is owed."""
+        queued = fast.queued()
+        if not fast.pause_reading_until_drained():
             return
         self.read_pauses += 1
         if self.read_pauses in (1, 10, 100) or self.read_pauses % 1000 == 0:
             log.warning("plugin %s does not read its stdin (%d bytes queued for it): its "
                         "stdout is not read until it does (pause #%d)", self.name,
-                        writer.transport.get_write_buffer_size(), self.read_pauses)
-        transport.pause_reading()
-        self._resume = asyncio.get_running_loop().create_task(
-            self._resume_reading(writer, transport))
-
-    async def _resume_reading(self, writer: asyncio.StreamWriter,
-                              transport: asyncio.ReadTransport) -> None:
-        try:
-            await writer.drain()
-        except (ConnectionError, OSError):
-            pass  # the pipe broke: the reader must see the end
-        finally:
-            self._resume = None
-            if not transport.is_closing():
-                transport.resume_reading()
+                        queued, self.read_pauses)
 
     def _handle(self, events: list[Any], tg: TaskGroup) -> None:
         for event in events:

@@ -140,7 +140,7 @@ def _steps() -> dict[str, tuple[Any, str, Any, str]]:
         "spawn-record": (_platform.LeftoverRecord, "record", lambda self, *a: True, "load"),
         "handshake": (PluginRunner, "_negotiate", _victim, "load"),
         "reading": (Connection, "_settle", _victim, "call"),
-        "writing": (Connection, "_send", _victim, "call"),
+        "writing": (Connection, "_call_fast", _victim, "call"),
         "notification": (PluginRunner, "_on_notification", _victim, "call"),
         "stderr": (PluginRunner, "_on_stderr", _victim, "call"),
         "sampling": (Sampler, "_enforce", lambda self, runner, *a: runner.spec.name == "victim",

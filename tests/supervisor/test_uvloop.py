@@ -22,7 +22,7 @@ import pytest
 
 from pipevisor.protocol import ErrorCode, Fault, Notification, local_error
 from pipevisor.supervisor import CallTimeout, PluginCrashed, PluginError, Supervisor
-from pipevisor.supervisor.engine.connection import Connection, ConnectionCallbacks, _asyncio_reader
+from pipevisor.supervisor.engine.connection import Connection, ConnectionCallbacks
 from pipevisor.supervisor.errors import CallError
 from tests.supervisor.fake import fake_spec
 from tests.supervisor.test_calls import (
@@ -33,6 +33,7 @@ from tests.supervisor.test_calls import test_timeout_sends_cancel_to_the_plugin 
 from tests.supervisor.test_lifecycle import (
     test_crash_mid_call_fails_every_call_in_flight_and_restarts as _crash,
 )
+from tests.supervisor.test_pipes_fast_path import fast_path_in_use
 
 uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed (pip install uvloop)")
 
@@ -44,20 +45,13 @@ def anyio_backend() -> tuple[str, dict[str, Any]]:
     return ("asyncio", {"use_uvloop": True})
 
 
-def _fast_path_in_use(conn: Connection) -> bool:
-    """The writer is the bare asyncio one and stdout bytes go through the data callback."""
-    reader = _asyncio_reader(conn._stdout)
-    return (conn._writer is not None and reader is not None
-            and "feed_data" in vars(reader))  # the instance attribute _read_in_callbacks sets
-
-
 async def test_calls_run_on_uvloop_through_the_fast_path() -> None:
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
     async with Supervisor([fake_spec()]) as sup:
         assert await sup.call("fake", "echo", {"text": "hi"}, timeout=10) == {"text": "hi"}
         conn = sup.runner("fake").conn
         assert conn is not None
-        assert _fast_path_in_use(conn)
+        assert fast_path_in_use(conn)
         with pytest.raises(PluginError) as info:
             await sup.call("fake", "no_such_method", {}, timeout=10)
         assert info.value.code == ErrorCode.METHOD_NOT_FOUND
@@ -92,7 +86,7 @@ async def test_a_restarted_instance_on_uvloop_takes_the_fast_path_too() -> None:
         assert await sup.call("fake", "echo", ["again"], timeout=10) == ["again"]
         conn = sup.runner("fake").conn
         assert conn is not None
-        assert _fast_path_in_use(conn)
+        assert fast_path_in_use(conn)
 
 
 async def test_writes_into_a_dead_pipe_on_uvloop_end_in_the_call_outcome() -> None:

@@ -1,0 +1,57 @@
+"""The asyncio fast path (supervisor/io/pipes.py) is the one in use on asyncio, so that
+an upgrade of anyio or Python that renames what it relies on fails here instead of
+silently halving throughput; and the portable path still answers when it is not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from pipevisor.supervisor import Supervisor
+from pipevisor.supervisor.engine.connection import Connection
+from pipevisor.supervisor.io import pipes
+from tests.supervisor.fake import fake_spec
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def fast_path_in_use(conn: Connection) -> bool:
+    """Writes go to the bare asyncio transport and stdout bytes through the data
+    callback (the instance attribute ``read_in_callbacks`` sets on the reader)."""
+    fast = conn._fast
+    if fast is None or not fast.can_read_in_callbacks:
+        return False
+    reader = pipes._reader_of(conn._stdout)
+    return reader is not None and "feed_data" in vars(reader)
+
+
+async def test_asyncio_takes_the_fast_path_for_calls_and_reading() -> None:
+    async with Supervisor([fake_spec()]) as sup:
+        assert await sup.call("fake", "echo", {"text": "hi"}, timeout=10) == {"text": "hi"}
+        conn = sup.runner("fake").conn
+        assert conn is not None
+        assert fast_path_in_use(conn), "anyio's process streams changed: see io/pipes.py"
+
+
+async def test_the_portable_path_answers_when_the_fast_path_is_not_there(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipes.AsyncioPipes, "of", classmethod(lambda cls, a, b: None))
+    async with Supervisor([fake_spec()]) as sup:
+        conn = sup.runner("fake").conn
+        assert conn is not None and conn._fast is None
+        results: dict[int, Any] = {}
+
+        async def one(i: int) -> None:
+            results[i] = await sup.call("fake", "echo", {"i": i}, timeout=10)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(200):
+                tg.start_soon(one, i)
+        assert results == {i: {"i": i} for i in range(200)}
