@@ -193,7 +193,7 @@ class Daemon:
             setup_logging(self.log_format_override or new_d.log_format, new_d.log_level.value)
             log.info("reload: logging is now %s at level %s",
                      (self.log_format_override or new_d.log_format).value, new_d.log_level.value)
-        later = [f"daemon.{key}" for key in ("socket", "metrics_listen")
+        later = [f"daemon.{key}" for key in ("socket", "metrics_listen", "socket_group")
                  if getattr(old_d, key) != getattr(new_d, key)]
         old_s, new_s = self.config.supervisor, new.supervisor
         sampler = self.sup.sampler
