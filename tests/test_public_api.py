@@ -52,3 +52,20 @@ def test_the_three_lists_of_the_front_door_agree() -> None:
             home = ast.literal_eval(node.value) if node.value else {}
     assert typed == home
     assert set(home) == SUPERVISOR_API
+
+
+def test_every_event_kind_is_documented_and_none_is_invented() -> None:
+    from pipevisor.supervisor.engine.events import EventKind
+
+    text = (ROOT / "docs" / "cli.md").read_text("utf-8")
+    rows = {line.split("`")[1] for line in text.splitlines()
+            if line.startswith("  | `") and "|" in line[4:]}
+    assert rows == {kind.value for kind in EventKind}
+
+
+def test_a_misspelt_kind_is_refused_where_it_is_made() -> None:
+    from pipevisor.supervisor.engine.events import EventKind, SupervisorEvent
+
+    assert SupervisorEvent("p", "exit").kind is EventKind.EXIT  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="exitt"):
+        SupervisorEvent("p", "exitt")  # type: ignore[arg-type]

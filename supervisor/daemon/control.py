@@ -77,7 +77,12 @@ from pipevisor.protocol.errors import EncodeError
 from pipevisor.protocol.framing import DEFAULT_MAX_LINE_BYTES
 from pipevisor.protocol.messages import ErrorResponse, RequestId
 from pipevisor.supervisor.engine.config import PluginSpec
-from pipevisor.supervisor.engine.events import Subscription, SubscriptionLagged, SupervisorEvent
+from pipevisor.supervisor.engine.events import (
+    EventKind,
+    Subscription,
+    SubscriptionLagged,
+    SupervisorEvent,
+)
 from pipevisor.supervisor.engine.metrics import CONTENT_TYPE
 from pipevisor.supervisor.engine.states import SERVING, PluginState
 from pipevisor.supervisor.engine.supervisor import Supervisor
@@ -145,7 +150,10 @@ LOGS_ANSWER_BYTES = 4 * 1024 * 1024
 
 MAX_LOG_LINES = 10_000
 
-QUIET_KINDS = frozenset({"stderr"})
+KNOWN_KINDS = frozenset(EventKind)
+"""What ``subscribe`` may filter on (docs/cli.md lists them)."""
+
+QUIET_KINDS = frozenset({EventKind.STDERR})
 """Kinds a subscription without an explicit ``kinds`` filter does not receive: stderr
 lines are for ``logs --follow``, not for the general event stream."""
 
@@ -747,6 +755,10 @@ class _Server:
     async def subscribe(self, conn: _Connection, p: dict[str, Any]) -> Any:
         plugins = _opt_names(p, "plugins")
         kinds = _opt_names(p, "kinds")
+        unknown = sorted(kinds - KNOWN_KINDS) if kinds else []
+        if unknown:  # a misspelt filter would otherwise wait forever for nothing
+            raise _BadParams(f"unknown event kind(s) {', '.join(unknown)}; the kinds are "
+                             f"{', '.join(sorted(KNOWN_KINDS))}")
         return await conn.subscribe(plugins, kinds)
 
     async def unsubscribe(self, conn: _Connection, p: dict[str, Any]) -> Any:

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import anyio
@@ -43,13 +44,49 @@ EVENT_OVERHEAD = 100
 """Bytes counted per event on top of its strings (the object, its dict, the time)."""
 
 
+class EventKind(StrEnum):
+    """Every kind of event the engine publishes (docs/cli.md lists them for users; a
+    test keeps the two in step). A StrEnum: it compares equal to its string, so
+    ``event.kind == "exit"`` and JSON output are unchanged."""
+
+    STATE = "state"
+    """The plugin moved between states: detail ``from``, ``to``, ``reason``."""
+    EXIT = "exit"
+    """An instance ended: exit code or signal, the reason, its last stderr lines."""
+    RESTART = "restart"
+    """A restart was scheduled: the attempt and the backoff delay."""
+    FAULT = "fault"
+    """The plugin broke the protocol, or serving it raised (``kind``: what happened)."""
+    LIMIT = "limit"
+    """A resource limit was passed: ``limit``, ``value``, ``max``, ``action``."""
+    LOG = "log"
+    """A ``pipevisor/log`` message from the plugin."""
+    STDERR = "stderr"
+    """One line of the plugin's stderr (only to subscribers that ask for it)."""
+    PROGRESS = "progress"
+    """A ``pipevisor/progress`` notification for a call in flight."""
+    NOTIFICATION = "notification"
+    """Any other notification the plugin sent."""
+    INTERFACE = "interface"
+    """Interface negotiation at start: methods disabled or adapted, and why."""
+    INVALID_RESULT = "invalid_result"
+    """A result that failed its interface's result schema."""
+    RAW = "raw"
+    """The plugin did not speak the handshake and runs in raw mode."""
+
+
 @dataclass(frozen=True, slots=True)
 class SupervisorEvent:
     plugin: str
-    kind: str
-    """'state', 'exit', 'fault', 'log', 'restart', 'limit', 'notification', 'stderr' ..."""
+    kind: EventKind
+    """What happened; a plain string that names a kind is accepted and converted, one
+    that does not raises ValueError (a typo in a publisher fails its test)."""
     detail: dict[str, Any] = field(default_factory=dict)
     time: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if type(self.kind) is not EventKind:
+            object.__setattr__(self, "kind", EventKind(self.kind))
 
     def to_json(self) -> dict[str, Any]:
         return {"plugin": self.plugin, "kind": self.kind, "time": self.time, **self.detail}

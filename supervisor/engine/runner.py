@@ -49,7 +49,7 @@ from pipevisor.protocol.interfaces import (
 from pipevisor.protocol.versions import VersionRange
 from pipevisor.supervisor.engine.config import PluginMode, PluginSpec, ProtocolErrorAction
 from pipevisor.supervisor.engine.connection import Connection, ConnectionCallbacks, HostHandler
-from pipevisor.supervisor.engine.events import EventHub, SupervisorEvent
+from pipevisor.supervisor.engine.events import EventHub, EventKind, SupervisorEvent
 from pipevisor.supervisor.engine.limits import LimitAction, backstop_evidence
 from pipevisor.supervisor.engine.plugin_log import LogBudget, StderrTail
 from pipevisor.supervisor.engine.policy import RestartTracker
@@ -263,7 +263,7 @@ class PluginRunner:
         level = logging.WARNING if new in (S.FAILED, S.BACKOFF, S.DEGRADED) else logging.INFO
         log.log(level, "plugin %s: %s -> %s%s", self.spec.name, old, new,
                 f" ({reason})" if reason else "")
-        self._hub.publish(SupervisorEvent(self.spec.name, "state", detail))
+        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.STATE, detail))
 
     async def wait_state(self, states: set[PluginState] | frozenset[PluginState],
                          timeout: float) -> PluginState:
@@ -360,7 +360,7 @@ class PluginRunner:
         self.invalid_results += 1
         log.warning("plugin %s: invalid result #%d for %s %s: %s: %s", self.spec.name,
                     self.invalid_results, exc.method, exc.version, exc.path, exc.message)
-        self._hub.publish(SupervisorEvent(self.spec.name, "invalid_result",
+        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.INVALID_RESULT,
                                           {**exc.to_data(), "count": self.invalid_results}))
         if self.spec.on_protocol_error is ProtocolErrorAction.RESTART:
             self._end(_End("protocol", f"invalid result for {exc.method}: {exc.path}",
@@ -450,7 +450,7 @@ class PluginRunner:
         self._end(_End("internal", detail, error=error))
 
     def _publish_fault(self, detail: str) -> None:
-        self._hub.publish(SupervisorEvent(self.spec.name, "fault", {
+        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.FAULT, {
             "fault": "internal", "detail": detail, "count": self.internal_faults}))
 
     async def _run_loop(self) -> None:
@@ -490,7 +490,7 @@ class PluginRunner:
                 self._finish(S.STOPPED, f"{end.detail}; {decision.reason}")
                 continue
             self._set_state(S.BACKOFF, f"{end.detail}; restart in {decision.delay:.2f} s")
-            self._hub.publish(SupervisorEvent(self.spec.name, "restart",
+            self._hub.publish(SupervisorEvent(self.spec.name, EventKind.RESTART,
                                               {"delay": decision.delay, "after": end.detail}))
             self._wake = anyio.Event()
             with anyio.move_on_after(decision.delay):
@@ -541,7 +541,7 @@ class PluginRunner:
                 rlimits=self.spec.limits.rlimits(), privileges=privileges)
             self._privileges = privileges.describe()
         except SpawnError as exc:
-            self._hub.publish(SupervisorEvent(self.spec.name, "exit", {"error": str(exc)}))
+            self._hub.publish(SupervisorEvent(self.spec.name, EventKind.EXIT, {"error": str(exc)}))
             return _End("spawn", str(exc), give_up=True)
         self.process = process
         self.started_at = time.monotonic()
@@ -689,7 +689,7 @@ class PluginRunner:
                 log.warning("plugin %s: host method %s disabled: %s", self.spec.name,
                             b.method, b.reason)
             if b.how not in (How.EXACT, How.NO_INTERFACE) or b.deprecated:
-                self._hub.publish(SupervisorEvent(self.spec.name, "interface", {
+                self._hub.publish(SupervisorEvent(self.spec.name, EventKind.INTERFACE, {
                     "method": b.method, "direction": "host", **b.to_json()}))
         return disabled
 
@@ -749,7 +749,7 @@ class PluginRunner:
                 log.warning("plugin %s: method %s disabled: %s", self.spec.name, b.method,
                             b.reason)
             if b.how not in (How.EXACT, How.NO_INTERFACE) or b.deprecated:
-                self._hub.publish(SupervisorEvent(self.spec.name, "interface",
+                self._hub.publish(SupervisorEvent(self.spec.name, EventKind.INTERFACE,
                                                   {"method": b.method, **b.to_json()}))
         return disabled
 
@@ -759,7 +759,7 @@ class PluginRunner:
         self._slots = anyio.Semaphore(self.spec.calls.max_in_flight, fast_acquire=True)
         log.warning("plugin %s: raw mode (%s): no pipevisor handshake, calls pass through "
                     "unvalidated, liveness is the process", self.spec.name, why)
-        self._hub.publish(SupervisorEvent(self.spec.name, "raw", {"reason": why}))
+        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.RAW, {"reason": why}))
         if not await self._run_start_sequence(conn):
             return
         self.ready_at = time.monotonic()
@@ -842,7 +842,7 @@ class PluginRunner:
         detail = dict(self.last_exit)
         if self._end_info is not None:  # it exited while being stopped or killed: say why
             detail["reason"] = self._end_info.detail
-        self._hub.publish(SupervisorEvent(self.spec.name, "exit", detail))
+        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.EXIT, detail))
         failed = code != 0
         if self._end_info is None and self._backstop_breach(code, tail):
             end_info = self._end_info
@@ -893,7 +893,7 @@ class PluginRunner:
                     "description": describe_exit(process.returncode),
                     "time": time.time(), "stderr": self.stderr.last(_CRASH_TAIL_LINES),
                     "reason": end.detail}
-            self._hub.publish(SupervisorEvent(self.spec.name, "exit", info))
+            self._hub.publish(SupervisorEvent(self.spec.name, EventKind.EXIT, info))
 
     async def _graceful(self, process: Process, conn: Connection) -> None:
         stop = self.spec.stop
@@ -936,7 +936,7 @@ class PluginRunner:
     def _on_stderr(self, line: str) -> None:
         self.stderr.add(line)
         # for `pipevisor logs --follow`; with no subscriber this is one small object
-        self._hub.publish(SupervisorEvent(self.spec.name, "stderr", {"line": line}))
+        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.STDERR, {"line": line}))
         self._to_log(logging.INFO, line)
 
     def _on_notification(self, n: Notification) -> None:
@@ -945,13 +945,13 @@ class PluginRunner:
             level = _LOG_LEVELS.get(str(params.get("level")), logging.INFO)
             message = params.get("message", "")
             self._to_log(level, message if isinstance(message, str) else repr(message))
-            self._hub.publish(SupervisorEvent(self.spec.name, "log", {
+            self._hub.publish(SupervisorEvent(self.spec.name, EventKind.LOG, {
                 "level": params.get("level"), "message": params.get("message"),
                 "logger": params.get("logger")}))
         elif n.method == PROGRESS:
-            self._hub.publish(SupervisorEvent(self.spec.name, "progress", dict(params)))
+            self._hub.publish(SupervisorEvent(self.spec.name, EventKind.PROGRESS, dict(params)))
         else:
-            self._hub.publish(SupervisorEvent(self.spec.name, "notification",
+            self._hub.publish(SupervisorEvent(self.spec.name, EventKind.NOTIFICATION,
                                               {"method": n.method, "params": n.params}))
 
     def _on_fault(self, fault: Fault) -> None:
@@ -962,7 +962,7 @@ class PluginRunner:
         if self.faults <= 10 or self.faults % 1000 == 0:
             log.warning("plugin %s: protocol fault #%d %s: %s; line starts %r", self.spec.name,
                         self.faults, fault.kind, fault.detail, raw[:120])
-        self._hub.publish(SupervisorEvent(self.spec.name, "fault", {
+        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.FAULT, {
             "fault": str(fault.kind), "detail": fault.detail, "raw": raw[:200],
             "count": self.faults}))
         if self.spec.on_protocol_error is ProtocolErrorAction.RESTART:
@@ -1046,7 +1046,7 @@ class PluginRunner:
         self.breach_counts[limit, str(action)] += 1
         log.warning("plugin %s: over its %s limit: %s (action %s)", self.spec.name, limit,
                     text, action)
-        self._hub.publish(SupervisorEvent(self.spec.name, "limit", {
+        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.LIMIT, {
             "limit": limit, "value": value, "max": maximum, "action": str(action),
             **({"backstop": backstop} if backstop is not None else {})}))
         if action in (LimitAction.RESTART, LimitAction.STOP) and self._end_info is None:

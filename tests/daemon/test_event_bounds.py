@@ -38,14 +38,14 @@ async def test_a_subscription_is_bounded_in_bytes_and_keeps_the_newest() -> None
     hub = EventHub()
     async with hub.subscribe(1000, max_bytes=3 * MiB) as sub:
         for i in range(100):
-            hub.publish(_event("big", MiB, i))
+            hub.publish(_event("notification", MiB, i))
         assert sub.queued_bytes <= 3 * MiB
         assert sub.dropped >= 97
         got = [(await sub.next()).detail["i"] for _ in range(len(sub._queue))]
         assert got[-1] == 99 and got == sorted(got)
         # one event larger than the whole budget is still delivered, alone
-        hub.publish(_event("huge", 5 * MiB))
-        assert (await sub.next()).kind == "huge"
+        hub.publish(_event("log", 5 * MiB))
+        assert (await sub.next()).kind == "log"
         assert sub.queued_bytes == 0
 
 
@@ -53,12 +53,12 @@ async def test_a_subscription_with_on_lag_is_ended_not_trimmed() -> None:
     hub = EventHub()
     told: list[int] = []
     async with hub.subscribe(10, max_bytes=MiB, on_lag=told.append,
-                             wants=lambda e: e.kind != "skip") as sub:
+                             wants=lambda e: e.kind != "stderr") as sub:
         for i in range(1000):
-            hub.publish(_event("skip", 10, i))  # filtered before queueing: costs nothing
+            hub.publish(_event("stderr", 10, i))  # filtered before queueing: costs nothing
         assert sub.queued_bytes == 0 and sub.dropped == 0
         for i in range(11):
-            hub.publish(_event("kept", 10, i))
+            hub.publish(_event("log", 10, i))
         assert told == [11] and sub.lagged and sub.queued_bytes == 0
         with pytest.raises(SubscriptionLagged) as lagged:
             await sub.next()
@@ -92,3 +92,20 @@ async def test_an_embedded_subscriber_that_does_not_read_holds_a_bounded_amount(
                 if ev.kind == "notification":
                     last = ev.detail["params"]["i"]
             assert last == 299  # the newest are the ones kept
+
+
+def test_an_unknown_kind_is_refused_instead_of_waiting_forever(sock_dir: str) -> None:
+    """`pipevisor events --kind bogus` used to be accepted and wait for nothing."""
+    import subprocess
+
+    from pipevisor.supervisor.client import Client, ControlError
+    from tests.daemon.daemon_helpers import ROOT, fake_table, running_daemon
+
+    with running_daemon(sock_dir, fake_table("alpha")) as d:
+        with (Client(d.socket) as c, pytest.raises(ControlError, match="unknown event kind"),
+              c.subscribe(kinds=["bogus"])):
+            pass
+        proc = subprocess.run([sys.executable, "-m", "pipevisor.supervisor", "events",
+                               "--kind", "bogus", "--socket", d.socket],
+                              capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert proc.returncode == 2 and "state, stderr" in proc.stderr, proc.stderr
