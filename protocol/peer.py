@@ -32,6 +32,7 @@ import orjson
 
 from pipevisor.protocol.codec import Decoded, Fault, FaultKind, decode_line, encode, encode_request
 from pipevisor.protocol.errors import (
+    EncodeError,
     ErrorCode,
     ErrorObject,
     LocalProtocolError,
@@ -302,15 +303,25 @@ class Peer:
         ident = self._next_id()
         if ident in self._outgoing:
             raise LocalProtocolError(f"id factory produced {ident!r}, which is still in flight")
-        data = encode_request(ident, method, params)
+        data = self._fits(encode_request(ident, method, params), "request")
         self._outgoing[ident] = method
         self._abandoned.pop(ident, None)
         self.stats.messages_out += 1
         return ident, data
 
     def send_notification(self, method: str, params: Params = None) -> bytes:
+        data = self._fits(encode(Notification(method, params)), "notification")
         self.stats.messages_out += 1
-        return encode(Notification(method, params))
+        return data
+
+    def _fits(self, data: bytes, what: str) -> bytes:
+        """``data`` if its line is within the line limit, which binds the sender as
+        much as the reader (SPEC 3.3 [M-3.3d]); else EncodeError, nothing is sent."""
+        limit = self._splitter.max_line_bytes
+        if len(data) - 1 > limit:
+            raise EncodeError(f"the {what} would be a line of {len(data) - 1} bytes, over "
+                              f"the line limit of {limit} bytes")
+        return data
 
     def send_result(self, ident: RequestId, result: Any) -> bytes:
         """Answer an incoming request. Returns b"" while its batch is incomplete."""
@@ -324,6 +335,13 @@ class Peer:
             raise LocalProtocolError(f"no request with id {response.id!r} awaits an answer")
         obj = response.to_json()
         data = encode(obj)
+        if len(data) - 1 > self._splitter.max_line_bytes:
+            # the answer is still owed, exactly once: an error that fits instead
+            obj = ErrorResponse(response.id, standard_error(
+                ErrorCode.INTERNAL_ERROR,
+                f"the answer would be a line of {len(data) - 1} bytes, over the line "
+                f"limit of {self._splitter.max_line_bytes} bytes")).to_json()
+            data = encode(obj)
         batch = self._incoming.pop(response.id)
         self.stats.messages_out += 1
         if batch is None:

@@ -35,7 +35,7 @@ from pipevisor.protocol import (
     Notification,
     local_error,
 )
-from pipevisor.protocol.errors import PLUGIN_CODES, VersionError
+from pipevisor.protocol.errors import VersionError
 from pipevisor.protocol.host_methods import HostBinding, negotiate_host_calls
 from pipevisor.protocol.interfaces import (
     AdapterLookup,
@@ -133,6 +133,8 @@ class PluginRunner:
         self._routes: dict[str, Binding] = {}
         """The bindings a call must go through (validation, conversion, disabled)."""
         self.raw = False
+        self._plugin_pid_of: tuple[int, int] | None = None
+        """(shim pid, plugin pid) of the running instance, once found."""
         self.invalid_results = 0
         self._first_stdout: bytes | None = None
         self._hub = hub
@@ -616,18 +618,30 @@ class PluginRunner:
                            f"{self.spec.health.handshake_timeout:g} s{hint}"))
             return
         except PluginError as exc:
-            if self.spec.mode is PluginMode.AUTO and exc.code not in PLUGIN_CODES:
-                await self._go_raw(conn, f"it answered the handshake with error {exc.code} "
-                                         f"({exc.error.message})")
-                return
+            # SPEC 6.5 [M-6.5b]: only "method not found" means a process that does not
+            # know the handshake (raw mode, when allowed); any other error answer comes
+            # from a pipevisor plugin that could not start
             message = exc.error.message
+            if exc.code == ErrorCode.METHOD_NOT_FOUND:
+                if self.spec.mode is PluginMode.AUTO:
+                    await self._go_raw(conn, f"it does not know pipevisor/handshake "
+                                             f"({exc.code} {message})")
+                    return
+                self._end(_End("handshake", "it does not speak the pipevisor protocol "
+                               f"(handshake answered {exc.code} {message}) and mode = "
+                               "\"pipevisor\" requires it; not restarted",
+                               give_up=True, error=exc.error))
+                return
             if exc.code == ErrorCode.UNSUPPORTED_PROTOCOL_VERSION:
                 theirs = exc.data.get("supported") if isinstance(exc.data, dict) else None
                 message = (f"no common protocol version: the host speaks "
                            f"{params.protocol_versions}, the plugin "
                            f"{_range_text(theirs)} ({message})")
-            self._end(_End("handshake", f"handshake refused: {message}",
-                           give_up=True, error=exc.error))
+                self._end(_End("handshake", f"handshake refused: {message}",
+                               give_up=True, error=exc.error))
+                return
+            self._end(_End("handshake", f"the plugin could not start: it answered the "
+                           f"handshake with error {exc.code} ({message})", error=exc.error))
             return
         except CallError as exc:
             give_up = exc.code in (
@@ -973,6 +987,21 @@ class PluginRunner:
 
     # ================================================================ status
 
+    def _plugin_pid(self) -> int | None:
+        """The plugin's own pid (SPEC 14), found once per instance below the shim."""
+        process = self.process
+        if process is None:
+            return None
+        if self._containment.shim is None:
+            return process.pid
+        cached = self._plugin_pid_of
+        if cached is not None and cached[0] == process.pid:
+            return cached[1]
+        pid = tree.plugin_pid(process.pid)
+        if pid is not None and pid != process.pid:
+            self._plugin_pid_of = (process.pid, pid)
+        return pid
+
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         hs = self.handshake
@@ -980,7 +1009,9 @@ class PluginRunner:
             "name": self.spec.name,
             "state": str(self.state),
             "reason": self.reason,
-            "pid": self.process.pid if self.process is not None else None,
+            "pid": self._plugin_pid(),
+            "shim_pid": (self.process.pid if self.process is not None
+                         and self._containment.shim is not None else None),
             "instance": self.instance,
             "uptime": (now - self.ready_at) if self.ready_at and self.state in SERVING else None,
             "restarts": self.tracker.total_restarts,

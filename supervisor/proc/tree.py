@@ -33,6 +33,24 @@ def tree_pids(pid: int) -> list[int]:
     return [pid, *(c.pid for c in children)]
 
 
+def plugin_pid(root: int) -> int | None:
+    """The plugin's own pid below ``root`` (what the supervisor spawned): the first
+    process under the pvinit shims, ``root`` itself when no shim is in use, None when
+    the tree is gone or the plugin not started yet. Pids are as this host sees them."""
+    pid = root
+    for _ in range(4):  # outer shim, inner shim (pid namespace), then the plugin
+        if not _is_shim(pid):
+            return pid
+        try:
+            children = psutil.Process(pid).children()
+        except psutil.Error:
+            return None
+        if not children:
+            return None
+        pid = min(c.pid for c in children) if len(children) > 1 else children[0].pid
+    return None
+
+
 _PF_EXITING = 0x4  # include/linux/sched.h: the task has started to exit
 
 

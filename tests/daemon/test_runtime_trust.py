@@ -304,7 +304,7 @@ def test_a_process_inside_a_plugins_pid_namespace_is_refused(sock_dir: str) -> N
         if status["daemon"]["containment"] != "pidns":
             pytest.skip(f"plugins run without a pid namespace here "
                         f"({status['daemon']['containment']})")
-        outer = int(status["plugins"][0]["pid"])
+        outer = int(status["plugins"][0]["shim_pid"])
         inner = psutil.Process(outer).children()[0].pid
         done = subprocess.run(["nsenter", f"--target={inner}", "--pid", "--",
                                sys.executable, PEER, "probe", d.socket],

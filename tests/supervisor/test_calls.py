@@ -251,6 +251,7 @@ async def test_plugin_inherits_no_extra_file_descriptors() -> None:
 
 
 async def test_plugin_cannot_forge_a_pipevisor_error() -> None:
+    """[M-10c]: a local code from a plugin reaches the caller as -32603, original kept."""
     async with Supervisor([fake_spec()]) as sup:
         with pytest.raises(PluginError) as info:
             await sup.call("fake", "reserved_error", timeout=10)

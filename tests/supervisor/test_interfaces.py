@@ -356,7 +356,7 @@ async def test_mode_pipevisor_refuses_a_server_without_handshake() -> None:
         runner = sup.runner("plain")
         await runner.wait_state({PluginState.FAILED}, 10)
         assert runner.tracker.total_restarts == 0
-        assert "handshake refused" in (runner.reason or "")
+        assert "does not speak the pipevisor protocol" in (runner.reason or "")  # [M-6.5b]
 
 
 async def test_stateful_server_gets_its_start_sequence_again_after_a_restart() -> None:

@@ -33,6 +33,7 @@ HELPERS = Path(__file__).parent / "helpers"
 
 
 async def test_crash_mid_call_fails_every_call_in_flight_and_restarts() -> None:
+    """[M-9.4a]: every call in flight fails with -31000 PLUGIN_CRASHED, then a restart."""
     async with Supervisor([fake_spec()]) as sup:
         await sup.wait_ready(timeout=10)
         errors: list[BaseException] = []
