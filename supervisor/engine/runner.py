@@ -117,6 +117,7 @@ class PluginRunner:
         containment: _platform.Containment,
         handshake_params: Callable[[PluginSpec, int], HandshakeParams],
         host_handler: HostHandler | None = None,
+        notification_handler: Callable[[str, str, Any], None] | None = None,
         leftovers: leftovers.LeftoverRecord | None = None,
         interfaces: InterfaceSet | None = None,
         adapters: AdapterLookup | None = None,
@@ -143,6 +144,7 @@ class PluginRunner:
         """What the last spawn put in effect (uid, gid, no_new_privs, sandbox), for status."""
         self._handshake_params = handshake_params
         self._host_handler = host_handler
+        self._notification_handler = notification_handler
         self._leftovers = leftovers
         self.state = S.STOPPED
         self._changed = anyio.Event()
@@ -967,6 +969,8 @@ class PluginRunner:
         else:
             self._hub.publish(SupervisorEvent(self.spec.name, EventKind.NOTIFICATION,
                                               {"method": n.method, "params": n.params}))
+            if self._notification_handler is not None:
+                self._notification_handler(self.spec.name, n.method, n.params)
 
     def _on_fault(self, fault: Fault) -> None:
         self.faults += 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType, TracebackType
 from typing import Any
@@ -25,6 +25,7 @@ from pipevisor.protocol import ErrorCode, ErrorObject, HandshakeParams, standard
 from pipevisor.protocol.interfaces import Direction, InterfaceViolation, negotiate_host_methods
 from pipevisor.supervisor.engine.config import PluginSpec, SupervisorConfig
 from pipevisor.supervisor.engine.events import EventHub, Subscription
+from pipevisor.supervisor.engine.host_notifications import NotificationHandler, NotificationHandlers
 from pipevisor.supervisor.engine.interfaces import Adapter, AdapterRegistry, interfaces_from
 from pipevisor.supervisor.engine.runner import PluginRunner
 from pipevisor.supervisor.engine.sampler import Sampler
@@ -46,6 +47,8 @@ class Supervisor:
         self.events = EventHub()
         self.runners: dict[str, PluginRunner] = {}
         self._host_methods: dict[str, tuple[HostMethod, str]] = {}
+        self.notifications = NotificationHandlers()
+        """Handlers for notifications plugins send (``notification_handler``)."""
         self._host_signatures: dict[str, inspect.Signature] = {}
         """Checked before a host method runs: params that do not fit it are a
         plugin's mistake (-32602), not the host's failure (-32603 and a traceback)."""
@@ -142,6 +145,7 @@ class Supervisor:
             containment=self._containment,
             handshake_params=self._handshake_params,
             host_handler=self._dispatch_host_call,
+            notification_handler=self._on_plugin_notification,
             leftovers=self._leftovers,
             interfaces=self.interfaces,
             adapters=self.adapters.lookup,
@@ -232,6 +236,21 @@ class Supervisor:
 
     async def notify(self, plugin: str, method: str, params: Any = None) -> None:
         await self.runner(plugin).notify(method, params)
+
+    def notification_handler(
+        self, name: str, *, params_schema: Mapping[str, Any] | None = None,
+    ) -> Callable[[NotificationHandler], NotificationHandler]:
+        """Decorator registering ``async def handler(plugin, params)`` for notifications
+        named ``name`` that plugins send; params are checked against ``params_schema``
+        first when given (docs in engine/host_notifications.py)."""
+        def register(fn: NotificationHandler) -> NotificationHandler:
+            self.notifications.add(name, fn, params_schema)
+            return fn
+        return register
+
+    def _on_plugin_notification(self, plugin: str, method: str, params: Any) -> None:
+        if self._tg is not None and method in self.notifications:
+            self.notifications.dispatch(plugin, method, params, self._tg)
 
     def host_method(self, name: str, version: str = "1.0") -> Callable[[HostMethod], HostMethod]:
         """Decorator registering an async function plugins may call on the host."""

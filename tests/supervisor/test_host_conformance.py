@@ -232,3 +232,76 @@ async def test_status_pid_is_the_plugins_own_and_the_shim_is_apart() -> None:
         else:
             assert status["shim_pid"] != status["pid"]
             assert status["shim_pid"] in {p.pid for p in plugin.parents()}
+
+
+# ---------------------------------------------------------------- 8: notifications to the host
+
+
+def _note(method: str, params: Any) -> str:
+    return orjson.dumps({"jsonrpc": "2.0", "method": method, "params": params}).decode()
+
+
+async def test_host_notification_handlers_get_checked_params() -> None:
+    """A handler registered with a schema runs for valid params only; neither a bad
+    notification nor a handler that raises gets an answer or disturbs the plugin."""
+    got: list[tuple[str, Any]] = []
+    arrived = anyio.Event()
+    async with running(scripted(GOOD)) as sup:
+        @sup.notification_handler("job.done", params_schema={
+            "type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}})
+        async def done(plugin: str, params: Any) -> None:
+            got.append((plugin, params))
+            if params["id"] == 3:
+                arrived.set()
+            if params["id"] == 2:
+                raise RuntimeError("a host bug")
+
+        await sup.wait_ready(timeout=10)
+        await sup.call("s", "send", {"lines": [
+            _note("job.done", {"id": "one"}),   # invalid: dropped before the handler
+            _note("job.done", {"id": 2}),       # the handler raises: logged only
+            _note("other", {}),                 # no handler: only an event
+            _note("job.done", {"id": 3}),
+        ]}, timeout=10)
+        with anyio.fail_after(10):
+            await arrived.wait()
+        assert await sup.call("s", "echo", {"still": "here"}, timeout=10) == {"still": "here"}
+        assert (await received(sup))["after"] == []  # notifications are never answered
+    assert got == [("s", {"id": 2}), ("s", {"id": 3})]
+    assert sup.notifications.invalid == {"s": 1} and sup.notifications.failed == {"s": 1}
+
+
+async def test_a_notification_flood_is_bounded_per_plugin() -> None:
+    """At most MAX_IN_FLIGHT handler runs per plugin; the rest are dropped and counted."""
+    from pipevisor.supervisor.engine.host_notifications import MAX_IN_FLIGHT
+
+    release = anyio.Event()
+    running_now = [0]
+    most = [0]
+    async with running(scripted(GOOD)) as sup:
+        @sup.notification_handler("tick")
+        async def tick(plugin: str, params: Any) -> None:
+            running_now[0] += 1
+            most[0] = max(most[0], running_now[0])
+            try:
+                await release.wait()
+            finally:
+                running_now[0] -= 1
+
+        await sup.wait_ready(timeout=10)
+        await sup.call("s", "send", {"lines": [_note("tick", {"n": i}) for i in range(500)]},
+                       timeout=10)
+        with anyio.fail_after(10):
+            while sup.notifications.dropped.get("s", 0) < 500 - MAX_IN_FLIGHT:
+                await anyio.sleep(0.01)
+        assert most[0] == MAX_IN_FLIGHT
+        assert await sup.call("s", "echo", {}, timeout=10) == {}
+        release.set()
+        with anyio.fail_after(10):
+            while running_now[0]:
+                await anyio.sleep(0.01)
+
+
+async def test_protocol_names_cannot_get_a_host_handler() -> None:
+    with pytest.raises(ValueError, match="pipevisor/"):
+        Supervisor([]).notifications.add("pipevisor/log", lambda p, x: anyio.lowlevel.checkpoint())
