@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import orjson
 from anyio.abc import Process, TaskGroup
 
 from pipevisor.protocol import (
@@ -87,6 +88,27 @@ _LOG_LEVELS = {
     "alert": logging.CRITICAL, "emergency": logging.CRITICAL,
 }
 _CRASH_TAIL_LINES = 10
+
+
+def _stderr_record(line: str) -> tuple[int, str]:
+    """(level, message) of one stderr line: a JSON object with a known string ``level``
+    and a string ``message`` (or ``msg``) is logged at that level with its message
+    (SPEC 2.4); anything else is the line itself, at info. The line is kept as it is
+    in the tail and the stderr events either way."""
+    if not line.startswith("{") or '"level"' not in line:
+        return logging.INFO, line
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return logging.INFO, line
+    if not isinstance(doc, dict):
+        return logging.INFO, line
+    name = doc.get("level")
+    level = _LOG_LEVELS.get(name) if isinstance(name, str) else None
+    message = doc.get("message", doc.get("msg"))
+    if level is None or not isinstance(message, str):
+        return logging.INFO, line
+    return level, message
 
 
 @dataclass(slots=True)
@@ -953,7 +975,8 @@ class PluginRunner:
         self.stderr.add(line)
         # for `pipevisor logs --follow`; with no subscriber this is one small object
         self._hub.publish(SupervisorEvent(self.spec.name, EventKind.STDERR, {"line": line}))
-        self._to_log(logging.INFO, line)
+        level, message = _stderr_record(line)
+        self._to_log(level, message)
 
     def _on_notification(self, n: Notification) -> None:
         params = n.params if isinstance(n.params, dict) else {}

@@ -305,3 +305,24 @@ async def test_a_notification_flood_is_bounded_per_plugin() -> None:
 async def test_protocol_names_cannot_get_a_host_handler() -> None:
     with pytest.raises(ValueError, match="pipevisor/"):
         Supervisor([]).notifications.add("pipevisor/log", lambda p, x: anyio.lowlevel.checkpoint())
+
+
+# ---------------------------------------------------------------- 2.4: stderr as a log
+
+
+@pytest.mark.parametrize(("line", "level", "message"), [
+    ('{"level":"warning","message":"cache miss storm","misses":1200}', "WARNING",
+     "cache miss storm"),
+    ('{"level":"error","msg":"disk full"}', "ERROR", "disk full"),
+    ('{"level":"loud","msg":"x"}', "INFO", '{"level":"loud","msg":"x"}'),
+    ("plain text {not json", "INFO", "plain text {not json"),
+])
+def test_a_json_stderr_line_is_logged_at_its_level(line: str, level: str,
+                                                   message: str) -> None:
+    """SPEC 2.4: `message` or `msg`, with a known level; anything else as it is."""
+    import logging
+
+    from pipevisor.supervisor.engine.runner import _stderr_record
+
+    got_level, got_message = _stderr_record(line)
+    assert (logging.getLevelName(got_level), got_message) == (level, message)
