@@ -61,12 +61,15 @@ def spec() -> None:
 def containment(as_json: bool) -> None:
     """Show how plugin process trees are contained on this machine."""
     from pipevisor.supervisor.proc import containment as _platform
-    c = _platform.detect_containment()
+    described = _platform.detect_containment().describe()
     if as_json:
-        click.echo(orjson.dumps({"mechanism": c.mechanism, "shim": c.shim,
-                                 "detail": c.detail}).decode())
+        click.echo(orjson.dumps(described).decode())
     else:
-        click.echo(f"mechanism: {c.mechanism}\nshim:      {c.shim or '-'}\ndetail:    {c.detail}")
+        shim = described["shim"]
+        if shim is not None:
+            shim = f"{shim} ({described['shim_source']}, run from a {described['shim_exec']})"
+        click.echo(f"mechanism: {described['mechanism']}\nshim:      {shim or '-'}\n"
+                   f"detail:    {described['detail']}")
 
 
 @main.command()

@@ -57,8 +57,10 @@ from pipevisor.protocol import (
 )
 from pipevisor.supervisor.proc import containment as _platform
 from pipevisor.supervisor.proc import tree
+from pipevisor.supervisor.proc.privileges import Privileges
 from pipevisor.supervisor.proc.spawn import (
     describe_exit,
+    plan,
     plugin_env,
     pump_stderr,
     spawn,
@@ -261,8 +263,11 @@ class _Session:
 
 async def _spawn(command: tuple[str, ...]) -> Process:
     """Start the plugin. Raises :class:`SpawnError` naming the file when it cannot run."""
-    return await spawn(command, env=plugin_env(_plugin_name(command[0])),
-                       containment=_platform.detect_containment())
+    containment = _platform.detect_containment()
+    name = _plugin_name(command[0])
+    # as the daemon starts a plugin by default: no_new_privs, the daemon's own user
+    return await spawn(command, env=plugin_env(name), containment=containment,
+                       privileges=plan(Privileges(), containment, name))
 
 
 def _plugin_name(executable: str) -> str:

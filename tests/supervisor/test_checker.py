@@ -10,6 +10,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -386,3 +387,23 @@ async def test_a_plugin_without_the_kit_gets_a_hint_saying_so(tmp_path: Path) ->
     check = report.get("handshake")
     assert check.status is Status.FAIL
     assert "could not import the kit" in check.hint and "docs/plugin-kit.md" in check.hint
+
+
+async def test_the_checker_starts_a_plugin_as_the_daemon_does_with_no_new_privs() -> None:
+    """`pipevisor check` used to start plugins without the daemon's default privileges."""
+    from pipevisor.supervisor.tools.checker import _spawn
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/self/status is Linux's")
+    process = await _spawn((sys.executable, "-c",
+                            "print(open('/proc/self/status').read(), flush=True)"))
+    try:
+        assert process.stdout is not None
+        out = b""
+        with anyio.fail_after(20):
+            async for chunk in process.stdout:
+                out += chunk
+        await process.wait()
+    finally:
+        await process.aclose()
+    assert b"NoNewPrivs:\t1" in out, out[-400:]
