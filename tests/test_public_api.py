@@ -22,8 +22,9 @@ SUPERVISOR_API = {
     "StopPolicy", "Supervisor", "SupervisorConfig", "SupervisorEvent",
 }
 CLIENT_API = {
-    "AsyncClient", "BadAnswer", "Client", "ControlError", "DaemonBusy",
-    "DaemonConnectionLost", "DaemonNotRunning", "EventsLagged", "resolve_socket_path",
+    "AccessDenied", "AsyncClient", "BadAnswer", "Client", "ControlError", "DaemonBusy",
+    "DaemonConnectionLost", "DaemonNotRunning", "EventsLagged", "UntrustedDaemon",
+    "resolve_socket_path",
 }
 
 

@@ -21,11 +21,13 @@ import orjson
 
 from pipevisor.protocol import ErrorCode
 from pipevisor.supervisor.client import (
+    AccessDenied,
     Client,
     ControlError,
     DaemonBusy,
     DaemonNotRunning,
     EventsLagged,
+    UntrustedDaemon,
 )
 from pipevisor.supervisor.errors import CallError, CallTimeout, PipevisorError
 from pipevisor.supervisor.text import printable
@@ -44,6 +46,8 @@ EXIT_UNAVAILABLE = 6
 EXIT_BUSY = 7
 """The daemon runs but refused the connection or the request for lack of room (every
 control connection in use, out of file descriptors, ...): nothing was done, retry."""
+EXIT_FORBIDDEN = 8
+"""The daemon refused this client, or the client refused the socket's owner."""
 EXIT_INTERRUPTED = 130
 
 _UNAVAILABLE = {ErrorCode.PLUGIN_NOT_READY, ErrorCode.PLUGIN_STOPPED, ErrorCode.PLUGIN_CRASHED,
@@ -96,6 +100,9 @@ def _with_client(socket_path: str | None, as_json: bool, work: Callable[[Client]
     try:
         with Client(socket_path) as client:
             return work(client)
+    except (AccessDenied, UntrustedDaemon) as exc:
+        _fail(EXIT_FORBIDDEN, str(exc), as_json,
+              {"message": str(exc), "socket": exc.socket_path, "reason": "forbidden"})
     except DaemonBusy as exc:
         _fail(EXIT_BUSY, f"{exc} (nothing was done)", as_json,
               {"message": str(exc), "socket": exc.socket_path, "reason": "busy"})

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipevisor.supervisor.client.blocking import Client
 from pipevisor.supervisor.client.errors import (
+    AccessDenied,
     BadAnswer,
     ControlError,
     DaemonBusy,
@@ -23,12 +24,13 @@ from pipevisor.supervisor.client.errors import (
     DaemonNotRunning,
     EventsLagged,
 )
-from pipevisor.supervisor.client.wire import resolve_socket_path
+from pipevisor.supervisor.client.wire import UntrustedDaemon, resolve_socket_path
 
 if TYPE_CHECKING:
     from pipevisor.supervisor.client.aio import AsyncClient
 
 __all__ = [
+    "AccessDenied",
     "AsyncClient",
     "BadAnswer",
     "Client",
@@ -37,6 +39,7 @@ __all__ = [
     "DaemonConnectionLost",
     "DaemonNotRunning",
     "EventsLagged",
+    "UntrustedDaemon",
     "resolve_socket_path",
 ]
 

@@ -51,3 +51,11 @@ class ControlError(CallError):
     """The daemon refused a control request itself (bad params, unknown method, bad reload)."""
 
 
+class AccessDenied(PipevisorError):
+    """The daemon runs but refused this client: not root, not its uid, not in its
+    ``socket_group``, or a process inside a plugin's tree (docs/cli.md)."""
+
+    def __init__(self, socket_path: str, reason: str) -> None:
+        super().__init__(f"the pipevisor daemon at {socket_path} refused this client: "
+                         f"{reason}")
+        self.socket_path = socket_path

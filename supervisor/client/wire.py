@@ -26,6 +26,7 @@ from pipevisor.protocol.messages import ErrorResponse, RequestId
 from pipevisor.supervisor.client.errors import (
     EVENT,
     SOCKET_ENV,
+    AccessDenied,
     BadAnswer,
     ControlError,
     DaemonBusy,
@@ -125,6 +126,8 @@ def _failure(path: str, reason: str, message: str) -> PipevisorError:
         return DaemonBusy(path, message)
     if reason == "closed":  # no notice: the end of the stream was all it said
         return DaemonConnectionLost(path, message)
+    if reason == "forbidden":
+        return AccessDenied(path, message)
     return DaemonConnectionLost(path, f"the daemon closed the connection: {message}")
 
 

@@ -561,10 +561,14 @@ class PluginRunner:
             privileges = plan(Privileges(self.spec.user, self.spec.group,
                                          self.spec.no_new_privs, self.spec.sandbox),
                               self._containment, self.spec.name)
+            env = plugin_env(self.spec.name, inherit=self.spec.inherit_env, env=self.spec.env)
+            token = None
+            if self._leftovers is not None:
+                # inherited by everything the plugin starts: what proves an orphan ours
+                token = env[leftovers.TREE_TOKEN_ENV] = leftovers.new_tree_token()
             process = await spawn(
                 self.spec.command, containment=self._containment, cwd=self.spec.cwd,
-                env=plugin_env(self.spec.name, inherit=self.spec.inherit_env, env=self.spec.env),
-                rlimits=self.spec.limits.rlimits(), privileges=privileges)
+                env=env, rlimits=self.spec.limits.rlimits(), privileges=privileges)
             self._privileges = privileges.describe()
         except SpawnError as exc:
             self._hub.publish(SupervisorEvent(self.spec.name, EventKind.EXIT, {"error": str(exc)}))
@@ -574,7 +578,7 @@ class PluginRunner:
         end: _End | None = None
         try:
             if self._leftovers is not None:
-                self._leftovers.record(process.pid, spawned_at=spawned_at)
+                self._leftovers.record(process.pid, spawned_at=spawned_at, token=token)
             conn = Connection(
                 self.spec.name, process.stdin, process.stdout,  # type: ignore[arg-type]
                 ConnectionCallbacks(self._on_notification, self._on_fault,

@@ -77,7 +77,8 @@ class Supervisor:
         log.info("process containment: %s (%s)", self._containment.mechanism,
                  self._containment.detail)
         if self.config.state_dir is not None:
-            os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
+            # checked (ours, private, no symlink) and locked: one supervisor per state dir
+            leftovers.claim_state_dir(self.config.state_dir)
             self._leftovers = leftovers.LeftoverRecord(
                 os.path.join(self.config.state_dir, "children.json"))
             killed = self._leftovers.cleanup()

@@ -26,6 +26,7 @@ from pipevisor.supervisor.proc.privileges import (
     Privileges,
     plan_privileges,
 )
+from pipevisor.supervisor.proc.trust import TrustRule, check_trusted
 
 log = logging.getLogger("pipevisor.process")
 
@@ -109,13 +110,20 @@ async def spawn(
     cwd: str | None = None,
     rlimits: Mapping[str, int] | None = None,
     privileges: PrivilegePlan | None = None,
+    trust: TrustRule | None = None,
 ) -> Process:
     """Start ``command`` (its first item looked up on ``env``'s PATH) with three pipes,
     wrapped by ``containment`` with the kernel ``rlimits`` (short name -> value, see
     :mod:`pipevisor.supervisor.proc.rlimits`) and ``privileges`` (from :func:`plan`;
-    None: the supervisor's own, no no_new_privs). Raises :class:`SpawnError` when it
-    cannot start at all."""
+    None: the supervisor's own, no no_new_privs). The executable must pass ``trust``
+    (:mod:`~pipevisor.supervisor.proc.trust`; default: root's or ours, writable by no
+    one else). Raises :class:`SpawnError` when it cannot or may not start."""
     executable = resolve_executable(command[0], env.get("PATH"))
+    # the rule discovery and `load` apply, checked again at every start: a file that
+    # became writable by others (or was swapped for another user's) is not run
+    why = check_trusted(executable, trust)
+    if why is not None:
+        raise SpawnError(f"refusing to run {executable}: {why}")
     if cwd is not None and not os.path.isdir(cwd):
         raise SpawnError(f"working directory does not exist: {cwd}")
     rlimits = dict(rlimits or {})

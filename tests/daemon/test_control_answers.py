@@ -180,6 +180,35 @@ def test_a_refusal_is_busy_not_no_daemon(sock_dir: str) -> None:
             c.status()
 
 
+def test_a_forbidden_client_is_told_so_not_that_there_is_no_daemon(sock_dir: str) -> None:
+    """The daemon's "forbidden" notice (not root, not its uid, not in socket_group, or a
+    plugin's tree) is AccessDenied, and the CLI exits 8 saying so; it used to read as
+    "is `pipevisor run` running?" (exit 3)."""
+    import subprocess
+    import sys
+
+    from pipevisor.supervisor.cli.control import EXIT_FORBIDDEN
+    from pipevisor.supervisor.client import AccessDenied
+    from tests.daemon.daemon_helpers import ROOT
+
+    path = os.path.join(sock_dir, "f.sock")
+    refusal = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {
+        "code": -32600, "message": "not allowed to use this control socket: uid 1000 is "
+        "not root, not the daemon's uid 0", "data": {"origin": "control",
+                                                    "reason": "forbidden"}}}) + b"\n"
+    with scripted_server(path, lambda seen: refusal), Client(path) as c:
+        c._sock.settimeout(10)  # type: ignore[union-attr]
+        with pytest.raises(AccessDenied, match="uid 1000 is not root"):
+            c.status()
+    path = os.path.join(sock_dir, "g.sock")
+    with scripted_server(path, lambda seen: refusal):
+        cli = subprocess.run([sys.executable, "-m", "pipevisor.supervisor", "status",
+                              "--socket", path], capture_output=True, text=True,
+                             timeout=30, cwd=ROOT, check=False)
+    assert cli.returncode == EXIT_FORBIDDEN, (cli.returncode, cli.stderr)
+    assert "refused this client" in cli.stderr and "running?" not in cli.stderr
+
+
 async def test_logs_answers_are_capped_in_bytes_newest_kept(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "c.sock")
     spec = fake_spec("a")

@@ -181,7 +181,7 @@ def test_a_busy_daemon_is_not_reported_as_no_daemon(sock_dir: str) -> None:
         followers = []
         for _ in range(128):
             s = raw(d.socket)
-            request(s, 1, "subscribe", {"kinds": ["nothing"]})
+            request(s, 1, "subscribe", {"kinds": ["invalid_result"]})  # never published here
             assert Lines(s).until(lambda m: m.get("id") == 1)["result"]
             followers.append(s)
         proc = cli(d, "status", timeout=30)
@@ -256,7 +256,7 @@ def test_the_control_bounds_are_daemon_settings(sock_dir: str) -> None:
         followers = []
         for _ in range(2):
             s = raw(d.socket)
-            request(s, 1, "subscribe", {"kinds": ["nothing"]})
+            request(s, 1, "subscribe", {"kinds": ["invalid_result"]})  # never published here
             assert Lines(s).until(lambda m: m.get("id") == 1)["result"]
             followers.append(s)
         proc = cli(d, "status", timeout=30)

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from pipevisor.supervisor import paths
+from pipevisor.supervisor.cli.control import EXIT_FORBIDDEN
 from pipevisor.supervisor.client import Client
 from pipevisor.supervisor.client.wire import UntrustedDaemon
 from pipevisor.supervisor.paths import UnsafeRuntimeDir, secure_dir
@@ -64,8 +65,8 @@ def shared() -> Iterator[str]:
 
 def as_nobody(argv: list[str], *, gid: int = NOBODY, groups: tuple[int, ...] = (),
               **kw: object) -> subprocess.Popen[str]:
+    kw.setdefault("env", {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"})
     return subprocess.Popen(argv, user=NOBODY, group=gid, extra_groups=list(groups),
-                            env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
                             cwd="/", text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
 
@@ -353,7 +354,7 @@ def test_the_cli_refuses_a_socket_served_by_another_uid(shared: str) -> None:
                                "--socket", sock, "p", "login", '{"password": "hunter2"}'],
                               capture_output=True, text=True, timeout=DEADLINE, cwd=ROOT,
                               check=False)
-        assert done.returncode != 0
+        assert done.returncode == EXIT_FORBIDDEN, (done.returncode, done.stderr)
         assert f"served by uid {NOBODY}" in done.stderr
         proc.communicate(timeout=DEADLINE)
         assert b"hunter2" not in Path(log).read_bytes()

@@ -309,3 +309,24 @@ def test_a_symlinked_record_is_refused_not_followed(tmp_path: Path) -> None:
     finally:
         leftovers._release_all_for_tests()
     assert json.loads(elsewhere.read_text()) == {"version": 2, "trees": {}}
+
+
+@pytest.mark.anyio
+async def test_the_supervisor_gives_each_tree_the_token_it_records(tmp_path: Path) -> None:
+    """The spawner puts a fresh PIPEVISOR_TREE_TOKEN in each plugin's environment and
+    records the same token, so orphans are proven by it rather than by pid tags."""
+    from pipevisor.supervisor import Supervisor, SupervisorConfig
+    from tests.supervisor.fake import fake_spec
+
+    state = tmp_path / "state"
+    config = SupervisorConfig(plugins=(fake_spec("a"), fake_spec("b")), state_dir=str(state))
+    async with Supervisor(config) as sup:
+        await sup.wait_ready(timeout=20)
+        trees = json.loads((state / "children.json").read_text())["trees"]
+        tokens = set()
+        for name in ("a", "b"):
+            pid = sup.runner(name).status()["pid"]
+            token = psutil.Process(pid).environ()[leftovers.TREE_TOKEN_ENV]
+            tokens.add(token)
+            assert token in {t["token"] for t in trees.values()}
+        assert len(tokens) == 2  # one per tree

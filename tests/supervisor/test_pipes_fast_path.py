@@ -44,6 +44,7 @@ async def test_the_portable_path_answers_when_the_fast_path_is_not_there(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipes.AsyncioPipes, "of", classmethod(lambda cls, a, b: None))
     async with Supervisor([fake_spec()]) as sup:
+        await sup.wait_ready(timeout=10)
         conn = sup.runner("fake").conn
         assert conn is not None and conn._fast is None
         results: dict[int, Any] = {}

@@ -104,3 +104,18 @@ def test_a_symlink_is_judged_by_what_it_points_to(home: Path, tmp_path: Path) ->
 def test_a_missing_file_says_so(home: Path) -> None:
     reason = check_trusted(home / "nope")
     assert reason is not None and "No such file" in reason
+
+
+@pytest.mark.anyio
+async def test_every_start_checks_the_executable_again(home: Path) -> None:
+    """A config's command or path follows the same rule as discovery and `load`, at
+    every start: a plugin that turned group-writable is not run again."""
+    from pipevisor.supervisor import PluginSpec, PluginState, Supervisor
+
+    f = plugin(home, 0o775)
+    f.write_text("#!/bin/sh\nexec cat\n")
+    async with Supervisor([PluginSpec("x", (str(f),))]) as sup:
+        runner = sup.runner("x")
+        await runner.wait_state({PluginState.FAILED}, 10)
+        assert "refusing to run" in (runner.reason or "")
+        assert "writable by its group" in (runner.reason or "")
