@@ -63,7 +63,7 @@ async def test_status_table_and_json(sock_dir: str) -> None:
         text = table.stdout.decode()
         assert "NAME" in text and "MEMORY" in text and "CPU" in text
         row = next(line for line in text.splitlines() if line.startswith("alpha"))
-        assert "ready" in row and str(sup.runner("alpha").process.pid) in row  # type: ignore[union-attr]
+        assert "ready" in row and str(sup.runner("alpha").status()["pid"]) in row
 
 
 async def test_call_output_and_exit_codes(sock_dir: str) -> None:
