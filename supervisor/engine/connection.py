@@ -99,7 +99,9 @@ class Connection:
         self._stdin = stdin
         self._stdout = stdout
         self._cb = callbacks
-        self.peer = Peer(max_line_bytes=max_line_bytes)
+        # a JSON-RPC 2.0 server answers every line it cannot parse (-32700, id null;
+        # SPEC 3.5), bounded per read by the peer; a plugin ignores such answers
+        self.peer = Peer(max_line_bytes=max_line_bytes, answer_garbage=True)
         self._slots: dict[RequestId, _Slot | FutureSlot] = {}
         self._write_lock = anyio.Lock(fast_acquire=True)
         self._host_calls = anyio.Semaphore(max_host_calls, fast_acquire=True)

@@ -143,6 +143,16 @@ async def test_the_host_answers_invalid_requests_from_a_plugin() -> None:
     assert by_id == {7: ErrorCode.METHOD_NOT_FOUND, None: ErrorCode.INVALID_REQUEST}
 
 
+async def test_the_host_answers_a_line_that_is_not_json_as_a_json_rpc_server() -> None:
+    """SPEC 3.5: -32700 with id null; the plugin keeps working."""
+    async with running(scripted(GOOD)) as sup:
+        await sup.wait_ready(timeout=10)
+        after = await sent_and_answered(sup, ["debug: not json", '{"broken": '], answers=2)
+        assert await sup.call("s", "echo", {"ok": 1}, timeout=10) == {"ok": 1}
+    assert [(a["id"], a["error"]["code"]) for a in after[:2]] == [
+        (None, ErrorCode.PARSE_ERROR), (None, ErrorCode.PARSE_ERROR)]
+
+
 async def test_the_host_never_writes_a_line_longer_than_the_limit() -> None:
     """[M-3.3d]: params that would make a longer line fail locally with -32602; the
     plugin never sees them."""
