@@ -83,7 +83,6 @@ from pipevisor.supervisor.engine.events import (
     SubscriptionLagged,
     SupervisorEvent,
 )
-from pipevisor.supervisor.engine.metrics import CONTENT_TYPE
 from pipevisor.supervisor.engine.states import SERVING, PluginState
 from pipevisor.supervisor.engine.supervisor import Supervisor
 from pipevisor.supervisor.errors import CallError, ConfigError, PipevisorError
@@ -750,7 +749,7 @@ class _Server:
                 "omitted": omitted}
 
     async def metrics(self, conn: _Connection, p: dict[str, Any]) -> Any:
-        return {"text": self.sup.metrics(), "content_type": CONTENT_TYPE}
+        return {"text": self.sup.metrics(), "content_type": Supervisor.METRICS_CONTENT_TYPE}
 
     async def subscribe(self, conn: _Connection, p: dict[str, Any]) -> Any:
         plugins = _opt_names(p, "plugins")

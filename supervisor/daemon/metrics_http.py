@@ -27,7 +27,7 @@ from functools import partial
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 
-from pipevisor.supervisor.engine.metrics import CONTENT_TYPE
+from pipevisor.supervisor.engine.supervisor import Supervisor
 from pipevisor.supervisor.io.listening import AcceptGuard, RateLimitedLog, accept_forever, refuse
 
 log = logging.getLogger("pipevisor.metrics")
@@ -79,7 +79,8 @@ def answer(head: bytes | None, render: Callable[[], str]) -> bytes:
         return _response("404 Not Found", b"pipevisor serves only /metrics here\n")
     if method not in (b"GET", b"HEAD"):
         return _response("405 Method Not Allowed", b"use GET\n", extra="Allow: GET, HEAD\r\n")
-    return _response("200 OK", render().encode(), CONTENT_TYPE, send_body=method == b"GET")
+    return _response("200 OK", render().encode(), Supervisor.METRICS_CONTENT_TYPE,
+                     send_body=method == b"GET")
 
 
 @dataclass(eq=False)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pipevisor.supervisor.engine.sampler import Sampler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""Also ``Supervisor.METRICS_CONTENT_TYPE``, which is what other layers use."""
 
 
 def _label(value: object) -> str:

@@ -230,6 +230,9 @@ class Supervisor:
         runner.calls_ok += 1
         return result
 
+    METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+    """The HTTP content type of :meth:`metrics` (Prometheus text format 0.0.4)."""
+
     def metrics(self) -> str:
         """Prometheus text exposition of every plugin (``supervisor/engine/metrics.py``)."""
         from pipevisor.supervisor.engine.metrics import render

@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
-__all__ = ["AsyncioPipes", "FutureSlot", "fast_path_available"]
+__all__ = ["AsyncioPipes", "FutureSlot", "fast_path_available", "wait_pipe_closed"]
 
 
 def _writer_of(stream: ByteSendStream) -> asyncio.StreamWriter | None:
@@ -46,6 +46,24 @@ def _reader_of(stream: ByteReceiveStream) -> asyncio.StreamReader | None:
 def fast_path_available(stdin: ByteSendStream, stdout: ByteReceiveStream) -> bool:
     """Whether :meth:`AsyncioPipes.of` can take these streams over, callbacks included."""
     return _writer_of(stdin) is not None and _reader_of(stdout) is not None
+
+
+async def wait_pipe_closed(stream: ByteSendStream) -> bool:
+    """Wait until the pipe under ``stream`` is closed (by its reader, or by us); False
+    at once when that cannot be watched (another backend: only the next write tells).
+
+    On asyncio the pipe transport watches for it: the kernel flags the write end as
+    soon as the last reader is gone, so no write is needed."""
+    writer = _writer_of(stream)
+    if writer is None:
+        return False
+    try:
+        # shielded: cancelling a task that awaits the transport's own close future
+        # would cancel that future, and the transport then fails to settle it
+        await asyncio.shield(writer.wait_closed())
+    except OSError:  # BrokenPipeError, ConnectionResetError: closed all the same
+        pass
+    return True
 
 
 def _drop(data: bytes) -> None:

@@ -7,7 +7,6 @@ platform layer so that its whole tree dies with it (see ``_platform``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shutil
@@ -19,6 +18,7 @@ import anyio
 from anyio.abc import Process
 
 from pipevisor.protocol import PROTOCOL_VERSIONS
+from pipevisor.supervisor.io.pipes import wait_pipe_closed
 from pipevisor.supervisor.proc import containment as _platform
 from pipevisor.supervisor.proc.privileges import (
     PrivilegeError,
@@ -203,16 +203,9 @@ async def wait_stdin_closed(process: Process) -> None:
     backends watch nothing on an idle pipe: this never returns there, and the next
     write fails instead.
     """
-    writer = getattr(process.stdin, "_stream", None)
-    if isinstance(writer, asyncio.StreamWriter):
-        try:
-            # shielded: cancelling a task that awaits the transport's own close future
-            # would cancel that future, and the transport then fails to settle it
-            await asyncio.shield(writer.wait_closed())
-        except OSError:  # BrokenPipeError, ConnectionResetError: closed all the same
-            pass
-        return
-    await anyio.sleep_forever()
+    assert process.stdin is not None
+    if not await wait_pipe_closed(process.stdin):
+        await anyio.sleep_forever()
 
 
 async def terminate(process: Process, term_grace: float) -> None:
