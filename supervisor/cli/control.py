@@ -10,6 +10,7 @@ line). Errors always go to stderr, as ``pipevisor: <message>`` (or a JSON
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import sys
 import time
@@ -147,11 +148,27 @@ def _memory(rss: int | None) -> str:
 def _last_exit(info: dict[str, Any] | None) -> str:
     if not info:
         return "-"
-    if info.get("signal"):
-        return f"signal {info['signal']}"
-    if info.get("returncode") is not None:
-        return f"code {info['returncode']}"
+    sig = info.get("signal")
+    code = info.get("returncode")
+    if not sig and isinstance(code, int) and code < 0:
+        sig = -code  # killed by a signal: subprocess reports it as a negative code
+    if sig:
+        return _signal_name(sig)
+    if code is not None:
+        return f"code {code}"
     return str(info.get("reason") or info.get("error") or "?")[:20]
+
+
+def _signal_name(sig: Any) -> str:
+    """SIGTERM for 15 (or "SIGTERM"); the number when this system has no name for it."""
+    import signal
+
+    if isinstance(sig, str):
+        return sig if sig.startswith("SIG") else f"signal {sig}"
+    try:
+        return signal.Signals(int(sig)).name
+    except (ValueError, TypeError):
+        return f"signal {sig}"
 
 
 def _versions(p: dict[str, Any]) -> str:
@@ -193,13 +210,63 @@ def render_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def select_plugins(known: list[str], patterns: tuple[str, ...]) -> list[str]:
+    """The plugins ``patterns`` name, in ``known``'s order: names, shell globs
+    (``'mcp-*'``) or ``all``. UsageError-free: returns the unknown literal names'
+    problem to the caller through :class:`UnknownPlugins`."""
+    chosen: list[str] = []
+    unknown = []
+    for pattern in patterns:
+        if pattern == "all":
+            hits = list(known)
+        elif any(ch in pattern for ch in "*?["):
+            hits = fnmatch.filter(known, pattern)
+        else:
+            hits = [pattern] if pattern in known else []
+            if not hits:
+                unknown.append(pattern)
+        chosen.extend(h for h in hits if h not in chosen)
+    if unknown:
+        raise UnknownPlugins(unknown, known)
+    return [name for name in known if name in chosen]
+
+
+class UnknownPlugins(Exception):
+    def __init__(self, names: list[str], known: list[str]) -> None:
+        self.names = names
+        super().__init__(f"no plugin named {', '.join(map(repr, names))} is loaded "
+                         f"(loaded: {', '.join(known) or 'none'})")
+
+
+def _selected(client: Client, patterns: tuple[str, ...], as_json: bool) -> list[str]:
+    known = [p["name"] for p in client.status()["plugins"]]
+    try:
+        return select_plugins(known, patterns)
+    except UnknownPlugins as exc:
+        _unknown(exc, as_json)
+
+
+def _unknown(exc: UnknownPlugins, as_json: bool) -> NoReturn:
+    _fail(EXIT_UNKNOWN_PLUGIN, str(exc), as_json,
+          {"message": str(exc), "data": {"plugin": exc.names[0], "plugins": exc.names}})
+
+
 @click.command()
+@click.argument("plugins", nargs=-1, metavar="[PLUGIN|GLOB|all]...")
 @socket_option
 @json_option
-def status(socket_path: str | None, as_json: bool) -> None:
-    """Show the daemon and every plugin: state, pid, uptime, restarts, last exit,
-    memory and CPU of its process tree, versions and degradations."""
+def status(plugins: tuple[str, ...], socket_path: str | None, as_json: bool) -> None:
+    """Show the daemon and every plugin (or those named: names, shell globs such as
+    'mcp-*', or all): state, pid, uptime, restarts, last exit, memory and CPU of its
+    process tree, versions and degradations."""
     result = _with_client(socket_path, as_json, lambda c: c.status())
+    if plugins:
+        known = [p["name"] for p in result["plugins"]]
+        try:
+            wanted = set(select_plugins(known, plugins))
+        except UnknownPlugins as exc:
+            _unknown(exc, as_json)
+        result["plugins"] = [p for p in result["plugins"] if p["name"] in wanted]
     click.echo(_dump(result) if as_json else render_status(result))
 
 
@@ -251,48 +318,66 @@ def _wait_option(default: float) -> Callable[[F], F]:
                         help="Wait up to S seconds for the plugin to settle (0: don't wait).")
 
 
-def _lifecycle(verb: str, plugin: str, wait: float, socket_path: str | None,
+def _lifecycle(verb: str, plugins: tuple[str, ...], wait: float, socket_path: str | None,
                as_json: bool) -> None:
-    result = _with_client(socket_path, as_json,
-                          lambda c: getattr(c, verb)(plugin, wait=wait or None))
+    """``verb`` on each plugin named (names, globs, ``all``), one after the other; one
+    line each, and the exit code of the worst outcome."""
+
+    def work(c: Client) -> list[dict[str, Any]]:
+        names = _selected(c, plugins, as_json)
+        return [getattr(c, verb)(name, wait=wait or None) for name in names]
+
+    results = _with_client(socket_path, as_json, work)
+    single = len(plugins) == 1 and not any(ch in plugins[0] for ch in "*?[") \
+        and plugins[0] != "all"
     if as_json:
-        click.echo(_dump(result))
+        click.echo(_dump(results[0] if single and results else results))
     else:
-        pid = f" (pid {result['pid']})" if result.get("pid") else ""
-        click.echo(printable(f"{result['name']}: {result['state']}{pid}"))
-    if result["state"] == "failed":
-        _fail(EXIT_UNAVAILABLE, f"{result['name']} failed: {result.get('reason')}", as_json,
-              {"message": f"plugin {result['name']!r} failed", "reason": result.get("reason")})
+        for result in results:
+            pid = f" (pid {result['pid']})" if result.get("pid") else ""
+            click.echo(printable(f"{result['name']}: {result['state']}{pid}"))
+    failed = [r for r in results if r["state"] == "failed"]
+    if failed:
+        names = ", ".join(r["name"] for r in failed)
+        reasons = "; ".join(f"{r['name']}: {r.get('reason')}" for r in failed)
+        _fail(EXIT_UNAVAILABLE, f"failed: {reasons}", as_json,
+              {"message": f"plugin(s) {names} failed", "reason": reasons})
+
+
+_TARGETS = click.argument("plugins", nargs=-1, required=True, metavar="PLUGIN|GLOB|all...")
 
 
 @click.command()
-@click.argument("plugin")
+@_TARGETS
 @_wait_option(30)
 @socket_option
 @json_option
-def start(plugin: str, wait: float, socket_path: str | None, as_json: bool) -> None:
-    """Start a stopped (or failed) plugin."""
-    _lifecycle("start", plugin, wait, socket_path, as_json)
+def start(plugins: tuple[str, ...], wait: float, socket_path: str | None,
+          as_json: bool) -> None:
+    """Start stopped (or failed) plugins: names, shell globs ('mcp-*') or all."""
+    _lifecycle("start", plugins, wait, socket_path, as_json)
 
 
 @click.command()
-@click.argument("plugin")
+@_TARGETS
 @_wait_option(30)
 @socket_option
 @json_option
-def stop(plugin: str, wait: float, socket_path: str | None, as_json: bool) -> None:
-    """Stop a plugin gracefully; it stays loaded (``start`` brings it back)."""
-    _lifecycle("stop", plugin, wait, socket_path, as_json)
+def stop(plugins: tuple[str, ...], wait: float, socket_path: str | None,
+         as_json: bool) -> None:
+    """Stop plugins gracefully; they stay loaded (``start`` brings them back)."""
+    _lifecycle("stop", plugins, wait, socket_path, as_json)
 
 
 @click.command()
-@click.argument("plugin")
+@_TARGETS
 @_wait_option(30)
 @socket_option
 @json_option
-def restart(plugin: str, wait: float, socket_path: str | None, as_json: bool) -> None:
-    """Stop a plugin gracefully and start a new instance."""
-    _lifecycle("restart", plugin, wait, socket_path, as_json)
+def restart(plugins: tuple[str, ...], wait: float, socket_path: str | None,
+            as_json: bool) -> None:
+    """Stop plugins gracefully and start a new instance of each."""
+    _lifecycle("restart", plugins, wait, socket_path, as_json)
 
 
 @click.command()
@@ -306,7 +391,16 @@ def load(name_or_path: str, wait: float, socket_path: str | None, as_json: bool)
     to the daemon's working directory."""
     if os.sep in name_or_path or os.path.isfile(name_or_path):
         name_or_path = os.path.abspath(name_or_path)
-    _lifecycle("load", name_or_path, wait, socket_path, as_json)
+    result = _with_client(socket_path, as_json,
+                          lambda c: c.load(name_or_path, wait=wait or None))
+    if as_json:
+        click.echo(_dump(result))
+    else:
+        pid = f" (pid {result['pid']})" if result.get("pid") else ""
+        click.echo(printable(f"{result['name']}: {result['state']}{pid}"))
+    if result["state"] == "failed":
+        _fail(EXIT_UNAVAILABLE, f"{result['name']} failed: {result.get('reason')}", as_json,
+              {"message": f"plugin {result['name']!r} failed", "reason": result.get("reason")})
 
 
 @click.command()

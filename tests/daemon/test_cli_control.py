@@ -197,3 +197,40 @@ async def test_unknown_plugin_in_lifecycle_json_error(sock_dir: str) -> None:
         err = orjson.loads(proc.stderr)
         assert err["exit"] == EXIT_UNKNOWN_PLUGIN and err["error"]["data"]["plugin"] == "ghost"
         tg.cancel_scope.cancel()
+
+
+async def test_lifecycle_and_status_take_several_names_globs_and_all(sock_dir: str) -> None:
+    """#19: supervisorctl/systemctl parity: `restart 'al*' beta`, `stop all`,
+    `status NAME...`; an unknown literal name does nothing at all (exit 4)."""
+    path = os.path.join(sock_dir, "c.sock")
+    specs = [fake_spec("alpha"), fake_spec("alfa"), fake_spec("beta"), fake_spec("mcp-x")]
+    async with running(specs, path) as sup:
+        await sup.wait_ready(timeout=20)
+        pids = {n: sup.runner(n).status()["pid"] for n in ("alpha", "alfa", "beta", "mcp-x")}
+
+        done = await cli("restart", "al*", "beta", socket=path)
+        assert done.returncode == 0, done.stderr
+        assert [line.split(":")[0] for line in done.stdout.decode().splitlines()] == [
+            "alpha", "alfa", "beta"]
+        after = {n: sup.runner(n).status()["pid"] for n in pids}
+        assert all(after[n] != pids[n] for n in ("alpha", "alfa", "beta"))
+        assert after["mcp-x"] == pids["mcp-x"]
+
+        shown = out_json(await cli("status", "mcp-*", "beta", "--json", socket=path))
+        assert [p["name"] for p in shown["plugins"]] == ["beta", "mcp-x"]
+
+        bad = await cli("stop", "beta", "ghost", socket=path)
+        assert bad.returncode == EXIT_UNKNOWN_PLUGIN and "'ghost'" in bad.stderr.decode()
+        assert sup.runner("beta").status()["state"] == "ready"  # nothing was done
+
+        stopped = out_json(await cli("stop", "all", "--json", socket=path))
+        assert sorted(r["name"] for r in stopped) == ["alfa", "alpha", "beta", "mcp-x"]
+        assert {r["state"] for r in stopped} == {"stopped"}
+
+
+def test_last_exit_names_the_signal() -> None:
+    from pipevisor.supervisor.cli.control import _last_exit
+
+    assert _last_exit({"returncode": -15}) == "SIGTERM"
+    assert _last_exit({"signal": 9}) == "SIGKILL"
+    assert _last_exit({"returncode": 3}) == "code 3"
