@@ -36,6 +36,16 @@ from pipevisor.supervisor.proc import leftovers, tree
 
 log = logging.getLogger("pipevisor.supervisor")
 
+
+def _not_reserved(method: str, plugin: str) -> None:
+    """The protocol's own methods (handshake, ping, cancel, shutdown) are the
+    supervisor's: sent behind its back, a shutdown would be counted as a crash."""
+    if method.startswith("pipevisor/"):
+        raise local(ErrorCode.METHOD_UNAVAILABLE,
+                    f"{method} is the protocol's own method, sent by the supervisor only; "
+                    "use stop/restart (or `pipevisor stop`) to act on the plugin",
+                    plugin=plugin, method=method)
+
 HostMethod = Callable[..., Awaitable[Any]]
 
 
@@ -221,6 +231,7 @@ class Supervisor:
     async def call(self, plugin: str, method: str, params: Any = None, *,
                    timeout: float | None = None) -> Any:
         """Call ``method`` on ``plugin``. Always returns a result or raises a CallError."""
+        _not_reserved(method, plugin)
         runner = self.runner(plugin)
         try:
             result = await runner.call(method, params, timeout)
@@ -239,6 +250,7 @@ class Supervisor:
         return render(list(self.runners.values()), self.sampler)
 
     async def notify(self, plugin: str, method: str, params: Any = None) -> None:
+        _not_reserved(method, plugin)
         await self.runner(plugin).notify(method, params)
 
     def notification_handler(

@@ -336,3 +336,19 @@ def test_a_json_stderr_line_is_logged_at_its_level(line: str, level: str,
 
     got_level, got_message = _stderr_record(line)
     assert (logging.getLevelName(got_level), got_message) == (level, message)
+
+
+async def test_a_caller_cannot_send_the_protocols_own_methods() -> None:
+    """#19: `pipevisor call p pipevisor/shutdown` stopped a plugin behind the supervisor's
+    back (counted as a crash). The protocol's methods are the supervisor's."""
+    async with running(scripted(GOOD)) as sup:
+        await sup.wait_ready(timeout=10)
+        for method in ("pipevisor/shutdown", "pipevisor/handshake"):
+            with pytest.raises(CallError) as info:
+                await sup.call("s", method, {}, timeout=5)
+            assert info.value.code == ErrorCode.METHOD_UNAVAILABLE
+        with pytest.raises(CallError):
+            await sup.notify("s", "pipevisor/cancel", {"id": 1})
+        assert await sup.call("s", "echo", {"alive": True}, timeout=5) == {"alive": True}
+        assert sup.runner("s").tracker.total_restarts == 0
+        assert (await received(sup))["after"] == []
