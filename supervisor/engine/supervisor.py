@@ -27,6 +27,7 @@ from pipevisor.supervisor.engine.config import PluginSpec, SupervisorConfig
 from pipevisor.supervisor.engine.events import EventHub, Subscription
 from pipevisor.supervisor.engine.host_notifications import NotificationHandler, NotificationHandlers
 from pipevisor.supervisor.engine.interfaces import Adapter, AdapterRegistry, interfaces_from
+from pipevisor.supervisor.engine.metrics import render as render_metrics
 from pipevisor.supervisor.engine.runner import PluginRunner
 from pipevisor.supervisor.engine.sampler import Sampler
 from pipevisor.supervisor.engine.states import SERVING, PluginState
@@ -245,9 +246,10 @@ class Supervisor:
     """The HTTP content type of :meth:`metrics` (Prometheus text format 0.0.4)."""
 
     def metrics(self) -> str:
-        """Prometheus text exposition of every plugin (``supervisor/engine/metrics.py``)."""
-        from pipevisor.supervisor.engine.metrics import render
-        return render(list(self.runners.values()), self.sampler)
+        """Prometheus text exposition of every plugin (``supervisor/engine/metrics.py``).
+        Imported with the engine, not on first use: a scrape must work with no file
+        descriptor to spare (a daemon out of them still answers /metrics)."""
+        return render_metrics(list(self.runners.values()), self.sampler)
 
     async def notify(self, plugin: str, method: str, params: Any = None) -> None:
         _not_reserved(method, plugin)

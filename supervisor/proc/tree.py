@@ -43,7 +43,7 @@ def plugin_pid(root: int) -> int | None:
             return pid
         try:
             children = psutil.Process(pid).children()
-        except psutil.Error:
+        except (psutil.Error, OSError):  # gone, or out of descriptors (EMFILE)
             return None
         if not children:
             return None
