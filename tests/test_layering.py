@@ -209,6 +209,22 @@ def test_outside_the_engine_only_its_public_modules_are_used(relpath: str) -> No
     assert not used, f"{relpath} reaches into the engine: {used}"
 
 
+RUNNER_ATTRIBUTES = frozenset({"runner", "runners"})
+"""How code outside the engine would reach a PluginRunner through a Supervisor."""
+
+
+@pytest.mark.parametrize("relpath", [_case(p, "runner") for p in SOURCES
+                                     if layer_of(p) in ("daemon", "cli", "tools", "client")])
+def test_outside_the_engine_no_runner_is_reached_through_the_supervisor(relpath: str) -> None:
+    """The daemon, CLI, tools and client use Supervisor's public methods (``names``,
+    ``plugin_status``, ``wait_state``, ``logs``, ``process_roots`` ...), never
+    ``sup.runner(name)`` or ``sup.runners``: PluginRunner is the engine's to change."""
+    tree = ast.parse((SUPERVISOR / relpath).read_text("utf-8"))
+    used = sorted({node.attr for node in ast.walk(tree)
+                   if isinstance(node, ast.Attribute) and node.attr in RUNNER_ATTRIBUTES})
+    assert not used, f"{relpath} reaches runners through {used}"
+
+
 @pytest.mark.parametrize("relpath", [_case(p, "asyncio") for p in SOURCES
                                      if layer_of(p) not in ASYNCIO_LAYERS])
 def test_only_io_imports_asyncio(relpath: str) -> None:

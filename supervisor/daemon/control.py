@@ -535,8 +535,7 @@ class _Server:
         once (handing its socket to a child) is refused: it can no longer be checked."""
         if pid is None:
             return None
-        roots = {r.process.pid: name for name, r in self.sup.runners.items()
-                 if r.process is not None}
+        roots = self.sup.process_roots()
         if not roots:
             return None
         try:
@@ -692,16 +691,16 @@ class _Server:
 
     async def _settle(self, name: str, wait: float | None,
                       states: frozenset[PluginState]) -> dict[str, Any]:
-        runner = self.sup.runner(name)
+        self.sup.state_of(name)  # an unknown plugin fails here, not after the wait
         if wait is not None:
             try:
-                await runner.wait_state(states, wait)
+                await self.sup.wait_state(name, states, wait)
             except TimeoutError:
                 raise CallError(local_error(
                     ErrorCode.TIMEOUT, f"plugin {name!r} did not reach "
-                    f"{'/'.join(sorted(str(s) for s in states))} within {wait} s "
-                    f"(state: {runner.state})", plugin=name)) from None
-        return runner.status()
+                    f"{'/'.join(sorted(str(s) for s in states))} within {wait:g} s "
+                    f"(state: {self.sup.state_of(name)})", plugin=name)) from None
+        return self.sup.plugin_status(name)
 
     async def load(self, conn: _Connection, p: dict[str, Any]) -> Any:
         target = _str(p, "plugin")
@@ -717,14 +716,14 @@ class _Server:
                 raise _BadParams(f"refusing to load {target}: {why}")
         try:
             spec = self.hooks.resolve_plugin(target)
-            runner = await self.sup.load(spec, wait=wait)
+            await self.sup.load(spec, wait=wait)
         except ConfigError as exc:
             raise _BadParams(str(exc)) from None
         except TimeoutError:
             raise CallError(local_error(
-                ErrorCode.TIMEOUT, f"plugin {target!r} was loaded but not ready within {wait} s",
-                plugin=target)) from None
-        return runner.status()
+                ErrorCode.TIMEOUT, f"plugin {target!r} was loaded but not ready within "
+                f"{wait:g} s", plugin=target)) from None
+        return self.sup.plugin_status(spec.name)
 
     async def unload(self, conn: _Connection, p: dict[str, Any]) -> Any:
         name = _name(p)
@@ -742,11 +741,9 @@ class _Server:
         lines = p.get("lines", 100)
         if type(lines) is not int or not 0 <= lines <= MAX_LOG_LINES:
             raise _BadParams(f'"lines" must be an integer in 0..{MAX_LOG_LINES}')
-        runner = self.sup.runner(name)
-        tail = runner.stderr.last(lines) if lines else []
+        tail, suppressed = self.sup.logs(name, lines)
         kept, omitted = _newest_within(tail, self.limits.logs_answer_bytes)
-        return {"plugin": name, "lines": kept, "suppressed": runner.stderr_suppressed,
-                "omitted": omitted}
+        return {"plugin": name, "lines": kept, "suppressed": suppressed, "omitted": omitted}
 
     async def metrics(self, conn: _Connection, p: dict[str, Any]) -> Any:
         return {"text": self.sup.metrics(), "content_type": Supervisor.METRICS_CONTENT_TYPE}

@@ -92,28 +92,28 @@ async def _demo(specs: list[PluginSpec], out: Callable[[str], None]) -> None:
             result = await sup.call("echo", method, {"text": text}, timeout=TIMEOUT)
             out(f"call echo.{method}({json.dumps({'text': text})}) -> {json.dumps(result)}")
 
-        old_pid = sup.runner("crashy").status()["pid"]
+        old_pid = sup.plugin_status("crashy")["pid"]
         async with sup.subscribe() as sub:
             try:
                 await sup.call("crashy", "crash", {}, timeout=TIMEOUT)
                 raise RuntimeError("the crashy plugin answered 'crash' instead of crashing")
             except PluginCrashed as exc:
                 data = exc.data if isinstance(exc.data, dict) else {}
-                stderr = data.get("stderr") or sup.runner("crashy").stderr.last(1)
+                stderr = data.get("stderr") or sup.logs("crashy", 1)[0]
                 last = stderr[-1] if stderr else "-"
                 out(f"call crashy.crash() -> PluginCrashed [{exc.code}] {exc.error.message}")
                 out(f"  exit code {data.get('returncode')}, last stderr line: {last!r}")
             states = await _transitions(sub, "crashy", PluginState.READY)
-        new_pid = sup.runner("crashy").status()["pid"]
+        new_pid = sup.plugin_status("crashy")["pid"]
         out(f"crashy restarted: {' -> '.join(states)} (pid {old_pid} -> {new_pid})")
         result = await sup.call("crashy", "work", {}, timeout=TIMEOUT)
         out(f"call crashy.work() -> {json.dumps(result)}")
 
-        for name in list(sup.runners):
+        for name in sup.names():
             sup.stop(name)
         with anyio.fail_after(TIMEOUT):
-            for runner in list(sup.runners.values()):
-                await runner.wait_state({PluginState.STOPPED, PluginState.FAILED}, TIMEOUT)
+            for name in sup.names():
+                await sup.wait_state(name, {PluginState.STOPPED, PluginState.FAILED}, TIMEOUT)
         exits = ", ".join(
             f"{r['name']} {r['state']} (exit code {(r['last_exit'] or {}).get('returncode')})"
             for r in sup.status())

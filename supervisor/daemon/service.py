@@ -150,20 +150,20 @@ class Daemon:
         restarted: list[str] = []
         unchanged: list[str] = []
         errors: list[str] = []
+        loaded = set(sup.names())
         for name, spec in wanted.items():
-            runner = sup.runners.get(name)
-            if runner is None:
+            if name not in loaded:
                 started.append(name)
             elif name not in self.managed:
                 errors.append(f"{name}: a plugin loaded at run time has this name; "
                               "unload it for the configured one to start")
-            elif runner.spec != spec:
+            elif sup.spec_of(name) != spec:
                 restarted.append(name)
             else:
                 unchanged.append(name)
 
         async def unload(name: str) -> None:
-            if name in sup.runners:
+            if name in sup.names():
                 await sup.unload(name)
 
         async with anyio.create_task_group() as tg:
@@ -214,20 +214,19 @@ class Daemon:
         assert self.sup is not None
         deadline = anyio.current_time() + self.config.daemon.ready_timeout
         for name in names:
-            runner = self.sup.runners.get(name)
             left = deadline - anyio.current_time()
-            if runner is None or left <= 0:
+            if name not in self.sup.names() or left <= 0:
                 continue
             try:
-                await runner.wait_state(SERVING | {PluginState.FAILED}, left)
+                await self.sup.wait_state(name, SERVING | {PluginState.FAILED}, left)
             except TimeoutError:
                 log.warning("plugin %s is not ready after %.0f s (state %s); carrying on",
-                            name, self.config.daemon.ready_timeout, runner.state)
+                            name, self.config.daemon.ready_timeout, self.sup.state_of(name))
 
     def _status_line(self) -> str:
         if self.sup is None:
             return "starting"
-        states = [r.state for r in self.sup.runners.values()]
+        states = [self.sup.state_of(name) for name in self.sup.names()]
         ready = sum(1 for s in states if s in SERVING)
         failed = sum(1 for s in states if s is PluginState.FAILED)
         other = len(states) - ready - failed
@@ -278,7 +277,7 @@ class Daemon:
                             work.start_soon(self.reload)
                             continue
                         log.info("%s: stopping %d plugins (send it again to kill them now)",
-                                 signal.Signals(signum).name, len(sup.runners))
+                                 signal.Signals(signum).name, len(sup.names()))
                         self.notifier.stopping()
                         outer.start_soon(self._force_on_second_signal, signals, sup)
                         work.cancel_scope.cancel()
@@ -294,8 +293,7 @@ class Daemon:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 continue  # no reload while stopping
-            live = [r.process.pid for r in list(sup.runners.values())
-                    if r.process is not None and r.process.returncode is None]
+            live = list(sup.process_roots(running_only=True))
             log.warning("%s again: killing %d plugins now (SIGKILL), without waiting for "
                         "their graceful stop", signal.Signals(signum).name, len(live))
             self.forced = True

@@ -210,6 +210,44 @@ class Supervisor:
             raise local(ErrorCode.UNKNOWN_PLUGIN, f"no plugin named {name!r} is loaded",
                         plugin=name) from None
 
+    # ------------------------------------------------- per-plugin queries (public API)
+    # What a daemon, a control server or an embedding host needs of one plugin, so that
+    # none of them reaches into PluginRunner (tests/test_layering.py checks the daemon).
+
+    def names(self) -> list[str]:
+        """The loaded plugins, in load order."""
+        return list(self.runners)
+
+    def spec_of(self, name: str) -> PluginSpec:
+        return self.runner(name).spec
+
+    def state_of(self, name: str) -> PluginState:
+        return self.runner(name).state
+
+    def plugin_status(self, name: str) -> dict[str, Any]:
+        """One plugin's status record (``status()`` has them all)."""
+        return self.runner(name).status()
+
+    async def wait_state(self, name: str, states: frozenset[PluginState] | set[PluginState],
+                         timeout: float) -> PluginState:
+        """Wait until ``name`` is in one of ``states``; TimeoutError after ``timeout``."""
+        runner = self.runner(name)
+        await runner.wait_state(states, timeout)
+        return runner.state
+
+    def logs(self, name: str, lines: int) -> tuple[list[str], int]:
+        """The newest ``lines`` stderr lines kept for ``name``, and how many lines the
+        log budget suppressed (docs/bounds.md)."""
+        runner = self.runner(name)
+        return (runner.stderr.last(lines) if lines else []), runner.stderr_suppressed
+
+    def process_roots(self, *, running_only: bool = False) -> dict[int, str]:
+        """pid -> plugin of each instance's top process (the shim, or the plugin without
+        one): what a process tree is walked from."""
+        return {r.process.pid: name for name, r in list(self.runners.items())
+                if r.process is not None
+                and not (running_only and r.process.returncode is not None)}
+
     def start(self, name: str) -> None:
         self.runner(name).start()
 
