@@ -57,8 +57,6 @@ ASYNCIO_PRIVATE = frozenset({"_transport", "_buffer", "_stream", "feed_data", "_
 """Attributes of asyncio objects that are not public API: only io/ may name them."""
 
 KNOWN_BREAKS: dict[tuple[str, str], str] = {
-    ("daemon/control.py", "asyncio"): "reaches the loop for the transport fast path",
-    ("client/aio.py", "asyncio"): "reaches the loop for the transport fast path",
 }
 """(module, rule) -> why it is broken today. Each is a strict xfail."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections import deque
 from collections.abc import AsyncIterator
@@ -42,10 +41,13 @@ from pipevisor.supervisor.client.wire import (
 )
 from pipevisor.supervisor.io.control_link import (
     _LINK_ERRORS,
+    Loop,
+    Pending,
     StreamLink,
     TransportLink,
-    Waiter,
     asyncio_loop,
+    new_pending,
+    take_connected,
     wrap_socket,
 )
 
@@ -85,9 +87,9 @@ class AsyncClient:
         self._max_answer = max_answer_bytes
         self._peer = Peer(max_line_bytes=max_answer_bytes)
         self._link: TransportLink | StreamLink | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: Loop | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._waiting: dict[RequestId, asyncio.Future[_Settled] | Waiter[_Settled]] = {}
+        self._waiting: dict[RequestId, Pending[_Settled]] = {}
         self._lost: str | None = None
         """Why the current connection is unusable (None while it is fine)."""
         self._reopen = False
@@ -128,7 +130,7 @@ class AsyncClient:
             box.append(link)
             self._peer, self._link, self._loop = peer, link, loop
             try:
-                await loop.create_unix_connection(lambda: link, sock=sock)
+                await take_connected(loop, link, sock)
             except BaseException:
                 sock.close()
                 raise
@@ -267,8 +269,7 @@ class AsyncClient:
         peer = self._peer
         ident, data = peer.send_request(method, params)
         loop = self._loop
-        waiter: asyncio.Future[_Settled] | Waiter[_Settled]
-        waiter = loop.create_future() if loop is not None else Waiter()
+        waiter: Pending[_Settled] = new_pending(loop)
         waiting = self._waiting
         waiting[ident] = waiter
         try:

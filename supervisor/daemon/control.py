@@ -41,7 +41,6 @@ disconnected. Methods are listed in protocol/SPEC.md ("Control socket").
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
@@ -87,10 +86,13 @@ from pipevisor.supervisor.engine.states import SERVING, PluginState
 from pipevisor.supervisor.engine.supervisor import Supervisor
 from pipevisor.supervisor.errors import CallError, ConfigError, PipevisorError
 from pipevisor.supervisor.io.control_link import (
+    Loop,
+    Pending,
     StreamLink,
     TransportLink,
-    Waiter,
     asyncio_loop,
+    new_pending,
+    take_accepted,
     wrap_socket,
 )
 from pipevisor.supervisor.io.listening import AcceptGuard, RateLimitedLog, accept_forever, refuse
@@ -870,10 +872,10 @@ class _Connection:
         self._max = server.max_in_flight
         self._running: dict[RequestId, anyio.CancelScope] = {}
         self._queued: OrderedDict[RequestId, Request] = OrderedDict()
-        self._idle: list[asyncio.Future[_Job] | Waiter[_Job]] = []
+        self._idle: list[Pending[_Job]] = []
         """Workers waiting for a request: a bare future each on asyncio (an anyio Event
         costs a few microseconds more per request, most of it in loop look-ups)."""
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: Loop | None = None
         self._subs: dict[int, _Subscription] = {}
         self._events: Subscription | None = None
         self._next_sub = 1
@@ -921,7 +923,7 @@ class _Connection:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
 
-    async def run_transport(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    async def run_transport(self, loop: Loop, sock: socket.socket) -> None:
         """asyncio: requests are read in the transport's callback (:class:`TransportLink`),
         so a call costs four event-loop iterations here, two of them the plugin's."""
         link = TransportLink(loop, self.feed, high_water=WRITE_HIGH_WATER)
@@ -930,7 +932,7 @@ class _Connection:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 try:
-                    await loop.connect_accepted_socket(lambda: link, sock)
+                    await take_accepted(loop, link, sock)
                     await link.closed
                 except OSError:
                     pass  # the client was gone before we could take it on
@@ -1071,8 +1073,7 @@ class _Connection:
                     self._link.resume_reading()  # the last waiting request got its slot
                 continue
             loop = self._loop
-            idle: asyncio.Future[_Job] | Waiter[_Job]
-            idle = loop.create_future() if loop is not None else Waiter()
+            idle: Pending[_Job] = new_pending(loop)
             self._idle.append(idle)
             request, scope = await idle
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable, Generator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, Union
 
 import anyio
 import anyio.abc
 
 T = TypeVar("T")
+
+
+Loop = asyncio.AbstractEventLoop
+"""The event loop a :class:`TransportLink` runs on (only this module names asyncio)."""
 
 
 def asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -228,3 +232,21 @@ class Waiter(Generic[T]):
         return self._result  # type: ignore[return-value]  # set before the event
 
 
+Pending = Union["asyncio.Future[T]", "Waiter[T]"]
+"""Where one request waits: a bare future on asyncio, a :class:`Waiter` elsewhere."""
+
+
+def new_pending(loop: Loop | None) -> Pending[T]:
+    """A bare future on ``loop`` (one wake-up when settled), or a portable
+    :class:`Waiter` when the connection runs on another backend (``loop`` None)."""
+    return loop.create_future() if loop is not None else Waiter()
+
+
+async def take_accepted(loop: Loop, link: TransportLink, sock: socket.socket) -> None:
+    """Drive an accepted connection with ``link`` (the server's side)."""
+    await loop.connect_accepted_socket(lambda: link, sock)
+
+
+async def take_connected(loop: Loop, link: TransportLink, sock: socket.socket) -> None:
+    """Drive a connected socket with ``link`` (the client's side)."""
+    await loop.create_unix_connection(lambda: link, sock=sock)
