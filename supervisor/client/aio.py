@@ -21,19 +21,18 @@ from pipevisor.protocol import (
     ResponseReceived,
 )
 from pipevisor.protocol.messages import RequestId
+from pipevisor.supervisor.client import requests
 from pipevisor.supervisor.client.errors import BadAnswer, DaemonConnectionLost
+from pipevisor.supervisor.client.requests import R
 from pipevisor.supervisor.client.wire import (
     _GARBLED,
     _REOPEN,
     _absorb,
     _answer_id,
     _blocking_connect,
-    _call_params,
     _event_or_raise,
     _failure,
-    _filters,
     _notice,
-    _opt,
     _settle,
     _Unread,
     expected_daemon_uid,
@@ -302,52 +301,45 @@ class AsyncClient:
 
     # -------------------------------------------------------- the API
 
+    async def _do(self, request: requests.Request[R]) -> R:
+        return request.read(await self.request(request.method, request.params))
+
     async def call(self, plugin: str, method: str, params: Any = None, *,
                    timeout: float | None = None) -> Any:
-        return await self.request("call", _call_params(plugin, method, params, timeout))
+        return await self._do(requests.call(plugin, method, params, timeout))
 
     async def notify(self, plugin: str, method: str, params: Any = None) -> None:
-        await self.request("notify", _call_params(plugin, method, params, None))
+        await self._do(requests.notify(plugin, method, params))
 
     async def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("status")
-        return result
+        return await self._do(requests.status())
 
     async def metrics(self) -> str:
         """Every plugin's figures in the Prometheus text format (docs/metrics.md)."""
-        text: str = (await self.request("metrics"))["text"]
-        return text
+        return await self._do(requests.metrics())
 
     async def start(self, plugin: str, *, wait: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("start", _opt(plugin=plugin, wait=wait))
-        return result
+        return await self._do(requests.lifecycle("start", plugin, wait))
 
     async def stop(self, plugin: str, *, wait: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("stop", _opt(plugin=plugin, wait=wait))
-        return result
+        return await self._do(requests.lifecycle("stop", plugin, wait))
 
     async def restart(self, plugin: str, *, wait: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("restart", _opt(plugin=plugin, wait=wait))
-        return result
+        return await self._do(requests.lifecycle("restart", plugin, wait))
 
     async def load(self, name_or_path: str, *, wait: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("load", _opt(plugin=name_or_path, wait=wait))
-        return result
+        return await self._do(requests.lifecycle("load", name_or_path, wait))
 
     async def unload(self, plugin: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("unload", {"plugin": plugin})
-        return result
+        return await self._do(requests.unload(plugin))
 
     async def reload(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("reload")
-        return result
+        return await self._do(requests.reload())
 
     async def logs(self, plugin: str, lines: int = 100) -> list[str]:
         """The newest ``lines`` stderr lines (fewer if they would make the answer larger
         than the daemon's cap; ``request("logs", ...)["omitted"]`` says how many)."""
-        answer = await self.request("logs", {"plugin": plugin, "lines": lines})
-        result: list[str] = answer["lines"]
-        return result
+        return await self._do(requests.logs(plugin, lines))
 
     @asynccontextmanager
     async def subscribe(self, plugins: list[str] | None = None, kinds: list[str] | None = None
@@ -358,7 +350,7 @@ class AsyncClient:
         stream = await self._connect()
         peer = Peer(max_line_bytes=self._max_answer)
         try:
-            ident, data = peer.send_request("subscribe", _filters(plugins, kinds))
+            ident, data = peer.send_request("subscribe", requests.filters(plugins, kinds))
             try:
                 await stream.send(data)
             except _LINK_ERRORS as exc:

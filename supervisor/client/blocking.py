@@ -42,22 +42,21 @@ from pipevisor.protocol import (
     ResponseReceived,
 )
 from pipevisor.protocol.messages import RequestId
+from pipevisor.supervisor.client import requests
 from pipevisor.supervisor.client.errors import (
     BadAnswer,
     DaemonConnectionLost,
 )
+from pipevisor.supervisor.client.requests import R
 from pipevisor.supervisor.client.wire import (
     _GARBLED,
     _REOPEN,
     _absorb,
     _answer_id,
     _blocking_connect,
-    _call_params,
     _event_or_raise,
     _failure,
-    _filters,
     _notice,
-    _opt,
     _settle,
     _Unread,
     expected_daemon_uid,
@@ -238,54 +237,48 @@ class Client:
 
     # -------------------------------------------------------- the API
 
+    def _do(self, request: requests.Request[R]) -> R:
+        return request.read(self.request(request.method, request.params))
+
     def call(self, plugin: str, method: str, params: Any = None, *,
              timeout: float | None = None) -> Any:
         """Call ``method`` on ``plugin``: its result, or the CallError the embedded
         supervisor would raise. Interrupting it (Ctrl-C) closes the connection, which
         cancels the call in the daemon."""
-        return self.request("call", _call_params(plugin, method, params, timeout))
+        return self._do(requests.call(plugin, method, params, timeout))
 
     def notify(self, plugin: str, method: str, params: Any = None) -> None:
-        self.request("notify", _call_params(plugin, method, params, None))
+        self._do(requests.notify(plugin, method, params))
 
     def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("status")
-        return result
+        return self._do(requests.status())
 
     def start(self, plugin: str, *, wait: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("start", _opt(plugin=plugin, wait=wait))
-        return result
+        return self._do(requests.lifecycle("start", plugin, wait))
 
     def stop(self, plugin: str, *, wait: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("stop", _opt(plugin=plugin, wait=wait))
-        return result
+        return self._do(requests.lifecycle("stop", plugin, wait))
 
     def restart(self, plugin: str, *, wait: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("restart", _opt(plugin=plugin, wait=wait))
-        return result
+        return self._do(requests.lifecycle("restart", plugin, wait))
 
     def load(self, name_or_path: str, *, wait: float | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("load", _opt(plugin=name_or_path, wait=wait))
-        return result
+        return self._do(requests.lifecycle("load", name_or_path, wait))
 
     def unload(self, plugin: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("unload", {"plugin": plugin})
-        return result
+        return self._do(requests.unload(plugin))
 
     def reload(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("reload")
-        return result
+        return self._do(requests.reload())
 
     def logs(self, plugin: str, lines: int = 100) -> list[str]:
         """The newest ``lines`` stderr lines (fewer if they would make the answer larger
         than the daemon's cap; ``request("logs", ...)["omitted"]`` says how many)."""
-        result: list[str] = self.request("logs", {"plugin": plugin, "lines": lines})["lines"]
-        return result
+        return self._do(requests.logs(plugin, lines))
 
     def metrics(self) -> str:
         """Every plugin's figures in the Prometheus text format (docs/metrics.md)."""
-        text: str = self.request("metrics")["text"]
-        return text
+        return self._do(requests.metrics())
 
     @contextmanager
     def subscribe(self, plugins: list[str] | None = None,
@@ -296,7 +289,7 @@ class Client:
         sock = self._connect()
         peer = self._new_peer()
         try:
-            ident, data = peer.send_request("subscribe", _filters(plugins, kinds))
+            ident, data = peer.send_request("subscribe", requests.filters(plugins, kinds))
             try:
                 sock.sendall(data)
             except OSError as exc:

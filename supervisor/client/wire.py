@@ -97,29 +97,6 @@ def _answer_id(fault: Fault) -> RequestId:
     return ident
 
 
-def _call_params(plugin: str, method: str, params: Any, timeout: float | None) -> dict[str, Any]:
-    p: dict[str, Any] = {"plugin": plugin, "method": method}
-    if params is not None:
-        p["params"] = params
-    if timeout is not None:
-        p["timeout"] = timeout
-    return p
-
-
-def _filters(plugins: list[str] | None, kinds: list[str] | None) -> dict[str, Any]:
-    p: dict[str, Any] = {}
-    if plugins:
-        p["plugins"] = list(plugins)
-    if kinds:
-        p["kinds"] = list(kinds)
-    return p
-
-
-def _opt(**kw: Any) -> dict[str, Any]:
-    return {k: v for k, v in kw.items() if v is not None}
-
-
-
 def _failure(path: str, reason: str, message: str) -> PipevisorError:
     """The exception for a notice the daemon sent before closing the connection."""
     if reason == "busy":
@@ -129,7 +106,6 @@ def _failure(path: str, reason: str, message: str) -> PipevisorError:
     if reason == "forbidden":
         return AccessDenied(path, message)
     return DaemonConnectionLost(path, f"the daemon closed the connection: {message}")
-
 
 
 def _event_or_raise(event: dict[str, Any]) -> dict[str, Any]:
