@@ -454,50 +454,6 @@ async def serve_control(
 # ================================================================ resources
 
 
-class _Usage:
-    """Memory and CPU of each plugin's process tree, sampled when someone asks.
-
-    CPU percent is over the interval since the previous ``status`` (the first
-    time: since the plugin started), summed over the tree, so 200 means two
-    cores busy.
-    """
-
-    def __init__(self) -> None:
-        self._last: dict[int, tuple[float, float]] = {}
-
-    def sample(self, pid: int) -> dict[str, Any]:
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-            started = root.create_time()
-        except psutil.Error:
-            return {"memory_rss": None, "cpu_seconds": None, "cpu_percent": None, "processes": 0}
-        rss = 0
-        cpu = 0.0
-        count = 0
-        for p in procs:
-            try:
-                with p.oneshot():
-                    rss += p.memory_info().rss
-                    t = p.cpu_times()
-                    cpu += t.user + t.system
-                count += 1
-            except psutil.Error:
-                continue
-        now = time.time()
-        prev_time, prev_cpu = self._last.get(pid, (started, 0.0))
-        elapsed = now - prev_time
-        self._last[pid] = (now, cpu)
-        percent = max(0.0, (cpu - prev_cpu) / elapsed * 100) if elapsed > 0 else None
-        return {"memory_rss": rss, "cpu_seconds": round(cpu, 3),
-                "cpu_percent": round(percent, 1) if percent is not None else None,
-                "processes": count}
-
-    def forget_except(self, pids: set[int]) -> None:
-        for pid in [p for p in self._last if p not in pids]:
-            del self._last[pid]
-
-
 # ================================================================ the server
 
 Handler = Callable[["_Server", "_Connection", dict[str, Any]], Awaitable[Any]]
@@ -517,7 +473,6 @@ class _Server:
         self.sup = sup
         self.hooks = hooks
         self.path = path
-        self.usage = _Usage()
         self.started = time.time()
         self._arrived = anyio.Event()
         self._refusals = RateLimitedLog(log)
@@ -655,17 +610,7 @@ class _Server:
     async def status(self, conn: _Connection, p: dict[str, Any]) -> Any:
         info = {"pid": os.getpid(), "socket": self.path, "started": self.started,
                 **self.hooks.info()}
-        plugins = self.sup.status()
-        pids = {s["pid"] for s in plugins if s.get("pid")}
-        samples = await anyio.to_thread.run_sync(
-            lambda: {pid: self.usage.sample(pid) for pid in pids})
-        self.usage.forget_except(pids)
-        for s in plugins:
-            usage = samples.get(s.get("pid") or -1)
-            for key, value in (usage or {"memory_rss": None, "cpu_seconds": None,
-                                         "cpu_percent": None, "processes": 0}).items():
-                s.setdefault(key, value)
-        return {"daemon": info, "plugins": plugins}
+        return {"daemon": info, "plugins": await self.sup.status_with_usage()}
 
     async def call(self, conn: _Connection, p: dict[str, Any]) -> Any:
         timeout = _opt_number(p, "timeout")

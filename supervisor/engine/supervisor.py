@@ -34,6 +34,8 @@ from pipevisor.supervisor.engine.states import SERVING, PluginState
 from pipevisor.supervisor.errors import CallError, ConfigError, invalid_params, local
 from pipevisor.supervisor.proc import containment as _platform
 from pipevisor.supervisor.proc import leftovers, tree
+from pipevisor.supervisor.proc.usage import EMPTY as EMPTY_USAGE
+from pipevisor.supervisor.proc.usage import TreeUsage
 
 log = logging.getLogger("pipevisor.supervisor")
 
@@ -58,6 +60,7 @@ class Supervisor:
         self.events = EventHub()
         self.runners: dict[str, PluginRunner] = {}
         self._host_methods: dict[str, tuple[HostMethod, str]] = {}
+        self._usage = TreeUsage()
         self.notifications = NotificationHandlers()
         """Handlers for notifications plugins send (``notification_handler``)."""
         self._host_signatures: dict[str, inspect.Signature] = {}
@@ -387,6 +390,22 @@ class Supervisor:
         )
 
     # ============================================================ status
+
+    async def status_with_usage(self) -> list[dict[str, Any]]:
+        """:meth:`status`, plus each plugin tree's memory (``memory_rss``), CPU
+        (``cpu_seconds``, and ``cpu_percent`` since the previous call, summed over the
+        tree) and process count, read now in a worker thread: what ``pipevisor status``
+        shows, for embedding hosts too."""
+        plugins = self.status()
+        pids = {s["pid"] for s in plugins if s.get("pid")}
+        usage = self._usage
+        samples = await anyio.to_thread.run_sync(
+            lambda: {pid: usage.sample(pid) for pid in pids})
+        usage.forget_except(pids)
+        for s in plugins:
+            for key, value in samples.get(s.get("pid") or -1, EMPTY_USAGE).items():
+                s.setdefault(key, value)
+        return plugins
 
     def status(self) -> list[dict[str, Any]]:
         return [runner.status() for runner in self.runners.values()]

@@ -258,3 +258,15 @@ async def test_plugin_cannot_forge_a_pipevisor_error() -> None:
     assert info.value.code == ErrorCode.INTERNAL_ERROR
     assert info.value.data["reservedCode"] == ErrorCode.PLUGIN_CRASHED
     assert info.value.data["origin"] == "plugin"
+
+
+async def test_an_embedding_host_sees_memory_and_cpu_in_status() -> None:
+    """#18: the usage `pipevisor status` shows came from a second sampler in the control
+    server; Supervisor.status_with_usage gives it to embedding hosts too."""
+    async with Supervisor([fake_spec()]) as sup:
+        await sup.wait_ready(timeout=10)
+        (first,) = await sup.status_with_usage()
+        assert first["memory_rss"] > 1_000_000 and first["processes"] >= 1
+        assert first["cpu_seconds"] is not None
+        (again,) = await sup.status_with_usage()
+        assert again["cpu_percent"] is not None and again["cpu_percent"] >= 0
