@@ -31,6 +31,8 @@ from typing import Any
 import orjson
 
 from pipevisor.protocol.codec import Decoded, Fault, FaultKind, decode_line, encode, encode_request
+from pipevisor.protocol.content_length import ContentLengthSplitter
+from pipevisor.protocol.content_length import frame as _content_length_frame
 from pipevisor.protocol.errors import (
     EncodeError,
     ErrorCode,
@@ -102,8 +104,14 @@ class Peer:
         id_factory: Callable[[], RequestId] | None = None,
         remember_cancelled: int = 1024,
         max_auto_replies: int = 1024,
+        content_length: bool = False,
     ) -> None:
-        self._splitter = LineSplitter(max_line_bytes)
+        # ``content_length``: LSP's Content-Length framing instead of lines, both ways,
+        # with the same bound on a message (protocol/content_length.py)
+        self._splitter: LineSplitter | ContentLengthSplitter = (
+            ContentLengthSplitter(max_line_bytes) if content_length
+            else LineSplitter(max_line_bytes))
+        self._frame = _content_length_frame if content_length else None
         self._answer_garbage = answer_garbage
         self._next_id: Callable[[], RequestId] = (
             id_factory if id_factory is not None else itertools.count(1).__next__
@@ -171,7 +179,8 @@ class Peer:
         self._auto = 0
         if not self._output:
             return b""
-        out = b"".join(self._output)
+        frame = self._frame
+        out = b"".join(self._output if frame is None else map(frame, self._output))
         self._output.clear()
         return out
 
@@ -307,12 +316,12 @@ class Peer:
         self._outgoing[ident] = method
         self._abandoned.pop(ident, None)
         self.stats.messages_out += 1
-        return ident, data
+        return ident, (data if self._frame is None else self._frame(data))
 
     def send_notification(self, method: str, params: Params = None) -> bytes:
         data = self._fits(encode(Notification(method, params)), "notification")
         self.stats.messages_out += 1
-        return data
+        return data if self._frame is None else self._frame(data)
 
     def _fits(self, data: bytes, what: str) -> bytes:
         """``data`` if its line is within the line limit, which binds the sender as
@@ -345,7 +354,7 @@ class Peer:
         batch = self._incoming.pop(response.id)
         self.stats.messages_out += 1
         if batch is None:
-            return data
+            return data if self._frame is None else self._frame(data)
         pending = self._batches[batch]
         pending.waiting.discard(response.id)
         pending.replies.append(obj)

@@ -95,6 +95,70 @@ class StartStep:
     """A notification (no answer awaited) instead of a request that must succeed."""
 
 
+class Preset(StrEnum):
+    """What a foreign JSON-RPC server is, so pipevisor drives it the way it expects
+    (engine/presets.py, docs/foreign-servers.md). Any preset implies raw mode."""
+
+    NONE = "none"
+    """A plain JSON-RPC 2.0 server: only what ``server`` configures."""
+    MCP = "mcp"
+    """A Model Context Protocol server over stdio."""
+    LSP = "lsp"
+    """A language server: Content-Length framing, LSP's lifecycle."""
+
+
+class Framing(StrEnum):
+    LINES = "lines"
+    """Newline-delimited JSON (pipevisor, MCP)."""
+    CONTENT_LENGTH = "content-length"
+    """``Content-Length:`` headers before each message (LSP)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPolicy:
+    """How to drive a foreign JSON-RPC server in raw mode. Every key left unset takes
+    the preset's value (docs/foreign-servers.md has the table); a server without a
+    preset gets only what is set here."""
+
+    framing: Framing | None = None
+    cancel_method: str | None = None
+    """Notification sent when a call is abandoned (timeout, caller cancelled)."""
+    cancel_params: Mapping[str, Any] | None = None
+    """Its params: a template where the string ``"$id"`` stands for the abandoned
+    request's id and ``"$reason"`` for why (``{requestId = "$id", reason = "$reason"}``)."""
+    ping_method: str | None = None
+    """A request any live server answers at once; sent every ``health.ping_interval``,
+    a miss of ``health.ping_timeout`` restarts the server. Unset: no pings."""
+    stop_sequence: tuple[StartStep, ...] | None = None
+    """Messages sent first when the server is stopped gracefully (within
+    ``stop.shutdown_grace``), before stdin is closed."""
+    max_in_flight: int | None = None
+    """Requests sent at once (also bounded by ``calls.max_in_flight``); unset: the
+    preset's safe default (MCP: 1)."""
+    answers: Mapping[str, Any] = field(default_factory=dict)
+    """Static results for the server's requests to the host, by method
+    (``answers."roots/list" = { roots = [] }``); a host method of the same name wins."""
+    capabilities: Mapping[str, Any] | None = None
+    """The client capabilities sent in ``initialize`` (MCP, LSP); unset: the preset's."""
+    initialize: Mapping[str, Any] = field(default_factory=dict)
+    """More ``initialize`` params, merged over the preset's (LSP: ``rootUri``, ...)."""
+    protocol_versions: tuple[str, ...] = ()
+    """MCP: versions offered, newest first; empty: every version pipevisor supports."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "answers", dict(self.answers))
+        object.__setattr__(self, "initialize", dict(self.initialize))
+        object.__setattr__(self, "protocol_versions", tuple(self.protocol_versions))
+        if self.stop_sequence is not None:
+            object.__setattr__(self, "stop_sequence", tuple(self.stop_sequence))
+        if self.framing is not None:
+            object.__setattr__(self, "framing", Framing(self.framing))
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ConfigError("server.max_in_flight must be >= 1")
+        if self.cancel_params is not None and self.cancel_method is None:
+            raise ConfigError("server.cancel_params needs server.cancel_method")
+
+
 def _frozen_env(env: Mapping[str, str] | None = None) -> MappingProxyType[str, str]:
     return MappingProxyType(dict(env or {}))
 
@@ -123,6 +187,10 @@ class PluginSpec:
     """... and at most this many bytes of them per second."""
     autostart: bool = True
     mode: PluginMode = PluginMode.AUTO
+    preset: Preset = Preset.NONE
+    """A foreign server's kind (``"mcp"``, ``"lsp"``): implies ``mode = "raw"``."""
+    server: ServerPolicy = field(default_factory=ServerPolicy)
+    """How a raw-mode server is cancelled, pinged, stopped, answered (engine/presets.py)."""
     start_sequence: tuple[StartStep, ...] = ()
     validate_params: bool = True
     """Check callers' params against the interface before they reach the plugin."""
@@ -149,6 +217,16 @@ class PluginSpec:
             raise ConfigError(f"plugin {self.name!r}: mode must be one of "
                               f"{[m.value for m in PluginMode]}, not {self.mode!r}") from None
         object.__setattr__(self, "start_sequence", tuple(self.start_sequence))
+        try:
+            object.__setattr__(self, "preset", Preset(self.preset))
+        except ValueError:
+            raise ConfigError(f"plugin {self.name!r}: preset must be one of "
+                              f"{[p.value for p in Preset]}, not {self.preset!r}") from None
+        if self.preset is not Preset.NONE:
+            if self.mode is PluginMode.PIPEVISOR:
+                raise ConfigError(f"plugin {self.name!r}: preset {self.preset.value!r} is a "
+                                  "foreign server, it cannot have mode = \"pipevisor\"")
+            object.__setattr__(self, "mode", PluginMode.RAW)
         if not NAME_RE.fullmatch(self.name):
             raise ConfigError(
                 f"plugin name {self.name!r} is invalid: use 1-64 letters, digits, '_', '.', '-',"

@@ -41,6 +41,7 @@ from pipevisor.protocol.errors import EncodeError
 from pipevisor.supervisor.errors import (
     CallError,
     PipevisorError,
+    PluginError,
     error_from_object,
     local,
     sanitize_plugin_error,
@@ -63,6 +64,21 @@ PAUSE_WATER = 1024 * 1024
 while it owes the plugin answers (replies to its requests, errors for its invalid
 lines): a plugin that writes but never reads is held by its own full pipe instead of
 growing the host's memory. Reading resumes once the plugin has read what is queued."""
+
+
+def _pipevisor_cancel_id(params: Any) -> Any:
+    return params.get("id") if isinstance(params, dict) else None
+
+
+def _raw_error(error: ErrorObject) -> CallError:
+    """A foreign server's error as it sent it. Only a ``data.origin`` of "pipevisor" (the
+    mark of pipevisor's own errors) is moved to ``data.pluginOrigin``, so the mark
+    cannot be forged; the code, message and the rest of data are the server's."""
+    data = error.data
+    if isinstance(data, dict) and data.get("origin") == "pipevisor":
+        data = {("pluginOrigin" if k == "origin" else k): v for k, v in data.items()}
+        error = ErrorObject(error.code, error.message, data)
+    return PluginError(error)
 
 
 class _Slot:
@@ -94,6 +110,7 @@ class Connection:
         *,
         max_line_bytes: int,
         max_host_calls: int = 64,
+        content_length: bool = False,
     ) -> None:
         self.name = name
         self._stdin = stdin
@@ -101,7 +118,18 @@ class Connection:
         self._cb = callbacks
         # a JSON-RPC 2.0 server answers every line it cannot parse (-32700, id null;
         # SPEC 3.5), bounded per read by the peer; a plugin ignores such answers
-        self.peer = Peer(max_line_bytes=max_line_bytes, answer_garbage=True)
+        self.peer = Peer(max_line_bytes=max_line_bytes, answer_garbage=True,
+                         content_length=content_length)
+        self.cancel_message: Callable[[RequestId, str], tuple[str, Any] | None] | None = None
+        """A foreign server's cancel: (request id, reason) -> (method, params), or None for
+        a server that has no way to hear it; unset: ``pipevisor/cancel``."""
+        self.cancel_method_in = CANCEL
+        """The notification by which the other side cancels a request it sent us ..."""
+        self.cancel_id_in: Callable[[Any], Any] = _pipevisor_cancel_id
+        """... and where its params name the request."""
+        self.raw_errors = False
+        """A foreign server's errors pass through untouched (raw mode): its codes are its
+        own, even in pipevisor's local block; ours still carry ``data.origin``."""
         self._slots: dict[RequestId, _Slot | FutureSlot] = {}
         self._write_lock = anyio.Lock(fast_acquire=True)
         self._host_calls = anyio.Semaphore(max_host_calls, fast_acquire=True)
@@ -199,7 +227,7 @@ class Connection:
         response = slot.response
         if response is None:
             self._slots.pop(ident, None)
-            await self._send_cancel(self.peer.cancel(ident))
+            await self._send_cancel(self._cancel(ident, "timeout"))
             raise local(
                 ErrorCode.TIMEOUT,
                 f"plugin {self.name!r} did not answer {method!r} within {timeout:g} s",
@@ -210,7 +238,25 @@ class Connection:
         assert isinstance(response, ErrorResponse)
         if slot.local:
             raise error_from_object(response.error)
+        if self.raw_errors:
+            raise _raw_error(response.error)
         raise error_from_object(sanitize_plugin_error(response.error))
+
+    def _cancel(self, ident: RequestId, reason: str) -> bytes:
+        """Forget ``ident``; the bytes telling the other side (maybe none)."""
+        make = self.cancel_message
+        if make is None:
+            return self.peer.cancel(ident)
+        if ident not in self.peer.outgoing:
+            return b""
+        self.peer.cancel(ident, notify=False)
+        message = make(ident, reason)
+        if message is None:
+            return b""
+        try:
+            return self.peer.send_notification(*message)
+        except EncodeError:
+            return b""
 
     async def _call_fast(self, fast: AsyncioPipes, ident: RequestId, data: bytes,
                          timeout: float | None) -> FutureSlot:
@@ -241,7 +287,7 @@ class Connection:
             # The caller was cancelled: tell the plugin, then let cancellation propagate.
             if slot.response is None:
                 self._slots.pop(ident, None)
-                cancel = self.peer.cancel(ident)
+                cancel = self._cancel(ident, "cancelled by the caller")
                 with anyio.CancelScope(shield=True):
                     await self._send_cancel(cancel)
             raise
@@ -268,7 +314,7 @@ class Connection:
             # The caller was cancelled: tell the plugin, then let cancellation propagate.
             if slot.response is None:
                 self._slots.pop(ident, None)
-                cancel = self.peer.cancel(ident)
+                cancel = self._cancel(ident, "cancelled by the caller")
                 with anyio.CancelScope(shield=True):
                     await self._send_cancel(cancel)
             raise
@@ -352,8 +398,8 @@ class Connection:
                     tg.start_soon(self._serve, request)
             elif t is NotificationReceived:
                 n = event.notification
-                if n.method == CANCEL and isinstance(n.params, dict):
-                    ident = n.params.get("id")
+                if n.method == self.cancel_method_in:
+                    ident = self.cancel_id_in(n.params)
                     # any JSON may stand here; only a plain id can name a host call
                     if type(ident) in _ID_TYPES:
                         scope = self._host_scopes.get(ident)

@@ -35,6 +35,7 @@ from pipevisor.protocol import (
     HandshakeResult,
     Notification,
     local_error,
+    standard_error,
 )
 from pipevisor.protocol.errors import VersionError
 from pipevisor.protocol.host_methods import HostBinding, negotiate_host_calls
@@ -48,7 +49,15 @@ from pipevisor.protocol.interfaces import (
     negotiate,
 )
 from pipevisor.protocol.versions import VersionRange
-from pipevisor.supervisor.engine.config import PluginMode, PluginSpec, ProtocolErrorAction
+from pipevisor.supervisor.engine import presets
+from pipevisor.supervisor.engine.config import (
+    Framing,
+    PluginMode,
+    PluginSpec,
+    Preset,
+    ProtocolErrorAction,
+    StartStep,
+)
 from pipevisor.supervisor.engine.connection import Connection, ConnectionCallbacks, HostHandler
 from pipevisor.supervisor.engine.events import EventHub, EventKind, SupervisorEvent
 from pipevisor.supervisor.engine.limits import LimitAction, backstop_evidence
@@ -156,6 +165,14 @@ class PluginRunner:
         self._routes: dict[str, Binding] = {}
         """The bindings a call must go through (validation, conversion, disabled)."""
         self.raw = False
+        self.raw_configured = spec.mode is PluginMode.RAW
+        """Raw by configuration (``mode = "raw"`` or a preset): ``ready``, not degraded."""
+        self.server = presets.settings(spec)
+        """How this plugin is driven when it is a foreign server (engine/presets.py)."""
+        self.server_info: dict[str, Any] | None = None
+        """What the preset's ``initialize`` learnt: version, server info, capabilities."""
+        self._unanswered_host_methods: set[str] = set()
+        """Server-to-host methods answered -32601 and logged (once each)."""
         self._plugin_pid_of: tuple[int, int] | None = None
         """(shim pid, plugin pid) of the running instance, once found."""
         self.invalid_results = 0
@@ -554,6 +571,7 @@ class PluginRunner:
         self.handshake = None
         self.ready_at = None
         self.bindings, self._routes, self.raw, self._first_stdout = {}, {}, False, None
+        self.server_info = None
         self.host_bindings = {}
         self._set_state(S.STARTING)
         spawned_at = time.time()
@@ -581,10 +599,13 @@ class PluginRunner:
                 self._leftovers.record(process.pid, spawned_at=spawned_at, token=token)
             conn = Connection(
                 self.spec.name, process.stdin, process.stdout,  # type: ignore[arg-type]
-                ConnectionCallbacks(self._on_notification, self._on_fault,
-                                    None if self._host_handler is None else self._on_host_call),
+                ConnectionCallbacks(self._on_notification, self._on_fault, self._on_host_call),
                 max_line_bytes=self.spec.max_line_bytes,
+                content_length=self.raw_configured
+                and self.server.framing is Framing.CONTENT_LENGTH,
             )
+            if self.raw_configured:
+                self._speak_raw(conn)
             self.conn = conn
             async with anyio.create_task_group() as tg:
                 tg.start_soon(conn.read_loop, tg)
@@ -625,7 +646,9 @@ class PluginRunner:
         if not self._bring_up_state(S.HANDSHAKING):
             return
         if self.spec.mode is PluginMode.RAW:
-            await self._go_raw(conn, "configured with mode = raw")
+            await self._go_raw(conn, f"preset {self.spec.preset.value}"
+                               if self.spec.preset is not Preset.NONE
+                               else "configured with mode = raw", tg)
             return
         params = self._handshake_params(self.spec, self.instance)
         try:
@@ -653,7 +676,7 @@ class PluginRunner:
             if exc.code == ErrorCode.METHOD_NOT_FOUND:
                 if self.spec.mode is PluginMode.AUTO:
                     await self._go_raw(conn, f"it does not know pipevisor/handshake "
-                                             f"({exc.code} {message})")
+                                             f"({exc.code} {message})", tg)
                     return
                 self._end(_End("handshake", "it does not speak the pipevisor protocol "
                                f"(handshake answered {exc.code} {message}) and mode = "
@@ -668,8 +691,14 @@ class PluginRunner:
                 self._end(_End("handshake", f"handshake refused: {message}",
                                give_up=True, error=exc.error))
                 return
+            hint = ""
+            if exc.code == ErrorCode.INVALID_PARAMS and self.spec.mode is PluginMode.AUTO:
+                # what MCP SDK servers answer to any unknown request before initialize
+                hint = ("; if it is an MCP server, configure preset = \"mcp\" (a language "
+                        "server: preset = \"lsp\"; docs/foreign-servers.md)")
             self._end(_End("handshake", f"the plugin could not start: it answered the "
-                           f"handshake with error {exc.code} ({message})", error=exc.error))
+                           f"handshake with error {exc.code} ({message}){hint}",
+                           error=exc.error))
             return
         except CallError as exc:
             give_up = exc.code in (
@@ -683,7 +712,7 @@ class PluginRunner:
                     and not (isinstance(raw, dict) and "protocolVersion" in raw)):
                 # a server that answers any method (an echo tool, say) does not speak pipevisor
                 await self._go_raw(conn, "its answer to the handshake is not a pipevisor "
-                                         f"handshake result ({exc.error.message})")
+                                         f"handshake result ({exc.error.message})", tg)
                 return
             self._end(_End("handshake", f"invalid handshake answer: {exc.error.message}",
                            give_up=True, error=exc.error))
@@ -706,7 +735,7 @@ class PluginRunner:
         else:
             up = self._bring_up_state(S.READY)
         if up and self.spec.health.ping_interval > 0:
-            tg.start_soon(self._health_loop, conn)
+            tg.start_soon(self._health_loop, conn, PING, {})
 
     def _negotiate_host_calls(self, result: HandshakeResult,
                               params: HandshakeParams) -> list[HostBinding]:
@@ -737,8 +766,14 @@ class PluginRunner:
 
     async def _on_host_call(self, method: str, params: Any) -> Any:
         """A request from the plugin to the host, through this plugin's binding of the
-        method (disabled, down-converted) when it declared one."""
-        assert self._host_handler is not None
+        method (disabled, down-converted) when it declared one. A raw-mode server's
+        request goes to the host method of its name, else to ``server.answers``, else
+        is answered -32601 and logged once per method."""
+        if self.raw:
+            return await self._serve_server_request(method, params)
+        if self._host_handler is None:
+            raise CallError(standard_error(ErrorCode.METHOD_NOT_FOUND,
+                                           f"host offers no method {method!r}"))
         binding = self.host_bindings.get(method) if self.host_bindings else None
         if binding is None:
             return await self._host_handler(method, params)
@@ -760,6 +795,33 @@ class PluginRunner:
         except Exception as exc:
             raise self._adapter_failure(f"host-method adapter for {method}", method,
                                         "the result", exc) from None
+
+    async def _serve_server_request(self, method: str, params: Any) -> Any:
+        answers = self.spec.server.answers
+        if self._host_handler is not None:
+            try:
+                return await self._host_handler(method, params)
+            except CallError as exc:
+                if exc.code != ErrorCode.METHOD_NOT_FOUND or method not in answers:
+                    if exc.code == ErrorCode.METHOD_NOT_FOUND:
+                        self._note_unanswered(method)
+                    raise
+        if method in answers:
+            return answers[method]
+        self._note_unanswered(method)
+        raise CallError(standard_error(ErrorCode.METHOD_NOT_FOUND,
+                                       f"host offers no method {method!r}"))
+
+    def _note_unanswered(self, method: str) -> None:
+        """Log and publish, once per method and plugin, a server request nobody serves."""
+        if method in self._unanswered_host_methods or len(self._unanswered_host_methods) > 100:
+            return
+        self._unanswered_host_methods.add(method)
+        log.warning("plugin %s: the server asked the host for %r, which no host method "
+                    "serves: answered -32601 (serve it with a host method, or a static "
+                    "answer: server.answers; docs/foreign-servers.md)", self.spec.name, method)
+        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.NOTIFICATION, {
+            "method": method, "unanswered_request": True}))
 
     def _adapter_failure(self, adapter: str, method: str, what: str,
                          exc: Exception) -> CallError:
@@ -795,17 +857,76 @@ class PluginRunner:
                                                   {"method": b.method, **b.to_json()}))
         return disabled
 
-    async def _go_raw(self, conn: Connection, why: str) -> None:
-        """Serve a plain JSON-RPC 2.0 server: no handshake, no pings, nothing validated."""
+    def _speak_raw(self, conn: Connection) -> None:
+        """Talk to ``conn`` as to a foreign server: its cancel, its errors as they are."""
+        conn.raw_errors = True
+        server = self.server
+        conn.cancel_message = server.cancel_message
+        if server.cancel_method is not None:
+            conn.cancel_method_in = server.cancel_method
+            conn.cancel_id_in = server.cancel_id
+
+    async def _go_raw(self, conn: Connection, why: str, tg: TaskGroup) -> None:
+        """Serve a JSON-RPC 2.0 server that does not speak pipevisor: its preset's
+        bring-up, the start sequence, its own ping if it has one, nothing validated."""
         self.raw = True
-        self._slots = anyio.Semaphore(self.spec.calls.max_in_flight, fast_acquire=True)
-        log.warning("plugin %s: raw mode (%s): no pipevisor handshake, calls pass through "
-                    "unvalidated, liveness is the process", self.spec.name, why)
-        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.RAW, {"reason": why}))
+        self._speak_raw(conn)
+        server = self.server
+        self._slots = anyio.Semaphore(server.max_in_flight, fast_acquire=True)
+        liveness = (f"liveness by {server.ping_method!r}" if server.ping_method
+                    and self.spec.health.ping_interval > 0 else "liveness is the process")
+        if self.raw_configured:
+            log.info("plugin %s: raw mode (%s): %s, at most %d call(s) at once",
+                     self.spec.name, why, liveness, server.max_in_flight)
+        else:
+            log.warning("plugin %s: raw mode (%s): no pipevisor handshake, calls pass "
+                        "through unvalidated, %s", self.spec.name, why, liveness)
+        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.RAW, {
+            "reason": why, "preset": self.spec.preset.value, "configured": self.raw_configured}))
+        if not await self._initialize_server(conn):
+            return
         if not await self._run_start_sequence(conn):
             return
         self.ready_at = time.monotonic()
-        self._bring_up_state(S.DEGRADED, f"raw mode: {why}")
+        if self.raw_configured:
+            up = self._bring_up_state(S.READY)
+        else:
+            up = self._bring_up_state(S.DEGRADED, f"raw mode: {why}")
+        if up and server.ping_method and self.spec.health.ping_interval > 0:
+            tg.start_soon(self._health_loop, conn, server.ping_method, None)
+
+    async def _initialize_server(self, conn: Connection) -> bool:
+        """The preset's ``initialize``; False (the instance is ending) when it failed."""
+        if self.spec.preset is Preset.NONE:
+            return True
+        timeout = self.spec.health.handshake_timeout
+
+        async def call(method: str, params: Any) -> Any:
+            return await conn.call(method, params, timeout)
+
+        hs = self._handshake_params(self.spec, self.instance)
+        try:
+            self.server_info = await presets.initialize(
+                self.spec, call, conn.notify, hs.host_name, hs.host_version)
+        except PluginCrashed:
+            return False  # _watch_exit reports the exit
+        except CallTimeout:
+            self._end(_End("start", f"no answer to {self.spec.preset.value} initialize "
+                           f"within {timeout:g} s"))
+            return False
+        except CallError as exc:
+            self._end(_End("start", f"{self.spec.preset.value} initialize refused: "
+                           f"{exc.code} {exc.error.message}", error=exc.error))
+            return False
+        except presets.InitializeFailed as exc:
+            self._end(_End("start", f"{self.spec.preset.value} initialize: {exc}",
+                           give_up=exc.give_up))
+            return False
+        info = self.server_info or {}
+        log.info("plugin %s: %s server %s%s", self.spec.name, self.spec.preset.value,
+                 info.get("serverInfo"),
+                 f", protocol {info['protocolVersion']}" if info.get("protocolVersion") else "")
+        return True
 
     async def _run_start_sequence(self, conn: Connection) -> bool:
         """Send the configured start sequence; False (the instance is ending) on failure."""
@@ -824,14 +945,16 @@ class PluginRunner:
                 return False
         return True
 
-    async def _health_loop(self, conn: Connection) -> None:
+    async def _health_loop(self, conn: Connection, method: str, params: Any) -> None:
+        """Liveness: ``method`` every ping_interval; no answer within ping_timeout (any
+        answer counts, an error too) ends the instance as hung."""
         interval = self.spec.health.ping_interval
         timeout = self.spec.health.ping_timeout
         while True:
             await anyio.sleep(interval)
             sent = time.monotonic()
             try:
-                await conn.call(PING, {}, timeout)
+                await conn.call(method, params, timeout)
             except CallTimeout:
                 if self.paused_since is not None or self.resumed_at >= sent:
                     continue  # the CPU throttle held it, it did not hang
@@ -947,11 +1070,32 @@ class PluginRunner:
                 except CallError:
                     pass
                 await process.wait()
+        elif self.raw and self.server.stop_sequence and conn.closed_error is None:
+            with anyio.move_on_after(stop.shutdown_grace):
+                await self._run_stop_sequence(conn, self.server.stop_sequence,
+                                              stop.shutdown_grace)
+                await process.wait()
         if process.returncode is None:
             await conn.close_stdin(min(stop.eof_grace, 1.0))
             if await wait_exit(process, stop.eof_grace):
                 return
         await terminate(process, stop.term_grace)
+
+    async def _run_stop_sequence(self, conn: Connection, steps: tuple[StartStep, ...],
+                                 grace: float) -> None:
+        """A foreign server's own stop (LSP: ``shutdown`` then ``exit``); an error answer
+        does not stop the sequence, the grace period bounds it."""
+        for step in steps:
+            try:
+                if step.notify:
+                    await conn.notify(step.method, step.params)
+                else:
+                    await conn.call(step.method, step.params, grace)
+            except CallError as exc:
+                log.info("plugin %s: stop sequence %s answered %s", self.spec.name,
+                         step.method, exc.error.message)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return
 
     # ======================================================= plugin's output
 
@@ -991,6 +1135,15 @@ class PluginRunner:
             self._hub.publish(SupervisorEvent(self.spec.name, EventKind.LOG, {
                 "level": params.get("level"), "message": params.get("message"),
                 "logger": params.get("logger")}))
+        elif n.method == "notifications/message" and self.spec.preset is Preset.MCP:
+            # an MCP server's log (level, logger, data) goes to the log like stderr
+            level = presets.MCP_LOG_LEVELS.get(str(params.get("level")), logging.INFO)
+            data = params.get("data")
+            logger = params.get("logger")
+            text = data if isinstance(data, str) else orjson.dumps(data).decode()
+            self._to_log(level, f"{logger}: {text}" if isinstance(logger, str) else text)
+            self._hub.publish(SupervisorEvent(self.spec.name, EventKind.LOG, {
+                "level": params.get("level"), "message": text, "logger": logger}))
         elif n.method == PROGRESS:
             self._hub.publish(SupervisorEvent(self.spec.name, EventKind.PROGRESS, dict(params)))
         else:
@@ -1054,10 +1207,17 @@ class PluginRunner:
             "methods": {m: (str(i.version) if i.version else None)
                         for m, i in hs.methods.items()} if hs else {},
             "mode": "raw" if self.raw else ("pipevisor" if hs else None),
+            "preset": self.spec.preset.value if self.spec.preset is not Preset.NONE else None,
+            "server": self.server_info,
+            "max_in_flight": (self.server.max_in_flight if self.raw
+                              else hs.max_concurrency if hs and hs.max_concurrency
+                              and hs.max_concurrency < self.spec.calls.max_in_flight
+                              else self.spec.calls.max_in_flight),
             "interfaces": ({m: b.to_json() for m, b in self.bindings.items()} if self.bindings
                            else {m: {"how": str(How.NO_INTERFACE)} for m in hs.methods}
                            if hs else {}),
-            "degradations": ([{"method": None, "reason": self.reason}] if self.raw else [])
+            "degradations": ([{"method": None, "reason": self.reason}]
+                             if self.raw and not self.raw_configured else [])
             + [{"method": b.method, "reason": b.reason} for b in self.bindings.values()
                if b.degraded]
             + [{"method": b.method, "host_method": True, "reason": b.reason}
