@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_py import build_py
 from setuptools.dist import Distribution
 
@@ -50,13 +51,37 @@ class BuildPyWithShim(build_py):
             return
         target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / "pvinit"
-        proc = subprocess.run([compiler, *CFLAGS, "-o", str(target), str(SOURCE)],
-                              capture_output=True, text=True, check=False)
+        # static first: no libc version to depend on, so the wheel can say manylinux
+        # (BdistWheel below); a build machine without a static libc links dynamically
+        proc = subprocess.run([compiler, *CFLAGS, "-static", "-s", "-o", str(target),
+                               str(SOURCE)], capture_output=True, text=True, check=False)
+        SHIM["static"] = proc.returncode == 0
+        if proc.returncode != 0:
+            proc = subprocess.run([compiler, *CFLAGS, "-o", str(target), str(SOURCE)],
+                                  capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             self.warn(f"compiling pvinit failed, the wheel has no shim: {proc.stderr[-500:]}")
             return
         target.chmod(0o755)
         (target_dir / "pvinit.sha256").write_text(shim_digest(SOURCE.read_bytes()) + "\n")
+
+
+SHIM: dict[str, bool] = {"static": False}
+"""How the build linked pvinit (set by BuildPyWithShim, read by BdistWheel)."""
+
+
+class BdistWheel(bdist_wheel):
+    """The wheel holds no extension module, only the shim executable: it fits every
+    Python 3 (py3-none), on this platform. A statically linked shim depends on no libc
+    version, so on Linux the wheel is tagged manylinux2014 (glibc 2.17, what the
+    kernel interfaces pvinit uses predate) and may go to a package index as is."""
+
+    def get_tag(self) -> tuple[str, str, str]:
+        _, _, plat = super().get_tag()
+        if plat.startswith("linux_") and SHIM["static"]:
+            arch = plat.removeprefix("linux_")
+            plat = f"manylinux_2_17_{arch}.manylinux2014_{arch}"
+        return "py3", "none", plat
 
 
 class BinaryDistribution(Distribution):
@@ -91,6 +116,6 @@ setup(
     install_requires=DEPENDENCIES,
     long_description=readme_for_index(),
     long_description_content_type="text/markdown",
-    cmdclass={"build_py": BuildPyWithShim},
+    cmdclass={"build_py": BuildPyWithShim, "bdist_wheel": BdistWheel},
     distclass=BinaryDistribution,
 )
