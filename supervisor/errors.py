@@ -108,8 +108,11 @@ _BY_CODE: dict[int, type[LocalCallError]] = {
 
 
 def error_from_object(error: ErrorObject) -> CallError:
-    """The exception for an error object, local ones by code."""
-    if error.is_local:
+    """The exception for an error object: pipevisor's own (a local code and
+    ``data.origin == "pipevisor"``) by code; anything else is the plugin's. A foreign
+    server in raw mode may send local codes as its own: without the mark they stay its."""
+    data = error.data
+    if error.is_local and isinstance(data, dict) and data.get("origin") == "pipevisor":
         return _BY_CODE.get(error.code, LocalCallError)(error)
     return PluginError(error)
 

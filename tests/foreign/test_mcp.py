@@ -207,3 +207,39 @@ async def test_a_servers_error_cannot_pass_for_pipevisors() -> None:
             await sup.call("m", "tools/call", {"name": "sleep", "arguments": {"seconds": 9}},
                            timeout=0.2)
         assert timeout.value.data["origin"] == "pipevisor"
+
+
+def test_a_local_code_without_pipevisors_mark_is_the_servers() -> None:
+    """What a control-socket client gets back maps the same way as an embedded call."""
+    from pipevisor.protocol import ErrorObject
+    from pipevisor.supervisor.errors import error_from_object
+
+    assert type(error_from_object(ErrorObject(-31002, "server's"))) is PluginError
+    ours = error_from_object(ErrorObject(-31002, "ours", {"origin": "pipevisor"}))
+    assert type(ours) is CallTimeout
+
+
+ROOTS = {"roots": [{"uri": "file:///srv", "name": "srv"}]}
+
+
+async def test_server_requests_get_static_answers_host_methods_or_32601_logged_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    record = tmp_path / "in.jsonl"
+    spec = mcp("m", "--record", str(record), server=ServerPolicy(answers={"roots/list": ROOTS}))
+    async with Supervisor([spec]) as sup:
+        @sup.host_method("sampling/createMessage")
+        async def sample(x: str) -> Any:  # params by name, as every host method
+            return {"role": "assistant", "content": {"type": "text", "text": x}}
+
+        assert await sup.call("m", "ask", {"method": "roots/list"}) == ROOTS
+        sampled = await sup.call("m", "ask", {"method": "sampling/createMessage",
+                                              "params": {"x": "hi"}})
+        assert sampled["content"]["text"] == "hi"
+        for _ in range(3):
+            answer = await sup.call("m", "ask", {"method": "elicitation/create"})
+            assert answer["error"]["code"] == -32601
+    init = read_record(record)[0]["params"]
+    assert init["capabilities"] == {"roots": {"listChanged": False}}  # it says it has roots
+    unserved = [r for r in caplog.records if "elicitation/create" in r.getMessage()]
+    assert len(unserved) == 1 and "'m'" not in unserved[0].getMessage()
+    assert "plugin m" in unserved[0].getMessage()
