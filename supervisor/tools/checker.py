@@ -136,6 +136,9 @@ class CheckOptions:
     """Params to call a declared method with (method -> params); ``{}`` otherwise."""
     cancel_wait: float = 1.0
     """Seconds after ``pipevisor/cancel`` within which the answer must come."""
+    preset: str | None = None
+    """Check a foreign server by its preset (``"mcp"``, ``"lsp"``) instead of as a
+    pipevisor plugin: its own start, calls, ping, cancel and stop (docs/foreign-servers.md)."""
 
 
 # ---------------------------------------------------------------- one plugin process
@@ -152,9 +155,10 @@ class _Timeout(Exception):
 class _Session:
     """One spawned plugin: writes requests, reads answers, records everything odd."""
 
-    def __init__(self, process: Process, tg: anyio.abc.TaskGroup) -> None:
+    def __init__(self, process: Process, tg: anyio.abc.TaskGroup,
+                 content_length: bool = False) -> None:
         self.process = process
-        self.peer = Peer()
+        self.peer = Peer(content_length=content_length)
         self.faults: list[str] = []
         self.fault_count = 0
         self.stderr_lines: list[str] = []
@@ -376,8 +380,12 @@ async def _handshake(s: _Session, command: tuple[str, ...], opts: CheckOptions,
     r = answer.response
     if isinstance(r, ErrorResponse):
         checks.stopped = "the handshake was refused"
-        checks.add(label, Status.FAIL, f"handshake refused with {_error_text(answer)}",
-                   f"the checker offers protocol {PROTOCOL_VERSIONS}; accept it (SPEC 6.4)")
+        hint = f"the checker offers protocol {PROTOCOL_VERSIONS}; accept it (SPEC 6.4)"
+        if r.error.code in (ErrorCode.METHOD_NOT_FOUND, ErrorCode.INVALID_PARAMS):
+            hint = ("if this is a foreign JSON-RPC server (MCP, language server), check it "
+                    "by its preset: pipevisor check --preset mcp|lsp (docs/foreign-servers.md);"
+                    " a pipevisor plugin: " + hint)
+        checks.add(label, Status.FAIL, f"handshake refused with {_error_text(answer)}", hint)
         return None
     try:
         result = HandshakeResult.from_json(r.result, PROTOCOL_VERSIONS)
@@ -678,6 +686,9 @@ async def check_plugin(command: tuple[str, ...] | list[str],
     cmd = tuple(command)
     started = time.monotonic()
     checks = _Checks()
+    if opts.preset is not None:
+        await _server_run(cmd, opts, checks)
+        return CheckReport(cmd, tuple(checks.results), time.monotonic() - started)
     await _main_run(cmd, opts, checks)
     shutdown = next((c for c in checks.results if c.name == "shutdown"), None)
     if shutdown is not None and shutdown.status is not Status.SKIP:
@@ -706,3 +717,186 @@ def report_text(report: CheckReport) -> str:
 
 def report_json(report: CheckReport) -> str:
     return orjson.dumps(report.to_json()).decode()
+
+
+# ------------------------------------------------------- foreign servers (presets)
+
+_MCP_VERSION = "2025-06-18"
+
+
+def _result_or_fail(checks: _Checks, name: str, answer: ResponseReceived,
+                    hint: str) -> Any:
+    r = answer.response
+    if isinstance(r, ErrorResponse):
+        checks.add(name, Status.FAIL, _error_text(answer), hint)
+        return None
+    return r.result
+
+
+async def _server_run(command: tuple[str, ...], opts: CheckOptions, checks: _Checks) -> None:
+    """A foreign server checked the way the preset drives it under the supervisor."""
+    if opts.preset not in ("mcp", "lsp"):
+        checks.add("preset", Status.FAIL, f"unknown preset {opts.preset!r}",
+                   "use --preset mcp or --preset lsp")
+        return
+    process = await _spawn(command)
+    try:
+        async with anyio.create_task_group() as tg:
+            s = _Session(process, tg, content_length=opts.preset == "lsp")
+            try:
+                if opts.preset == "mcp":
+                    await _mcp_checks(s, opts, checks)
+                else:
+                    await _lsp_checks(s, opts, checks)
+                _check_output(s, checks)
+            finally:
+                tree.kill_tree(process.pid)
+                tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await process.aclose()
+
+
+async def _mcp_checks(s: _Session, opts: CheckOptions, checks: _Checks) -> None:
+    from pipevisor.supervisor.engine.presets import MCP_VERSIONS
+
+    init: dict[str, Any] = {}
+
+    def judge_init(a: ResponseReceived) -> tuple[Status, str, str]:
+        r = a.response
+        if isinstance(r, ErrorResponse):
+            return Status.FAIL, _error_text(a), "an MCP server answers initialize (MCP spec)"
+        result = r.result if isinstance(r.result, dict) else {}
+        init.update(result)
+        version = result.get("protocolVersion")
+        if version not in MCP_VERSIONS:
+            return (Status.FAIL, f"protocol version {version!r}: pipevisor speaks "
+                    f"{', '.join(MCP_VERSIONS)}", "offer one of those versions")
+        return (Status.PASS, f"protocol {version}, server {result.get('serverInfo')}, "
+                f"capabilities {sorted(result.get('capabilities') or {})}", "")
+
+    await checks.request("initialize", s, "initialize", {
+        "protocolVersion": _MCP_VERSION, "capabilities": {},
+        "clientInfo": {"name": "pipevisor-check", "version": "0"}}, opts.timeout, judge_init)
+    if checks.stopped is None and init.get("protocolVersion") in MCP_VERSIONS:
+        await s.write(s.peer.send_notification("notifications/initialized", None))
+    else:
+        checks.stopped = checks.stopped or "initialize failed"
+
+    def judge_tools(a: ResponseReceived) -> tuple[Status, str, str]:
+        r = a.response
+        if isinstance(r, ErrorResponse):
+            return (Status.WARN, _error_text(a),
+                    "a server without tools answers -32601; others should list them")
+        tools = r.result.get("tools") if isinstance(r.result, dict) else None
+        if not isinstance(tools, list):
+            return Status.FAIL, f"no tools list in {str(r.result)[:120]}", "MCP: tools/list"
+        names = [t.get("name") for t in tools if isinstance(t, dict)]
+        return Status.PASS, f"{len(names)} tool(s): {', '.join(map(str, names[:8]))}", ""
+
+    await checks.request("tools/list", s, "tools/list", {}, opts.timeout, judge_tools)
+
+    def judge_ping(a: ResponseReceived) -> tuple[Status, str, str]:
+        if isinstance(a.response, ErrorResponse):
+            return (Status.FAIL, _error_text(a), "MCP servers answer ping with {}; without "
+                    "it set health.ping_interval = 0 (no liveness check)")
+        return Status.PASS, "answered: liveness by ping works", ""
+
+    await checks.request("ping", s, "ping", None, opts.timeout, judge_ping)
+    await _server_cancel(s, opts, checks, "notifications/cancelled",
+                         lambda ident: {"requestId": ident, "reason": "pipevisor check"})
+    await _server_stop_by_eof(s, opts, checks)
+
+
+async def _lsp_checks(s: _Session, opts: CheckOptions, checks: _Checks) -> None:
+    def judge_init(a: ResponseReceived) -> tuple[Status, str, str]:
+        r = a.response
+        if isinstance(r, ErrorResponse):
+            return Status.FAIL, _error_text(a), "a language server answers initialize"
+        result = r.result if isinstance(r.result, dict) else {}
+        if not isinstance(result.get("capabilities"), dict):
+            return Status.FAIL, "no capabilities in the answer", "LSP: InitializeResult"
+        return (Status.PASS, f"server {result.get('serverInfo')}, "
+                f"{len(result['capabilities'])} capabilities", "")
+
+    await checks.request("initialize", s, "initialize", {
+        "processId": os.getpid(), "rootUri": "file://" + os.getcwd(), "capabilities": {},
+        "clientInfo": {"name": "pipevisor-check", "version": "0"}}, opts.timeout, judge_init)
+    if checks.stopped is not None:
+        return
+    await s.write(s.peer.send_notification("initialized", {}))
+    await _server_cancel(s, opts, checks, "$/cancelRequest", lambda ident: {"id": ident})
+
+    def judge_shutdown(a: ResponseReceived) -> tuple[Status, str, str]:
+        if isinstance(a.response, ErrorResponse):
+            return Status.FAIL, _error_text(a), "LSP: answer shutdown with null"
+        return Status.PASS, "answered", ""
+
+    await checks.request("shutdown", s, "shutdown", None, opts.timeout, judge_shutdown)
+    if checks.stopped is not None:
+        checks.not_run("exit")
+        return
+    try:
+        await s.write(s.peer.send_notification("exit", None))
+    except _Gone:
+        pass
+    if await s.wait_exit(opts.grace):
+        code = s.process.returncode
+        checks.add("exit", Status.PASS if code == 0 else Status.WARN,
+                   f"exited with code {code} after shutdown + exit",
+                   "" if code == 0 else "LSP: exit after shutdown is exit code 0")
+    else:
+        checks.add("exit", Status.FAIL, f"still running {opts.grace:g} s after exit",
+                   "LSP: the server exits on the exit notification; pipevisor would "
+                   "SIGTERM it after stop.eof_grace")
+
+
+async def _server_cancel(s: _Session, opts: CheckOptions, checks: _Checks, method: str,
+                         params: Callable[[Any], Any]) -> None:
+    name = "cancel honoured"
+    if checks.stopped is not None:
+        checks.not_run(name)
+        return
+    if opts.slow_method is None:
+        checks.add(name, Status.SKIP, "not run: no slow method given",
+                   "give --slow-method NAME --slow-params JSON (for MCP: tools/call with a "
+                   "slow tool) to see a cancel reach the server")
+        return
+    ident, data = s.peer.send_request(opts.slow_method, opts.slow_params)
+    await s.write(data)
+    with anyio.move_on_after(min(0.2, opts.timeout)):
+        answer = await s.wait_answer(ident, opts.timeout)
+        checks.add(name, Status.SKIP, "not run: the slow method answered at once",
+                   "give params that make it take a second or more")
+        return
+    await s.write(s.peer.send_notification(method, params(ident)))
+    start = time.monotonic()
+    try:
+        answer = await s.wait_answer(ident, opts.cancel_wait)
+    except _Timeout:
+        checks.add(name, Status.PASS, f"no answer after {method}: the work was dropped", "")
+        return
+    except _Gone as exc:
+        checks.stopped = "the server is gone (see cancel honoured)"
+        checks.add(name, Status.FAIL, str(exc), "a cancel must not end the server")
+        return
+    took = time.monotonic() - start
+    if isinstance(answer.response, ErrorResponse):
+        checks.add(name, Status.PASS, f"answered {_error_text(answer)} {took:.2f} s after "
+                   f"{method}", "")
+    else:
+        checks.add(name, Status.WARN, f"finished the work anyway ({took:.2f} s after "
+                   f"{method})", "the server ignores cancels: abandoned calls keep its slot "
+                   "busy; lower calls.timeout or keep server.max_in_flight low")
+
+
+async def _server_stop_by_eof(s: _Session, opts: CheckOptions, checks: _Checks) -> None:
+    await s.close_stdin()
+    if await s.wait_exit(opts.grace):
+        checks.add("exit on end of input", Status.PASS,
+                   f"exited ({describe_exit(s.process.returncode)})", "")
+    else:
+        checks.add("exit on end of input", Status.WARN,
+                   f"still running {opts.grace:g} s after stdin closed",
+                   "pipevisor then sends SIGTERM (stop.eof_grace); MCP servers should exit "
+                   "when stdin closes")
