@@ -171,42 +171,51 @@ def _signal_name(sig: Any) -> str:
         return f"signal {sig}"
 
 
-def _versions(p: dict[str, Any]) -> str:
-    parts = []
-    if p.get("plugin_version"):
-        parts.append(f"v{p['plugin_version']}")
-    if p.get("protocol_version"):
-        parts.append(f"proto {p['protocol_version']}")
-    elif p.get("mode") == "raw":
-        parts.append("raw")
-    return " ".join(parts) or "-"
+def _version(p: dict[str, Any]) -> str:
+    if p.get("mode") == "raw":
+        return "raw"
+    return str(p.get("plugin_version") or "-")
 
 
-def _degradations(p: dict[str, Any]) -> str:
-    items = p.get("degradations") or []
-    return "; ".join(f"{d.get('method') or '*'}: {d.get('reason')}" for d in items) or "-"
+def _notes(p: dict[str, Any]) -> list[str]:
+    """What a row cannot hold: why a plugin is failed, backing off or stopped, and what
+    runs degraded; printed under the table, one line each."""
+    notes = []
+    if p.get("reason") and p.get("state") in ("failed", "backoff", "stopped", "degraded"):
+        notes.append(f"{p['name']} {p['state']}: {p['reason']}")
+    for d in p.get("degradations") or []:
+        if d.get("method") is None:
+            continue  # raw mode: already the reason above
+        notes.append(f"{p['name']} degraded: {d.get('method')}: {d.get('reason')}")
+    return notes
 
 
 def render_status(status: dict[str, Any]) -> str:
+    """The table fits 80 columns for names of up to 16 characters; reasons and
+    degradations, which do not fit in a cell, follow the table a line each."""
     daemon = status.get("daemon", {})
     header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "MEMORY", "CPU",
-              "VERSIONS", "DEGRADED"]
+              "VERSION"]
     rows = [header]
+    notes: list[str] = []
     for p in status.get("plugins", []):
         cpu = p.get("cpu_percent")
         rows.append([
             p["name"], p["state"], str(p.get("pid") or "-"), _duration(p.get("uptime")),
             str(p.get("restarts", 0)), _last_exit(p.get("last_exit")),
             _memory(p.get("memory_rss")), "-" if cpu is None else f"{cpu:.1f}%",
-            _versions(p), _degradations(p),
+            _version(p)[:10],
         ])
+        notes += _notes(p)
     rows = [[printable(cell) for cell in row] for row in rows]  # versions, reasons: plugin text
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"pipevisor daemon pid {daemon.get('pid', '?')}, "
              f"up {_duration(time.time() - daemon['started']) if 'started' in daemon else '-'}, "
              f"{len(rows) - 1} plugin(s), socket {daemon.get('socket', '?')}"]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+    lines += [" ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
               for r in rows]
+    if notes:
+        lines += ["", *(printable(note) for note in notes)]
     return "\n".join(lines)
 
 

@@ -234,3 +234,25 @@ def test_last_exit_names_the_signal() -> None:
     assert _last_exit({"returncode": -15}) == "SIGTERM"
     assert _last_exit({"signal": 9}) == "SIGKILL"
     assert _last_exit({"returncode": 3}) == "code 3"
+
+
+def test_the_status_table_fits_80_columns_and_says_why_a_plugin_failed() -> None:
+    import time
+
+    from pipevisor.supervisor.cli.control import render_status
+
+    status = {"daemon": {"pid": 1, "started": time.time(), "socket": "/run/p.sock"},
+              "plugins": [
+                  {"name": "thumbnailer-01", "state": "ready", "pid": 4194303,
+                   "uptime": 200_000, "restarts": 12, "last_exit": {"returncode": -9},
+                   "memory_rss": 1_500_000_000, "cpu_percent": 199.9,
+                   "plugin_version": "12.4.10-rc1"},
+                  {"name": "crashy", "state": "failed", "restarts": 5,
+                   "reason": "restarted 5 times within 60 s", "last_exit": {"returncode": 3},
+                   "degradations": [{"method": "render", "reason": "major 2 unknown"}]}]}
+    lines = render_status(status).splitlines()
+    table = lines[1:4]
+    assert max(len(line) for line in table) <= 80, table
+    assert "SIGKILL" in table[1] and "12.4.10-rc" in table[1]
+    assert "crashy failed: restarted 5 times within 60 s" in lines
+    assert "crashy degraded: render: major 2 unknown" in lines
