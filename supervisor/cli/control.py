@@ -261,7 +261,9 @@ def _unknown(exc: UnknownPlugins, as_json: bool) -> NoReturn:
 
 
 @click.command()
-@click.argument("plugins", nargs=-1, metavar="[PLUGIN|GLOB|all]...")
+@click.argument("plugins", nargs=-1, metavar="[PLUGIN|GLOB|all]...",
+                shell_complete=lambda ctx, param, incomplete: complete_plugins(
+                    ctx, param, incomplete))
 @socket_option
 @json_option
 def status(plugins: tuple[str, ...], socket_path: str | None, as_json: bool) -> None:
@@ -344,8 +346,12 @@ def _lifecycle(verb: str, plugins: tuple[str, ...], wait: float, socket_path: st
     else:
         for result in results:
             pid = f" (pid {result['pid']})" if result.get("pid") else ""
-            click.echo(printable(f"{result['name']}: {result['state']}{pid}"))
-    failed = [r for r in results if r["state"] == "failed"]
+            if wait:
+                click.echo(printable(f"{result['name']}: {result['state']}{pid}"))
+            else:  # not waited for: the state is the one before the request took effect
+                click.echo(printable(f"{result['name']}: {verb} requested "
+                                     f"(was {result['state']}{pid})"))
+    failed = [r for r in results if r["state"] == "failed" and wait]
     if failed:
         names = ", ".join(r["name"] for r in failed)
         reasons = "; ".join(f"{r['name']}: {r.get('reason')}" for r in failed)
@@ -353,7 +359,23 @@ def _lifecycle(verb: str, plugins: tuple[str, ...], wait: float, socket_path: st
               {"message": f"plugin(s) {names} failed", "reason": reasons})
 
 
-_TARGETS = click.argument("plugins", nargs=-1, required=True, metavar="PLUGIN|GLOB|all...")
+def complete_plugins(ctx: click.Context, param: click.Parameter,
+                     incomplete: str) -> list[click.shell_completion.CompletionItem]:
+    """Shell completion of plugin names, asked of the running daemon (nothing when none
+    answers within half a second: completion must never hang a shell)."""
+    from click.shell_completion import CompletionItem
+
+    path = ctx.params.get("socket_path")
+    try:
+        with Client(path, connect_timeout=0.5) as client:
+            names = [p["name"] for p in client.status()["plugins"]]
+    except Exception:  # no daemon, no access: no suggestions
+        return []
+    return [CompletionItem(n) for n in [*names, "all"] if n.startswith(incomplete)]
+
+
+_TARGETS = click.argument("plugins", nargs=-1, required=True, metavar="PLUGIN|GLOB|all...",
+                          shell_complete=complete_plugins)
 
 
 @click.command()

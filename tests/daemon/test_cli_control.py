@@ -256,3 +256,16 @@ def test_the_status_table_fits_80_columns_and_says_why_a_plugin_failed() -> None
     assert "SIGKILL" in table[1] and "12.4.10-rc" in table[1]
     assert "crashy failed: restarted 5 times within 60 s" in lines
     assert "crashy degraded: render: major 2 unknown" in lines
+
+
+async def test_shell_completion_offers_the_daemons_plugin_names(sock_dir: str) -> None:
+    """#19: completion worked for subcommands only; plugin names come from the daemon."""
+    path = os.path.join(sock_dir, "c.sock")
+    async with running([fake_spec("alpha"), fake_spec("beta")], path):
+        env = {**os.environ, "_PIPEVISOR_COMPLETE": "bash_complete", "PIPEVISOR_SOCKET": path,
+               "COMP_WORDS": "pipevisor restart al", "COMP_CWORD": "2"}
+        done = await anyio.run_process([sys.executable, "-m", "pipevisor.supervisor"],
+                                       env=env, check=False)
+        assert done.returncode == 0, done.stderr
+        words = [line.split(",", 1)[1] for line in done.stdout.decode().splitlines()]
+        assert words == ["alpha", "all"]
