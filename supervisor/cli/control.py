@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -562,7 +563,43 @@ def metrics(socket_path: str | None, as_json: bool) -> None:
     outcome, restarts, limit breaches, memory and CPU): for node_exporter's textfile
     collector or a quick look; [daemon] metrics_listen serves the same over HTTP."""
     text = _with_client(socket_path, as_json, lambda c: c.metrics())
-    click.echo(_dump({"text": text}) if as_json else text, nl=False)
+    click.echo(_dump(parse_prometheus(text)) if as_json else text, nl=False)
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_UNESCAPE = re.compile(r"\\(.)")
+_ESCAPES = {"n": "\n", "\\": "\\", '"': '"'}
+_SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
+
+
+def parse_prometheus(text: str) -> dict[str, Any]:
+    """The text exposition format as JSON: ``{"metrics": [{"name", "type", "help",
+    "samples": [{"labels": {...}, "value": number}]}]}``, in the order given. What
+    --json scripts want instead of one string to parse again."""
+    families: dict[str, dict[str, Any]] = {}
+
+    def family(name: str) -> dict[str, Any]:
+        return families.setdefault(name, {"name": name, "type": None, "help": None,
+                                          "samples": []})
+
+    for line in text.splitlines():
+        if line.startswith(("# HELP ", "# TYPE ")):
+            _, kind, name, *rest = line.split(" ", 3)
+            family(name)["help" if kind == "HELP" else "type"] = rest[0] if rest else ""
+            continue
+        found = _SAMPLE.match(line)
+        if not found or line.startswith("#"):
+            continue
+        name, labels, value = found.groups()
+        base = name if name in families else next(
+            (name.removesuffix(s) for s in _SUFFIXES if name.removesuffix(s) in families), name)
+        family(base)["samples"].append({
+            "name": name,
+            "labels": {k: _UNESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(0)), v)
+                       for k, v in _LABEL.findall(labels or "")},
+            "value": float(value)})
+    return {"metrics": list(families.values())}
 
 
 COMMANDS = [status, call, start, stop, restart, load, unload, reload, logs, events, metrics]

@@ -269,3 +269,19 @@ async def test_shell_completion_offers_the_daemons_plugin_names(sock_dir: str) -
         assert done.returncode == 0, done.stderr
         words = [line.split(",", 1)[1] for line in done.stdout.decode().splitlines()]
         assert words == ["alpha", "all"]
+
+
+async def test_metrics_json_is_parsed_not_a_string(sock_dir: str) -> None:
+    """#19: `metrics --json` was {"text": "..."}; it is the families and samples."""
+    path = os.path.join(sock_dir, "c.sock")
+    async with running([fake_spec("alpha")], path) as sup:
+        await sup.wait_ready(timeout=10)
+        doc = out_json(await cli("metrics", "--json", socket=path))
+        families = {f["name"]: f for f in doc["metrics"]}
+        up = families["pipevisor_plugin_up"]
+        assert up["type"] == "gauge" and up["help"]
+        assert {"name": "pipevisor_plugin_up", "labels": {"plugin": "alpha"},
+                "value": 1.0} in up["samples"]
+        text = (await cli("metrics", socket=path)).stdout.decode()
+        assert sum(len(f["samples"]) for f in doc["metrics"]) == sum(
+            1 for line in text.splitlines() if line and not line.startswith("#"))
