@@ -101,6 +101,9 @@ def _method_params(ctx: click.Context, param: click.Parameter,
               help="A method that takes seconds, used to test cancellation.")
 @click.option("--slow-params", default="{}", callback=_json_object, metavar="JSON",
               show_default=True, help="Params for --slow-method.")
+@click.option("--preset", type=click.Choice(["mcp", "lsp"]),
+              help="Check a foreign server by its preset (docs/foreign-servers.md): MCP "
+                   "initialize, tools/list, ping, cancel; LSP initialize, shutdown, exit.")
 @click.option("--params", "method_params", multiple=True, metavar="METHOD=JSON",
               callback=_method_params,
               help="Call METHOD with these params instead of {} (repeatable).")
@@ -108,7 +111,8 @@ def _method_params(ctx: click.Context, param: click.Parameter,
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def check(as_json: bool, timeout: float, grace: float, skip: tuple[str, ...],
           slow_method: str | None, slow_params: dict[str, Any],
-          method_params: dict[str, Any], plugin: str, args: tuple[str, ...]) -> None:
+          preset: str | None, method_params: dict[str, Any], plugin: str,
+          args: tuple[str, ...]) -> None:
     """Run PLUGIN (a path or a discovered name) with ARGS and check it follows the protocol.
 
     Besides the handshake, ping, cancel and shutdown, every method the plugin declares
@@ -133,7 +137,7 @@ def check(as_json: bool, timeout: float, grace: float, skip: tuple[str, ...],
     executable = _resolve(plugin)
     opts = CheckOptions(timeout=timeout, grace=grace, skip_methods=frozenset(skip),
                         slow_method=slow_method, slow_params=slow_params,
-                        method_params=method_params)
+                        method_params=method_params, preset=preset)
     try:
         report = anyio.run(check_plugin, (executable, *args), opts)
     except SpawnError as exc:

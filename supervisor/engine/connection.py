@@ -230,8 +230,10 @@ class Connection:
             await self._send_cancel(self._cancel(ident, "timeout"))
             raise local(
                 ErrorCode.TIMEOUT,
-                f"plugin {self.name!r} did not answer {method!r} within {timeout:g} s",
-                plugin=self.name, method=method, timeout=timeout,
+                # timeout is what was left of the caller's deadline: three figures give
+                # back the number asked for (0.99998 -> 1), not the time spent queueing
+                f"plugin {self.name!r} did not answer {method!r} within {timeout:.3g} s",
+                plugin=self.name, method=method, timeout=round(timeout, 3),
             )
         if type(response) is Response:
             return response.result

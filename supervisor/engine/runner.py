@@ -533,8 +533,9 @@ class PluginRunner:
                 self._finish(S.STOPPED, f"{end.detail}; {decision.reason}")
                 continue
             self._set_state(S.BACKOFF, f"{end.detail}; restart in {decision.delay:.2f} s")
-            self._hub.publish(SupervisorEvent(self.spec.name, EventKind.RESTART,
-                                              {"delay": decision.delay, "after": end.detail}))
+            self._hub.publish(SupervisorEvent(
+                self.spec.name, EventKind.RESTART,
+                {"delay": round(decision.delay, 3), "after": end.detail}))
             self._wake = anyio.Event()
             with anyio.move_on_after(decision.delay):
                 await self._wake.wait()

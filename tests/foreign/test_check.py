@@ -49,3 +49,18 @@ async def test_checked_as_a_plugin_a_server_is_pointed_at_the_preset() -> None:
     report = await check_plugin((sys.executable, str(PLUGINS / "mcp_like.py")))
     handshake = report.get("handshake")
     assert handshake.status is Status.FAIL and "--preset mcp" in handshake.hint
+
+
+def test_the_command_line_takes_the_preset() -> None:
+    """`pipevisor check --preset mcp` reaches the preset checks (the plugin's arguments
+    after --)."""
+    from click.testing import CliRunner
+
+    from pipevisor.supervisor.cli.main import main
+
+    res = CliRunner().invoke(main, [
+        "check", sys.executable, "--preset", "mcp", "--slow-method", "tools/call",
+        "--slow-params", '{"name": "sleep", "arguments": {"seconds": 5}}',
+        "--", str(PLUGINS / "mcp_like.py")])
+    assert res.exit_code == 0, res.output
+    assert "PASS  tools/list" in res.output and "PASS  initialize" in res.output

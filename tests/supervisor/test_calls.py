@@ -270,3 +270,13 @@ async def test_an_embedding_host_sees_memory_and_cpu_in_status() -> None:
         assert first["cpu_seconds"] is not None
         (again,) = await sup.status_with_usage()
         assert again["cpu_percent"] is not None and again["cpu_percent"] >= 0
+
+
+async def test_a_timeout_says_the_time_asked_for_not_the_time_left() -> None:
+    """#19: "within 0.999988 s" for a call given 1 s."""
+    async with Supervisor([fake_spec()]) as sup:
+        await sup.wait_ready(timeout=10)
+        with pytest.raises(CallTimeout) as info:
+            await sup.call("fake", "sleep", {"seconds": 30}, timeout=1)
+    assert "within 1 s" in info.value.error.message, info.value.error.message
+    assert info.value.data["timeout"] <= 1 and len(str(info.value.data["timeout"])) <= 5
