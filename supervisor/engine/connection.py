@@ -228,6 +228,7 @@ class Connection:
         if response is None:
             self._slots.pop(ident, None)
             await self._send_cancel(self._cancel(ident, "timeout"))
+            assert timeout is not None  # only a timer settles a slot without an answer
             raise local(
                 ErrorCode.TIMEOUT,
                 # timeout is what was left of the caller's deadline: three figures give
