@@ -8,6 +8,8 @@ supervisor/daemon/service.py) and the control commands that talk to it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 import orjson
 
@@ -86,6 +88,42 @@ def run(config_path: str | None, socket_path: str | None, log_format: str | None
     from pipevisor.supervisor.daemon.service import run_daemon
 
     raise SystemExit(run_daemon(config_path, socket_path, log_format))
+
+
+@main.command()
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
+              help="The file to check (default: the built-in configuration).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify(config_path: str | None, as_json: bool) -> None:
+    """Check a configuration without running anything (like `nginx -t`): the file is
+    read and checked as `pipevisor run` would, discovery runs, and the plugins that
+    would start are listed. Exit 0 when `run` would accept it, 2 when it would not."""
+    from pipevisor.supervisor.daemon import config_file
+    from pipevisor.supervisor.errors import ConfigError
+
+    try:
+        config = config_file.load(config_path)
+    except ConfigError as exc:
+        if as_json:
+            click.echo(orjson.dumps({"ok": False, "error": str(exc)}).decode())
+        else:
+            click.echo(f"pipevisor verify: configuration refused: {exc}", err=True)
+        raise SystemExit(2) from None
+    plugins: list[dict[str, Any]] = [
+        {"name": s.name, "command": list(s.command), "preset": str(s.preset)}
+        for s in config.supervisor.plugins]
+    warnings = ([f"{w.path}: {w.reason}" for w in config.discovered.warnings]
+                if config.discovered else [])
+    if as_json:
+        click.echo(orjson.dumps({"ok": True, "source": config.source, "plugins": plugins,
+                                 "warnings": warnings}).decode())
+        return
+    click.echo(f"{config.source or '(built-in configuration)'}: ok, "
+               f"{len(plugins)} plugin(s) would start")
+    for plugin in plugins:
+        click.echo(f"  {plugin['name']:<16} {' '.join(plugin['command'])}")
+    for warning in warnings:
+        click.echo(f"  warning: {warning}")
 
 
 for _command in CONTROL_COMMANDS:  # status, call, start, stop, ... (the daemon's control socket)

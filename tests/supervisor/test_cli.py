@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 from click.testing import CliRunner
 
@@ -26,3 +28,22 @@ def test_containment_json() -> None:
     info = orjson.loads(result.output)
     assert info["mechanism"] in ("pidns", "session+pdeathsig", "session")
     assert info["detail"]
+
+
+def test_verify_checks_a_configuration_without_running_it(tmp_path: Path) -> None:
+    """#19: an offline check like `nginx -t`: 0 and the plugins that would start, or 2
+    and the key at fault; nothing is started either way."""
+    import sys
+
+    from click.testing import CliRunner
+
+    good = tmp_path / "good.toml"
+    good.write_text(f'[plugins.echo]\ncommand = ["{sys.executable}", "-c", "pass"]\n')
+    res = CliRunner().invoke(main, ["verify", "--config", str(good)])
+    assert res.exit_code == 0, res.output
+    assert "ok, 1 plugin(s) would start" in res.output and "echo" in res.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[plugins.echo]\ncommand = 3\n')
+    res = CliRunner().invoke(main, ["verify", "--config", str(bad), "--json"])
+    assert res.exit_code == 2
+    assert "plugins.echo.command" in res.output
