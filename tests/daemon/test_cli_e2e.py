@@ -186,7 +186,9 @@ def test_metrics_prints_the_prometheus_text(daemon: Daemon) -> None:
     assert 'pipevisor_plugin_calls_total{plugin="alpha",outcome="plugin_error"} 1' in lines
     assert {f'pipevisor_plugin_up{{plugin="{n}"}} 1' for n in ("alpha", "beta", "echo")} \
         <= set(lines)
-    assert 'pipevisor_plugin_up{plugin="alpha"} 1\n' in ok_json(d, "metrics")["text"]
+    families = {f["name"]: f for f in ok_json(d, "metrics")["metrics"]}
+    assert {"name": "pipevisor_plugin_up", "labels": {"plugin": "alpha"}, "value": 1.0} \
+        in families["pipevisor_plugin_up"]["samples"]
 
 
 def test_reload_by_command_and_by_sighup(daemon: Daemon) -> None:
