@@ -460,10 +460,14 @@ def reload(socket_path: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(_dump(result))
     elif applied or not errors:
-        lines = [f"{key}: {', '.join(map(str, value)) if isinstance(value, list) else value}"
-                 for key, value in result.items() if key != "errors"
+        # only what happened: an empty "started:" line says nothing
+        lines = [f"  {key}: {', '.join(map(str, value)) if isinstance(value, list) else value}"
+                 for key, value in result.items() if key != "errors" and value
                  ] if isinstance(result, dict) else [str(result)]
-        click.echo("\n".join(["reloaded" if not errors else "reloaded in part", *lines]))
+        head = "reloaded" if not errors else "reloaded in part"
+        if isinstance(result, dict) and not applied:
+            head += ": nothing changed"
+        click.echo("\n".join([head, *lines]))
     if errors:
         what = ("reload partly applied" if applied
                 else "reload refused, the running plugins are kept")

@@ -199,8 +199,10 @@ def test_reload_by_command_and_by_sighup(daemon: Daemon) -> None:
     write_config(d.config, text + fake_table("gamma"))
     summary = ok_json(d, "reload")
     assert summary["started"] == ["gamma"] and not summary["errors"]
-    human = cli(d, "reload")
-    assert human.returncode == 0 and human.stdout.startswith("reloaded"), human
+    human = cli(d, "reload")  # the same file again: #19, no empty "started:" lines
+    assert human.returncode == 0, human
+    assert human.stdout.startswith("reloaded: nothing changed"), human.stdout
+    assert "started:" not in human.stdout and "unchanged: alpha" in human.stdout
 
     write_config(d.config, (text + fake_table("gamma")).replace(fake_table("beta"), ""))
     d.proc.send_signal(signal.SIGHUP)
