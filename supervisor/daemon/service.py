@@ -124,9 +124,14 @@ class Daemon:
         known = fresh.loadable(name_or_path)
         if known is not None:
             return known
+        disc = self.config.discovery
+        where = [*disc.dirs, *(["the daemon's PATH: " + os.environ.get("PATH", "")]
+                               if disc.use_path else [])] if disc.enabled else []
+        looked = (f"looked for {disc.prefix}{name_or_path} in " + "; ".join(where)
+                  if where else "discovery is off")
         raise ConfigError(f"{name_or_path!r} is neither configured nor discovered "
-                          f"({self.config.discovery.prefix}{name_or_path} not found), "
-                          "and not a path to an executable")
+                          f"({looked}), and not a path to an executable (a path is "
+                          "resolved where you run `pipevisor load`)")
 
     def info(self) -> dict[str, Any]:
         sup = self.sup

@@ -167,6 +167,7 @@ def test_load_and_unload_at_run_time_by_path_and_by_name(daemon: Daemon,
     assert ok_json(d, "load", "echo")["state"] == "ready"  # the discovered name again
     unknown = cli(d, "load", "nothing")
     assert unknown.returncode == EXIT_USAGE and "nothing" in unknown.stderr
+    assert "looked for pipevisor-nothing in" in unknown.stderr  # #19: says where
 
     now = plugins(d)
     assert set(now) == {"alpha", "beta", "echo", "other"}
