@@ -70,3 +70,19 @@ def test_a_misspelt_kind_is_refused_where_it_is_made() -> None:
     assert SupervisorEvent("p", "exit").kind is EventKind.EXIT  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="exitt"):
         SupervisorEvent("p", "exitt")  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_the_status_record_is_what_status_returns() -> None:
+    """#18: status() was an untyped dict the CLI and the socket depended on; its keys
+    are now the PluginStatus record's, checked here against a running plugin."""
+    from pipevisor.supervisor import Supervisor
+    from pipevisor.supervisor.records import PluginStatus
+    from tests.supervisor.fake import fake_spec
+
+    async with Supervisor([fake_spec()]) as sup:
+        await sup.wait_ready(timeout=10)
+        (plain,) = sup.status()
+        (full,) = await sup.status_with_usage()
+    assert set(plain) == PluginStatus.__required_keys__
+    assert set(full) == PluginStatus.__required_keys__ | PluginStatus.__optional_keys__

@@ -98,6 +98,7 @@ from pipevisor.supervisor.io.control_link import (
 from pipevisor.supervisor.io.listening import AcceptGuard, RateLimitedLog, accept_forever, refuse
 from pipevisor.supervisor.paths import UnsafeRuntimeDir, secure_dir
 from pipevisor.supervisor.proc.trust import check_trusted
+from pipevisor.supervisor.records import PluginStatus
 
 log = logging.getLogger("pipevisor.control")
 
@@ -637,7 +638,7 @@ class _Server:
         return await self._settle(name, _opt_number(p, "wait"), SERVING | {PluginState.FAILED})
 
     async def _settle(self, name: str, wait: float | None,
-                      states: frozenset[PluginState]) -> dict[str, Any]:
+                      states: frozenset[PluginState]) -> PluginStatus:
         self.sup.state_of(name)  # an unknown plugin fails here, not after the wait
         if wait is not None:
             try:

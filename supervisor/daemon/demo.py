@@ -13,7 +13,6 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import anyio
 
@@ -21,6 +20,7 @@ from pipevisor.supervisor.engine.config import PluginSpec, StopPolicy
 from pipevisor.supervisor.engine.events import Subscription
 from pipevisor.supervisor.engine.states import PluginState
 from pipevisor.supervisor.errors import PluginCrashed
+from pipevisor.supervisor.records import PluginStatus
 
 DEMO_PLUGIN = "pipevisor.supervisor.daemon.demo_plugin"
 TIMEOUT = 10.0
@@ -35,7 +35,7 @@ def example_plugins() -> list[PluginSpec]:
             for name in ("echo", "crashy")]
 
 
-def _table(rows: Sequence[dict[str, Any]]) -> list[str]:
+def _table(rows: Sequence[PluginStatus]) -> list[str]:
     cells = [("NAME", "STATE", "PID", "PROTOCOL", "METHODS")] + [
         (r["name"], r["state"], str(r["pid"] or "-"), r["protocol_version"] or "-",
          ", ".join(sorted(r["methods"])) or "-")
@@ -115,7 +115,8 @@ async def _demo(specs: list[PluginSpec], out: Callable[[str], None]) -> None:
             for name in sup.names():
                 await sup.wait_state(name, {PluginState.STOPPED, PluginState.FAILED}, TIMEOUT)
         exits = ", ".join(
-            f"{r['name']} {r['state']} (exit code {(r['last_exit'] or {}).get('returncode')})"
+            f"{r['name']} {r['state']} (exit code "
+            f"{r['last_exit']['returncode'] if r['last_exit'] else None})"
             for r in sup.status())
         out(f"stopped all plugins: {exits}")
 

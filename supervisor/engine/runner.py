@@ -87,6 +87,7 @@ from pipevisor.supervisor.proc.spawn import (
     wait_exit_after_eof,
     wait_stdin_closed,
 )
+from pipevisor.supervisor.records import LastExit, PluginStatus
 
 S = PluginState
 log = logging.getLogger("pipevisor.runner")
@@ -199,7 +200,7 @@ class PluginRunner:
         self.instance = 0
         self.started_at: float | None = None
         self.ready_at: float | None = None
-        self.last_exit: dict[str, Any] | None = None
+        self.last_exit: LastExit | None = None
         self._exit_published = False  # this instance's `exit` event is out (one per instance)
         self.reason: str | None = None
         self.faults = 0
@@ -1005,7 +1006,7 @@ class PluginRunner:
         self.last_exit = {"returncode": code, "description": how, "time": time.time(),
                           "stderr": tail}
         self._exit_published = True
-        detail = dict(self.last_exit)
+        detail: dict[str, Any] = dict(self.last_exit)
         if self._end_info is not None:  # it exited while being stopped or killed: say why
             detail["reason"] = self._end_info.detail
         self._hub.publish(SupervisorEvent(self.spec.name, EventKind.EXIT, detail))
@@ -1187,7 +1188,7 @@ class PluginRunner:
             self._plugin_pid_of = (process.pid, pid)
         return pid
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> PluginStatus:
         now = time.monotonic()
         hs = self.handshake
         return {

@@ -36,6 +36,7 @@ from pipevisor.supervisor.proc import containment as _platform
 from pipevisor.supervisor.proc import leftovers, tree
 from pipevisor.supervisor.proc.usage import EMPTY as EMPTY_USAGE
 from pipevisor.supervisor.proc.usage import TreeUsage
+from pipevisor.supervisor.records import PluginStatus
 
 log = logging.getLogger("pipevisor.supervisor")
 
@@ -227,7 +228,7 @@ class Supervisor:
     def state_of(self, name: str) -> PluginState:
         return self.runner(name).state
 
-    def plugin_status(self, name: str) -> dict[str, Any]:
+    def plugin_status(self, name: str) -> PluginStatus:
         """One plugin's status record (``status()`` has them all)."""
         return self.runner(name).status()
 
@@ -391,23 +392,26 @@ class Supervisor:
 
     # ============================================================ status
 
-    async def status_with_usage(self) -> list[dict[str, Any]]:
+    async def status_with_usage(self) -> list[PluginStatus]:
         """:meth:`status`, plus each plugin tree's memory (``memory_rss``), CPU
         (``cpu_seconds``, and ``cpu_percent`` since the previous call, summed over the
         tree) and process count, read now in a worker thread: what ``pipevisor status``
         shows, for embedding hosts too."""
         plugins = self.status()
-        pids = {s["pid"] for s in plugins if s.get("pid")}
-        usage = self._usage
+        pids = {s["pid"] for s in plugins if s["pid"] is not None}
+        reader = self._usage
         samples = await anyio.to_thread.run_sync(
-            lambda: {pid: usage.sample(pid) for pid in pids})
-        usage.forget_except(pids)
+            lambda: {pid: reader.sample(pid) for pid in pids})
+        reader.forget_except(pids)
         for s in plugins:
-            for key, value in samples.get(s.get("pid") or -1, EMPTY_USAGE).items():
-                s.setdefault(key, value)
+            usage = samples.get(s["pid"] or -1, EMPTY_USAGE)
+            s["memory_rss"] = usage["memory_rss"]
+            s["cpu_seconds"] = usage["cpu_seconds"]
+            s["cpu_percent"] = usage["cpu_percent"]
+            s["processes"] = usage["processes"]
         return plugins
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[PluginStatus]:
         return [runner.status() for runner in self.runners.values()]
 
     @asynccontextmanager
