@@ -37,7 +37,6 @@ from pipevisor.protocol import (
     local_error,
     standard_error,
 )
-from pipevisor.protocol.errors import VersionError
 from pipevisor.protocol.host_methods import HostBinding, negotiate_host_calls
 from pipevisor.protocol.interfaces import (
     AdapterLookup,
@@ -48,8 +47,8 @@ from pipevisor.protocol.interfaces import (
     InterfaceViolation,
     negotiate,
 )
-from pipevisor.protocol.versions import VersionRange
 from pipevisor.supervisor.engine import presets
+from pipevisor.supervisor.engine.bringup import judge_handshake_error
 from pipevisor.supervisor.engine.config import (
     Framing,
     PluginMode,
@@ -130,14 +129,6 @@ class _End:
     failed: bool = True
     give_up: bool = False
     error: ErrorObject | None = None
-
-
-def _range_text(value: Any) -> str:
-    """A version range from an error's data, for messages; tolerant of junk."""
-    try:
-        return str(VersionRange.parse(value))
-    except VersionError:
-        return f"did not say ({value!r})"
 
 
 class PluginRunner:
@@ -671,36 +662,13 @@ class PluginRunner:
                            f"{self.spec.health.handshake_timeout:g} s{hint}"))
             return
         except PluginError as exc:
-            # SPEC 6.5 [M-6.5b]: only "method not found" means a process that does not
-            # know the handshake (raw mode, when allowed); any other error answer comes
-            # from a pipevisor plugin that could not start
-            message = exc.error.message
-            if exc.code == ErrorCode.METHOD_NOT_FOUND:
-                if self.spec.mode is PluginMode.AUTO:
-                    await self._go_raw(conn, f"it does not know pipevisor/handshake "
-                                             f"({exc.code} {message})", tg)
-                    return
-                self._end(_End("handshake", "it does not speak the pipevisor protocol "
-                               f"(handshake answered {exc.code} {message}) and mode = "
-                               "\"pipevisor\" requires it; not restarted",
-                               give_up=True, error=exc.error))
-                return
-            if exc.code == ErrorCode.UNSUPPORTED_PROTOCOL_VERSION:
-                theirs = exc.data.get("supported") if isinstance(exc.data, dict) else None
-                message = (f"no common protocol version: the host speaks "
-                           f"{params.protocol_versions}, the plugin "
-                           f"{_range_text(theirs)} ({message})")
-                self._end(_End("handshake", f"handshake refused: {message}",
-                               give_up=True, error=exc.error))
-                return
-            hint = ""
-            if exc.code == ErrorCode.INVALID_PARAMS and self.spec.mode is PluginMode.AUTO:
-                # what MCP SDK servers answer to any unknown request before initialize
-                hint = ("; if it is an MCP server, configure preset = \"mcp\" (a language "
-                        "server: preset = \"lsp\"; docs/foreign-servers.md)")
-            self._end(_End("handshake", f"the plugin could not start: it answered the "
-                           f"handshake with error {exc.code} ({message}){hint}",
-                           error=exc.error))
+            verdict = judge_handshake_error(exc.code, exc.error.message, exc.data,
+                                            self.spec.mode, params.protocol_versions)
+            if verdict.action == "raw":
+                await self._go_raw(conn, verdict.reason, tg)
+            else:
+                self._end(_End("handshake", verdict.reason,
+                               give_up=verdict.action == "give_up", error=exc.error))
             return
         except CallError as exc:
             give_up = exc.code in (
