@@ -75,13 +75,29 @@ def _dump(value: Any) -> str:
                         default=str).decode()
 
 
-def _fail(code: int, message: str, as_json: bool, error: dict[str, Any] | None = None) -> NoReturn:
+def _fail(code: int, message: str, as_json: bool, error: dict[str, Any] | None = None,
+          details: str = "") -> NoReturn:
     if as_json:
         click.echo(orjson.dumps({"error": error or {"message": message}, "exit": code},
                                 default=str).decode(), err=True)
     else:
         click.echo(f"pipevisor: {printable(message)}", err=True)
+        if details:
+            click.echo(f"  details: {printable(details)}", err=True)
     sys.exit(code)
+
+
+def _details(exc: CallError) -> str:
+    """The explanation an error carries in ``data`` (which path of the params, which
+    limit, the plugin's stderr...), on a line of its own: it used to show only with
+    --json. The origin marker says nothing a reader needs."""
+    data = exc.error.data
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k != "origin"}
+    if data in (None, {}, []):
+        return ""
+    text = orjson.dumps(data, default=str).decode()
+    return text if len(text) <= 2000 else text[:2000] + "..."
 
 
 def exit_code_for(exc: CallError) -> int:
@@ -114,7 +130,7 @@ def _with_client(socket_path: str | None, as_json: bool, work: Callable[[Client]
               {"message": str(exc), "socket": exc.socket_path})
     except CallError as exc:
         _fail(exit_code_for(exc), f"{exc.error.message} [{exc.code}]", as_json,
-              exc.error.to_json())
+              exc.error.to_json(), details=_details(exc))
     except PipevisorError as exc:
         _fail(EXIT_ERROR, str(exc), as_json)
     except KeyboardInterrupt:

@@ -285,3 +285,15 @@ async def test_metrics_json_is_parsed_not_a_string(sock_dir: str) -> None:
         text = (await cli("metrics", socket=path)).stdout.decode()
         assert sum(len(f["samples"]) for f in doc["metrics"]) == sum(
             1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+async def test_an_errors_explanation_shows_without_json(sock_dir: str) -> None:
+    """#19: the data of an error (here the crash's exit code and stderr) was only in
+    --json output."""
+    path = os.path.join(sock_dir, "c.sock")
+    async with running([fake_spec("a")], path):
+        crashed = await cli("call", "a", "crash", '{"code": 7}', socket=path)
+        err = crashed.stderr.decode()
+        assert crashed.returncode == EXIT_UNAVAILABLE, err
+        assert "\n  details: " in err and '"returncode":7' in err
+        assert '"origin"' not in err
