@@ -40,6 +40,9 @@ class _PluginStatus(TypedDict):
     uptime: float | None
     """Seconds serving, for a serving plugin."""
     restarts: int
+    """Restarts the restart policy made (after exits, hangs, limits)."""
+    requested_restarts: int
+    """Restarts asked for (``pipevisor restart``, ``Supervisor.restart``), counted apart."""
     last_exit: LastExit | None
     faults: int
     """Protocol faults counted (stray output, invalid messages)."""

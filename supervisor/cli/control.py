@@ -188,6 +188,12 @@ def _signal_name(sig: Any) -> str:
         return f"signal {sig}"
 
 
+def _restarts(p: dict[str, Any]) -> str:
+    """The policy's restarts, and "+N" for those an operator asked for."""
+    asked = p.get("requested_restarts") or 0
+    return f"{p.get('restarts', 0)}" + (f"+{asked}" if asked else "")
+
+
 def _version(p: dict[str, Any]) -> str:
     if p.get("mode") == "raw":
         return "raw"
@@ -219,7 +225,7 @@ def render_status(status: dict[str, Any]) -> str:
         cpu = p.get("cpu_percent")
         rows.append([
             p["name"], p["state"], str(p.get("pid") or "-"), _duration(p.get("uptime")),
-            str(p.get("restarts", 0)), _last_exit(p.get("last_exit")),
+            _restarts(p), _last_exit(p.get("last_exit")),
             _memory(p.get("memory_rss")), "-" if cpu is None else f"{cpu:.1f}%",
             _version(p)[:10],
         ])

@@ -157,6 +157,9 @@ class PluginRunner:
         self._routes: dict[str, Binding] = {}
         """The bindings a call must go through (validation, conversion, disabled)."""
         self.raw = False
+        self.requested_restarts = 0
+        """Restarts an operator or the host asked for (restart()), not counted in the
+        restart policy's ``tracker.total_restarts``."""
         self.raw_configured = spec.mode is PluginMode.RAW
         """Raw by configuration (``mode = "raw"`` or a preset): ``ready``, not degraded."""
         self.server = presets.settings(spec)
@@ -253,6 +256,7 @@ class PluginRunner:
 
     def restart(self) -> None:
         self.tracker.reset()
+        self.requested_restarts += 1  # apart from the policy's: `restarts` counts those
         if self.state in (S.STOPPED, S.FAILED):
             self._command("start")
         else:
@@ -1169,6 +1173,7 @@ class PluginRunner:
             "instance": self.instance,
             "uptime": (now - self.ready_at) if self.ready_at and self.state in SERVING else None,
             "restarts": self.tracker.total_restarts,
+            "requested_restarts": self.requested_restarts,
             "last_exit": self.last_exit,
             "faults": self.faults,
             "command": list(self.spec.command),

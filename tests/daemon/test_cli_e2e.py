@@ -150,6 +150,11 @@ def test_status_call_and_lifecycle_commands(daemon: Daemon) -> None:
     assert ok_json(d, "call", "alpha", "echo", "[2]") == [2]
     after = plugins(d)
     assert after["beta"]["pid"] == beta_pid and after["beta"]["restarts"] == 0
+    # #19: an operator's restart is counted apart from the policy's
+    assert after["alpha"]["requested_restarts"] == 1 and after["alpha"]["restarts"] == 0
+    row = next(line for line in cli(d, "status").stdout.splitlines()
+               if line.startswith("alpha "))
+    assert " 0+1 " in row, row
 
 
 def test_load_and_unload_at_run_time_by_path_and_by_name(daemon: Daemon,
