@@ -519,19 +519,33 @@ def _event_line(ev: dict[str, Any]) -> str:
 @socket_option
 @json_option
 def logs(plugin: str, lines: int, follow: bool, socket_path: str | None, as_json: bool) -> None:
-    """Print PLUGIN's recent stderr (the daemon keeps a bounded tail)."""
+    """Print PLUGIN's recent stderr (the daemon keeps a bounded tail), each line with
+    the time it came; a marker line where a new instance of the plugin begins."""
+    current: list[int | None] = [None]
 
-    def show(line: str) -> None:
-        click.echo(orjson.dumps({"plugin": plugin, "line": line}).decode() if as_json
-                   else printable(line, keep_tabs=True))
+    def show(line: str, at: float | None = None, instance: int | None = None) -> None:
+        if as_json:
+            click.echo(orjson.dumps({"plugin": plugin, "line": line, "time": at,
+                                     "instance": instance}).decode())
+            return
+        if instance is not None and instance != current[0]:
+            if current[0] is not None or not follow:
+                click.echo(f"-- {plugin} instance {instance} --")
+            current[0] = instance
+        stamp = ""
+        if at is not None:
+            stamp = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d} "
+        click.echo(stamp + printable(line, keep_tabs=True))
 
     def tail(c: Client) -> None:
         answer = c.request("logs", {"plugin": plugin, "lines": lines})
         if answer.get("omitted"):
             click.echo(f"pipevisor: {answer['omitted']} older lines left out: the answer is "
                        "capped in bytes (docs/bounds.md)", err=True)
-        for line in answer["lines"]:
-            show(line)
+        meta = answer.get("entries") or []  # an older daemon sends lines only
+        for i, line in enumerate(answer["lines"]):
+            entry = meta[i] if len(meta) == len(answer["lines"]) else {}
+            show(line, entry.get("time"), entry.get("instance"))
 
     def work(c: Client) -> None:
         if not follow:
@@ -546,7 +560,7 @@ def logs(plugin: str, lines: int, follow: bool, socket_path: str | None, as_json
                     first = False
                 try:
                     for ev in events:
-                        show(str(ev.get("line", "")))
+                        show(str(ev.get("line", "")), ev.get("time"), ev.get("instance"))
                 except EventsLagged as lag:
                     click.echo(f"pipevisor: {lag.dropped} or more lines dropped (reader too "
                                "slow); following again", err=True)

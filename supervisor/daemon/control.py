@@ -691,7 +691,10 @@ class _Server:
             raise _BadParams(f'"lines" must be an integer in 0..{MAX_LOG_LINES}')
         tail, suppressed = self.sup.logs(name, lines)
         kept, omitted = _newest_within(tail, self.limits.logs_answer_bytes)
-        return {"plugin": name, "lines": kept, "suppressed": suppressed, "omitted": omitted}
+        meta = self.sup.log_entries(name, len(kept)) if kept else []
+        return {"plugin": name, "lines": kept, "suppressed": suppressed, "omitted": omitted,
+                "entries": [{"time": at, "instance": instance}
+                            for at, instance, _ in meta[-len(kept):]]}
 
     async def metrics(self, conn: _Connection, p: dict[str, Any]) -> Any:
         return {"text": self.sup.metrics(), "content_type": Supervisor.METRICS_CONTENT_TYPE}

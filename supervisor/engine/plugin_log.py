@@ -10,32 +10,38 @@ here does I/O: the runner feeds lines in and logs what it is allowed to.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 
 class StderrTail:
     """The last lines a plugin wrote to stderr, for status, ``logs`` and crash reports:
     at most ``max_lines`` lines and ``max_bytes`` bytes of text (the oldest go first;
-    a single line longer than ``max_bytes`` keeps only its end)."""
+    a single line longer than ``max_bytes`` keeps only its end). Each line keeps when
+    it arrived and from which instance, so ``pipevisor logs`` can show both."""
 
     def __init__(self, max_lines: int, max_bytes: int = 1 << 20) -> None:
         self.lines: deque[str] = deque()
+        self.meta: deque[tuple[float, int]] = deque()
+        """(wall time, instance) of each line in ``lines``."""
         self.max_lines = max(0, max_lines)
         self.max_bytes = max(1, max_bytes)
         self.bytes = 0
         self.total = 0
         """Lines ever added (dropped ones included)."""
 
-    def add(self, line: str) -> None:
+    def add(self, line: str, instance: int = 0, at: float | None = None) -> None:
         self.total += 1
         if self.max_lines == 0:
             return
         if len(line) > self.max_bytes:
             line = line[-self.max_bytes:]
         self.lines.append(line)
+        self.meta.append((time.time() if at is None else at, instance))
         self.bytes += len(line)
         while len(self.lines) > self.max_lines or self.bytes > self.max_bytes:
             self.bytes -= len(self.lines.popleft())
+            self.meta.popleft()
 
     def last(self, n: int) -> list[str]:
         if n <= 0:
@@ -43,6 +49,13 @@ class StderrTail:
         if n >= len(self.lines):
             return list(self.lines)
         return list(self.lines)[-n:]
+
+    def entries(self, n: int) -> list[tuple[float, int, str]]:
+        """The last ``n`` lines as (time, instance, line)."""
+        if n <= 0:
+            return []
+        both = list(zip(self.meta, self.lines, strict=True))[-n:]
+        return [(at, instance, line) for (at, instance), line in both]
 
 
 class LogBudget:

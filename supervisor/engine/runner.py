@@ -1094,9 +1094,10 @@ class PluginRunner:
         self._plugin_log.log(level, "%s", text)
 
     def _on_stderr(self, line: str) -> None:
-        self.stderr.add(line)
+        self.stderr.add(line, self.instance)
         # for `pipevisor logs --follow`; with no subscriber this is one small object
-        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.STDERR, {"line": line}))
+        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.STDERR,
+                                          {"line": line, "instance": self.instance}))
         level, message = _stderr_record(line)
         self._to_log(level, message)
 

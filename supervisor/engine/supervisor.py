@@ -245,6 +245,10 @@ class Supervisor:
         runner = self.runner(name)
         return (runner.stderr.last(lines) if lines else []), runner.stderr_suppressed
 
+    def log_entries(self, name: str, lines: int) -> list[tuple[float, int, str]]:
+        """Like :meth:`logs`, each line with when it came and from which instance."""
+        return self.runner(name).stderr.entries(lines)
+
     def process_roots(self, *, running_only: bool = False) -> dict[int, str]:
         """pid -> plugin of each instance's top process (the shim, or the plugin without
         one): what a process tree is walked from."""

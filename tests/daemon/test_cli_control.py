@@ -4,8 +4,10 @@ output, --json, and the documented exit codes."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from typing import Any
 
 import anyio
@@ -137,7 +139,12 @@ async def test_logs_tail_and_follow(sock_dir: str) -> None:
         await sup.call("a", "stderr_flood", {"lines": 200})
         await wait_for(lambda: len(sup.runner("a").stderr.last(300)) >= 200)
         tail = await cli("logs", "a", "-n", "3", socket=path)
-        assert tail.returncode == 0 and tail.stdout.decode().splitlines() == ["x" * 100] * 3
+        assert tail.returncode == 0
+        shown = tail.stdout.decode().splitlines()
+        # #19: a marker for the instance, then each line with the time it came
+        assert shown[0] == "-- a instance 1 --"
+        assert all(re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} " + "x" * 100, line)
+                   for line in shown[1:]) and len(shown) == 4, shown
 
         follower = await anyio.open_process(
             [sys.executable, "-m", "pipevisor.supervisor", "logs", "a", "-n", "0", "--follow",
@@ -152,7 +159,8 @@ async def test_logs_tail_and_follow(sock_dir: str) -> None:
                 while got.count(b"\n") < 100:
                     got += await follower.stdout.receive()
             first = orjson.loads(got.splitlines()[0])
-            assert first == {"plugin": "a", "line": "x" * 100}
+            assert first["line"] == "x" * 100 and first["instance"] == 1
+            assert abs(first["time"] - time.time()) < 60
         finally:
             follower.terminate()
             await follower.wait()

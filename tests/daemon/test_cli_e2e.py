@@ -296,7 +296,9 @@ def test_logs_and_events_follow_a_crash_and_restart(daemon: Daemon) -> None:
     assert logs.returncode == 0
     assert "fake plugin crashing on purpose with code 3" in logs.stdout
     tail = cli(d, "logs", "beta", "-n", "3").stdout.splitlines()
-    assert tail == ["x" * 100] * 3
+    assert [line.split(" ", 1)[1] for line in tail[1:]] == ["x" * 100] * 3
+    # the crash and the restart: lines of both instances, each run marked
+    assert "-- alpha instance 1 --" in logs.stdout or "-- alpha instance 2 --" in logs.stdout
     assert cli(d, "logs", "nobody").returncode == EXIT_UNKNOWN_PLUGIN
 
 
