@@ -596,6 +596,35 @@ def events(plugins: tuple[str, ...], kinds: tuple[str, ...], socket_path: str | 
 
 
 @click.command()
+@click.option("--interval", "-d", type=click.FloatRange(min=0.2), default=2.0,
+              show_default=True, metavar="S", help="Seconds between refreshes.")
+@click.option("--iterations", "-n", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Stop after N refreshes (default: until Ctrl-C).")
+@socket_option
+def top(interval: float, iterations: int | None, socket_path: str | None) -> None:
+    """A live status table, refreshed every S seconds until Ctrl-C: CPU is over the
+    last interval, plugins sorted by CPU then memory (like top)."""
+
+    def frame(c: Client) -> str:
+        result = c.status()
+        result["plugins"].sort(key=lambda p: (-(p.get("cpu_percent") or 0.0),
+                                              -(p.get("memory_rss") or 0), p["name"]))
+        stamp = time.strftime("%H:%M:%S")
+        return f"pipevisor top - {stamp}, every {interval:g} s\n" + render_status(result)
+
+    def work(c: Client) -> None:
+        clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+        frame(c)  # the first CPU reading is since each plugin started: prime it
+        shown = 0
+        while iterations is None or shown < iterations:
+            time.sleep(interval)
+            click.echo(clear + frame(c) + ("" if clear else "\n"))
+            shown += 1
+
+    _with_client(socket_path, False, work)
+
+
+@click.command()
 @socket_option
 @json_option
 def metrics(socket_path: str | None, as_json: bool) -> None:
@@ -642,5 +671,6 @@ def parse_prometheus(text: str) -> dict[str, Any]:
     return {"metrics": list(families.values())}
 
 
-COMMANDS = [status, call, start, stop, restart, load, unload, reload, logs, events, metrics]
+COMMANDS = [status, top, call, start, stop, restart, load, unload, reload, logs, events,
+            metrics]
 """Registered on the ``pipevisor`` group by supervisor/cli/main.py."""

@@ -305,3 +305,15 @@ async def test_an_errors_explanation_shows_without_json(sock_dir: str) -> None:
         assert crashed.returncode == EXIT_UNAVAILABLE, err
         assert "\n  details: " in err and '"returncode":7' in err
         assert '"origin"' not in err
+
+
+async def test_top_refreshes_a_table_sorted_by_cpu(sock_dir: str) -> None:
+    """#19: `pipevisor top`: a live table; here two refreshes, not a terminal."""
+    path = os.path.join(sock_dir, "c.sock")
+    async with running([fake_spec("alpha"), fake_spec("beta")], path):
+        done = await cli("top", "-d", "0.2", "-n", "2", socket=path)
+        assert done.returncode == 0, done.stderr
+        text = done.stdout.decode()
+        assert text.count("pipevisor top - ") == 2
+        assert text.count("NAME ") == 2 and "alpha" in text and "beta" in text
+        assert "\x1b" not in text  # no screen control when stdout is not a terminal
