@@ -468,11 +468,20 @@ def unload(plugin: str, socket_path: str | None, as_json: bool) -> None:
 
 
 @click.command()
+@click.option("--dry-run", is_flag=True, help="Only say what the reload would change.")
 @socket_option
 @json_option
-def reload(socket_path: str | None, as_json: bool) -> None:
-    """Re-read the daemon's configuration and apply it (like SIGHUP)."""
-    result = _with_client(socket_path, as_json, lambda c: c.reload())
+def reload(dry_run: bool, socket_path: str | None, as_json: bool) -> None:
+    """Re-read the daemon's configuration and apply it (like SIGHUP); --dry-run only
+    says what would start, stop and restart (like supervisorctl reread)."""
+    result = _with_client(socket_path, as_json, lambda c: c.reload(dry_run=dry_run))
+    if dry_run and not as_json and isinstance(result, dict) and not result.get("errors"):
+        changes = [f"  would {verb}: {', '.join(result[key])}"
+                   for verb, key in (("start", "started"), ("stop", "stopped"),
+                                     ("restart", "restarted")) if result.get(key)]
+        click.echo("\n".join(["dry run: " + ("changes" if changes else "nothing would change"),
+                              *changes]))
+        return
     errors = [str(e) for e in result.get("errors") or ()] if isinstance(result, dict) else []
     # The daemon answers a refused file with a summary (nothing changed, the reason in
     # "errors") rather than an error, so SIGHUP and the socket share one code path;

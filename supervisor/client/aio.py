@@ -333,8 +333,10 @@ class AsyncClient:
     async def unload(self, plugin: str) -> dict[str, Any]:
         return await self._do(requests.unload(plugin))
 
-    async def reload(self) -> dict[str, Any]:
-        return await self._do(requests.reload())
+    async def reload(self, *, dry_run: bool = False) -> dict[str, Any]:
+        """Re-read the daemon's configuration and apply it; ``dry_run``: only say what
+        would change."""
+        return await self._do(requests.reload(dry_run))
 
     async def logs(self, plugin: str, lines: int = 100) -> list[str]:
         """The newest ``lines`` stderr lines (fewer if they would make the answer larger

@@ -268,8 +268,10 @@ class Client:
     def unload(self, plugin: str) -> dict[str, Any]:
         return self._do(requests.unload(plugin))
 
-    def reload(self) -> dict[str, Any]:
-        return self._do(requests.reload())
+    def reload(self, *, dry_run: bool = False) -> dict[str, Any]:
+        """Re-read the daemon's configuration and apply it; ``dry_run``: only say what
+        would change."""
+        return self._do(requests.reload(dry_run))
 
     def logs(self, plugin: str, lines: int = 100) -> list[str]:
         """The newest ``lines`` stderr lines (fewer if they would make the answer larger

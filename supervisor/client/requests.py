@@ -77,8 +77,8 @@ def unload(plugin: str) -> Request[dict[str, Any]]:
     return Request("unload", {"plugin": plugin}, _record)
 
 
-def reload() -> Request[dict[str, Any]]:
-    return Request("reload", None, _record)
+def reload(dry_run: bool = False) -> Request[dict[str, Any]]:
+    return Request("reload", {"dry_run": True} if dry_run else None, _record)
 
 
 def logs(plugin: str, lines: int) -> Request[list[str]]:

@@ -176,6 +176,10 @@ class DaemonHooks(Protocol):
         """Re-read the configuration and apply it; returns what changed."""
         ...
 
+    async def preview(self) -> dict[str, Any]:
+        """What reload would change, changing nothing."""
+        ...
+
     def resolve_plugin(self, name_or_path: str) -> PluginSpec:
         """A spec for ``pipevisor load``: a configured/discovered name or an executable path.
         Raises ConfigError naming what is wrong."""
@@ -680,6 +684,8 @@ class _Server:
 
     async def reload(self, conn: _Connection, p: dict[str, Any]) -> Any:
         try:
+            if p.get("dry_run") is True:
+                return await self.hooks.preview()
             return await self.hooks.reload()
         except ConfigError as exc:
             raise _BadParams(f"reload refused, configuration unchanged: {exc}") from None

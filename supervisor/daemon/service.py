@@ -145,10 +145,24 @@ class Daemon:
 
     # ------------------------------------------------------------ work
 
-    async def _apply(self, new: DaemonConfig) -> dict[str, Any]:
+    async def preview(self) -> dict[str, Any]:
+        """What ``reload`` would do, without doing it (``pipevisor reload --dry-run``,
+        like supervisorctl's ``reread``): the same summary, nothing started or stopped."""
+        try:
+            new = with_runtime_defaults(config_file.load(self.config_path))
+        except ConfigError as exc:
+            return {"started": [], "stopped": [], "restarted": [], "unchanged": [],
+                    "errors": [str(exc)], "dry_run": True}
+        started, stopped, restarted, unchanged, errors = self._diff(new)
+        return {"started": started, "stopped": stopped, "restarted": restarted,
+                "unchanged": unchanged, "errors": errors, "dry_run": True}
+
+    def _diff(self, new: DaemonConfig) -> tuple[list[str], list[str], list[str], list[str],
+                                               list[str]]:
+        """(started, stopped, restarted, unchanged, errors) from the running set to
+        ``new``'s plugins: a pure comparison of frozen specs by name."""
         assert self.sup is not None
         sup = self.sup
-        self._apply_settings(new)
         wanted = {s.name: s for s in new.supervisor.plugins}
         started: list[str] = []
         stopped = sorted(self.managed - wanted.keys())
@@ -166,6 +180,14 @@ class Daemon:
                 restarted.append(name)
             else:
                 unchanged.append(name)
+        return started, stopped, restarted, unchanged, errors
+
+    async def _apply(self, new: DaemonConfig) -> dict[str, Any]:
+        assert self.sup is not None
+        sup = self.sup
+        self._apply_settings(new)
+        wanted = {s.name: s for s in new.supervisor.plugins}
+        started, stopped, restarted, unchanged, errors = self._diff(new)
 
         async def unload(name: str) -> None:
             if name in sup.names():

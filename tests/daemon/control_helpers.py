@@ -25,6 +25,9 @@ class FakeHooks:
         self.reloads += 1
         return {"reloaded": True, "count": self.reloads}
 
+    async def preview(self) -> dict[str, Any]:
+        return {"dry_run": True, "count": self.reloads}
+
     def resolve_plugin(self, name_or_path: str) -> PluginSpec:
         try:
             return self.loadable[name_or_path]

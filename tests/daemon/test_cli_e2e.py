@@ -203,6 +203,10 @@ def test_reload_by_command_and_by_sighup(daemon: Daemon) -> None:
     with open(d.config) as f:
         text = f.read()
     write_config(d.config, text + fake_table("gamma"))
+    preview = cli(d, "reload", "--dry-run")  # #19: what would change, nothing done
+    assert preview.returncode == 0, preview.stderr
+    assert preview.stdout.splitlines() == ["dry run: changes", "  would start: gamma"]
+    assert "gamma" not in plugins(d)
     summary = ok_json(d, "reload")
     assert summary["started"] == ["gamma"] and not summary["errors"]
     human = cli(d, "reload")  # the same file again: #19, no empty "started:" lines
