@@ -445,8 +445,24 @@ def load(name_or_path: str, wait: float, socket_path: str | None, as_json: bool)
     to the daemon's working directory."""
     if os.sep in name_or_path or os.path.isfile(name_or_path):
         name_or_path = os.path.abspath(name_or_path)
-    result = _with_client(socket_path, as_json,
-                          lambda c: c.load(name_or_path, wait=wait or None))
+
+    def work(c: Client) -> dict[str, Any]:
+        try:
+            return c.load(name_or_path, wait=wait or None)
+        except ControlError as exc:
+            # a name the daemon neither has configured nor finds on its own PATH: look
+            # on the caller's PATH too, as `pipevisor list` does, and send that path
+            # (the daemon still applies its trust rule to it)
+            if os.sep in name_or_path or "neither configured nor discovered" not in str(exc):
+                raise
+            from pipevisor.supervisor.tools.discovery import discover
+
+            found = discover().by_name().get(name_or_path.removeprefix("pipevisor-"))
+            if found is None:
+                raise
+            return c.load(os.path.abspath(found.path), wait=wait or None)
+
+    result = _with_client(socket_path, as_json, work)
     if as_json:
         click.echo(_dump(result))
     else:

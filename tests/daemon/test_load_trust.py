@@ -78,3 +78,17 @@ def test_load_refuses_another_users_file(daemon: Daemon, tmp_path: Path) -> None
     os.chown(theirs, 65534, -1)
     with Client(daemon.socket) as c, pytest.raises(ControlError, match="owned by uid 65534"):
         c.load(str(theirs))
+
+
+def test_load_by_name_also_looks_on_the_callers_path(daemon: Daemon, tmp_path: Path) -> None:
+    """#19: `pipevisor load NAME` looked the name up on the daemon's PATH only; a plugin
+    on the caller's PATH is now found there and sent by its absolute path."""
+    mine = tmp_path / "mybin"
+    plugin_copy(mine, "pipevisor-mine")
+    env = {**os.environ, "PATH": f"{mine}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "pipevisor.supervisor", "load", "mine",
+                           "--socket", daemon.socket, "--json"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    loaded = orjson.loads(proc.stdout)
+    assert loaded["name"] == "mine" and loaded["command"] == [str(mine / "pipevisor-mine")]
