@@ -728,14 +728,21 @@ METHODS: dict[str, Handler] = {
 }
 
 
-def _newest_within(lines: list[str], budget: int) -> tuple[list[str], int]:
-    """The newest of ``lines`` whose JSON encoding fits in ``budget`` bytes, and how many
-    older ones were left out. Each line is measured as it will be sent (escapes count),
-    newest first, so the cost is bounded by the budget, not by the tail."""
+ENTRY_BYTES = 48
+"""What the time and instance of one line add to a logs answer, at most
+(``{"time":1796301797.123456,"instance":123456},``)."""
+
+
+def _newest_within(lines: list[str], budget: int, per_line: int = ENTRY_BYTES
+                   ) -> tuple[list[str], int]:
+    """The newest of ``lines`` whose JSON encoding (plus ``per_line`` bytes of metadata
+    each) fits in ``budget`` bytes, and how many older ones were left out. Each line is
+    measured as it will be sent (escapes count), newest first, so the cost is bounded
+    by the budget, not by the tail."""
     used = 0
     start = len(lines)
     while start > 0:
-        cost = len(orjson.dumps(lines[start - 1])) + 1
+        cost = len(orjson.dumps(lines[start - 1])) + 1 + per_line
         if used + cost > budget:
             break
         used += cost
