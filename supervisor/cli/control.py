@@ -593,22 +593,42 @@ def logs(plugin: str, lines: int, follow: bool, socket_path: str | None, as_json
     _with_client(socket_path, as_json, work)
 
 
+def _since(value: str | None) -> float | None:
+    """``30s``/``5m``/``2h``/``1d`` ago, or a Unix time, as a wall time."""
+    if value is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if value[-1:] in units:
+            return time.time() - float(value[:-1]) * units[value[-1]]
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected a duration such as 30s, 5m, 2h, 1d, "
+                                 "or a Unix time", param_hint="--since") from None
+
+
 @click.command()
 @click.option("--plugin", "plugins", multiple=True, metavar="P",
               help="Only events of this plugin (repeatable).")
 @click.option("--kind", "kinds", multiple=True, metavar="K",
               help="Only events of this kind: state, exit, restart, fault, limit, log, "
                    "stderr ... (repeatable; default: all but stderr).")
+@click.option("--since", callback=lambda ctx, param, value: _since(value), metavar="WHEN",
+              help="First show the kept events from then: 30s, 5m, 2h, 1d ago, or a Unix "
+                   "time.")
 @socket_option
 @json_option
-def events(plugins: tuple[str, ...], kinds: tuple[str, ...], socket_path: str | None,
-           as_json: bool) -> None:
-    """Follow state changes, exits, restarts and limit breaches live, until Ctrl-C."""
+def events(plugins: tuple[str, ...], kinds: tuple[str, ...], since: float | None,
+           socket_path: str | None, as_json: bool) -> None:
+    """Follow state changes, exits, restarts and limit breaches live, until Ctrl-C;
+    with --since, first what the daemon kept from then (its last 1,000 events)."""
 
     def work(c: Client) -> None:
+        start = since
         while True:  # until Ctrl-C; a reader that fell behind subscribes again
-            with c.subscribe(plugins=list(plugins) or None,
-                             kinds=list(kinds) or None) as stream:
+            with c.subscribe(plugins=list(plugins) or None, kinds=list(kinds) or None,
+                             since=start) as stream:
+                start = None  # the history once; a re-subscription follows live only
                 try:
                     for ev in stream:
                         click.echo(orjson.dumps(ev, default=str).decode() if as_json

@@ -344,7 +344,8 @@ class AsyncClient:
         return await self._do(requests.logs(plugin, lines))
 
     @asynccontextmanager
-    async def subscribe(self, plugins: list[str] | None = None, kinds: list[str] | None = None
+    async def subscribe(self, plugins: list[str] | None = None, kinds: list[str] | None = None,
+                        *, since: float | None = None
                         ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """Subscribe on a connection of its own; events published after the ``async with``
         is entered are all delivered until the iterator raises :class:`EventsLagged`
@@ -352,7 +353,8 @@ class AsyncClient:
         stream = await self._connect()
         peer = Peer(max_line_bytes=self._max_answer)
         try:
-            ident, data = peer.send_request("subscribe", requests.filters(plugins, kinds))
+            ident, data = peer.send_request("subscribe",
+                                            requests.filters(plugins, kinds, since))
             try:
                 await stream.send(data)
             except _LINK_ERRORS as exc:

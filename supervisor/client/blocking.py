@@ -284,14 +284,16 @@ class Client:
 
     @contextmanager
     def subscribe(self, plugins: list[str] | None = None,
-                  kinds: list[str] | None = None) -> Iterator[Iterator[dict[str, Any]]]:
+                  kinds: list[str] | None = None, *,
+                  since: float | None = None) -> Iterator[Iterator[dict[str, Any]]]:
         """Subscribe on a connection of its own; events published after ``with`` is
         entered are all delivered until the iterator raises :class:`EventsLagged` (the
         reader fell behind and the daemon ended the subscription)."""
         sock = self._connect()
         peer = self._new_peer()
         try:
-            ident, data = peer.send_request("subscribe", requests.filters(plugins, kinds))
+            ident, data = peer.send_request("subscribe",
+                                            requests.filters(plugins, kinds, since))
             try:
                 sock.sendall(data)
             except OSError as exc:

@@ -89,9 +89,10 @@ def metrics() -> Request[str]:
     return Request("metrics", None, _text)
 
 
-def filters(plugins: list[str] | None, kinds: list[str] | None) -> dict[str, Any]:
-    """The params of ``subscribe``."""
-    p: dict[str, Any] = {}
+def filters(plugins: list[str] | None, kinds: list[str] | None,
+            since: float | None = None) -> dict[str, Any]:
+    """The params of ``subscribe``; ``since``: replay the daemon's kept events from then."""
+    p: dict[str, Any] = {} if since is None else {"since": since}
     if plugins:
         p["plugins"] = list(plugins)
     if kinds:

@@ -712,7 +712,10 @@ class _Server:
         if unknown:  # a misspelt filter would otherwise wait forever for nothing
             raise _BadParams(f"unknown event kind(s) {', '.join(unknown)}; the kinds are "
                              f"{', '.join(sorted(KNOWN_KINDS))}")
-        return await conn.subscribe(plugins, kinds)
+        since = p.get("since")
+        if since is not None and (type(since) not in (int, float) or since < 0):
+            raise _BadParams('"since" must be a wall time in seconds (a number)')
+        return await conn.subscribe(plugins, kinds, since)
 
     async def unsubscribe(self, conn: _Connection, p: dict[str, Any]) -> Any:
         sid = p.get("subscription")
@@ -1119,7 +1122,8 @@ class _Connection:
     # ------------------------------------------------------------ events
 
     async def subscribe(self, plugins: frozenset[str] | None,
-                        kinds: frozenset[str] | None) -> dict[str, Any]:
+                        kinds: frozenset[str] | None,
+                        since: float | None = None) -> dict[str, Any]:
         if len(self._subs) >= self.limits.max_subscriptions:
             raise _BadParams(f"at most {self.limits.max_subscriptions} subscriptions "
                              "per connection")
@@ -1130,7 +1134,15 @@ class _Connection:
         assert self._events is not None
         sid = self._next_sub
         self._next_sub += 1
-        self._subs[sid] = _Subscription(plugins, kinds, self._events.accepted)
+        sub = _Subscription(plugins, kinds, self._events.accepted)
+        # taken with no await before the subscription is in place: every event is
+        # either in this history or sent live, never both, never neither
+        history = ([e for e in self.server.sup.events.recent(since) if sub.wants(e)]
+                   if since is not None else [])
+        self._subs[sid] = sub
+        for event in history:  # before the answer: the client queues them (client/wire)
+            if not await self._emit(sid, event.to_json()):
+                break
         return {"subscription": sid}
 
     def unsubscribe(self, sid: int) -> bool:

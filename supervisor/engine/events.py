@@ -216,15 +216,41 @@ class Subscription:
             yield await self.next()
 
 
+RECENT_EVENTS = 1000
+RECENT_BYTES = 1024 * 1024
+"""The history kept for late subscribers (``subscribe(since=...)``, ``pipevisor events
+--since``): the last 1,000 events and at most 1 MiB of them; stderr lines are not
+kept (each plugin's stderr tail keeps those)."""
+
+
 class EventHub:
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
+        self._recent: deque[tuple[SupervisorEvent, int]] = deque()
+        self._recent_bytes = 0
+
+    def recent(self, since: float) -> list[SupervisorEvent]:
+        """The kept events published at or after ``since`` (wall time), oldest first."""
+        return [event for event, _ in self._recent if event.time >= since]
+
+    def _remember(self, event: SupervisorEvent, size: int) -> None:
+        recent = self._recent
+        recent.append((event, size))
+        self._recent_bytes += size
+        while len(recent) > RECENT_EVENTS or self._recent_bytes > RECENT_BYTES:
+            self._recent_bytes -= recent.popleft()[1]
 
     def publish(self, event: SupervisorEvent) -> None:
         subscribers = self._subscribers
+        if event.kind is not EventKind.STDERR:
+            size = event_size(event)
+            self._remember(event, size)
+        elif not subscribers:
+            return
+        else:
+            size = event_size(event)
         if not subscribers:
             return
-        size = event_size(event)  # once, whatever the number of subscribers
         for sub in tuple(subscribers):  # a lagging one may leave while we go
             sub._push(event, size)
 
@@ -233,10 +259,16 @@ class EventHub:
                         max_bytes: int = DEFAULT_MAX_BYTES,
                         wants: Callable[[SupervisorEvent], bool] | None = None,
                         on_lag: Callable[[int], None] | None = None,
+                        since: float | None = None,
                         ) -> AsyncIterator[Subscription]:
         """A subscription for the ``async with`` block; see :class:`Subscription` for
-        ``maxlen``, ``max_bytes``, ``wants`` and ``on_lag``."""
+        ``maxlen``, ``max_bytes``, ``wants`` and ``on_lag``. With ``since`` (wall
+        time), the kept events published from then on come first (at most the history
+        :data:`RECENT_EVENTS` holds), then the live ones: none twice, none lost."""
         sub = Subscription(maxlen, max_bytes, wants=wants, on_lag=on_lag)
+        if since is not None:  # no await between this and the add: nothing falls between
+            for event in self.recent(since):
+                sub._push(event)
         self._subscribers.add(sub)
         try:
             yield sub

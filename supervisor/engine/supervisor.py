@@ -419,6 +419,9 @@ class Supervisor:
         return [runner.status() for runner in self.runners.values()]
 
     @asynccontextmanager
-    async def subscribe(self, maxlen: int = 10_000) -> AsyncIterator[Subscription]:
-        async with self.events.subscribe(maxlen) as sub:
+    async def subscribe(self, maxlen: int = 10_000, *, since: float | None = None
+                        ) -> AsyncIterator[Subscription]:
+        """Events from now on; with ``since`` (wall time), the kept ones published from
+        then first (the last 1,000, stderr lines excluded)."""
+        async with self.events.subscribe(maxlen, since=since) as sub:
             yield sub

@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 
 import anyio
+import orjson
 import psutil
 import pytest
 
@@ -109,3 +110,52 @@ def test_an_unknown_kind_is_refused_instead_of_waiting_forever(sock_dir: str) ->
                                "--kind", "bogus", "--socket", d.socket],
                               capture_output=True, text=True, timeout=30, cwd=ROOT)
         assert proc.returncode == 2 and "state, stderr" in proc.stderr, proc.stderr
+
+
+async def test_a_late_subscriber_gets_the_kept_history_then_live_events() -> None:
+    """#19 (`events --since`): the hub keeps its last events (bounded, stderr lines
+    left out); a subscription with since= gets those from then first, none twice."""
+    from pipevisor.supervisor.engine.events import RECENT_EVENTS
+
+    hub = EventHub()
+    for i in range(RECENT_EVENTS + 50):
+        hub.publish(SupervisorEvent("p", "log", {"i": i}, time=1000.0 + i))
+    hub.publish(SupervisorEvent("p", "stderr", {"line": "not kept"}, time=5000.0))
+    kept = hub.recent(0)
+    assert len(kept) == RECENT_EVENTS and kept[0].detail["i"] == 50  # oldest went first
+    assert all(e.kind != "stderr" for e in kept)
+    async with hub.subscribe(since=1000.0 + RECENT_EVENTS + 40) as sub:
+        hub.publish(SupervisorEvent("p", "log", {"i": "live"}, time=9000.0))
+        got = [(await sub.next()).detail["i"] for _ in range(11)]
+    assert got == [*range(RECENT_EVENTS + 40, RECENT_EVENTS + 50), "live"]
+
+
+def test_events_since_shows_what_happened_before_the_command(sock_dir: str) -> None:
+    import subprocess
+
+    from pipevisor.supervisor.client import Client
+    from tests.daemon.daemon_helpers import ROOT, fake_table, running_daemon
+
+    with running_daemon(sock_dir, fake_table("alpha")) as d:
+        with Client(d.socket) as c:
+            c.restart("alpha", wait=20)  # state changes published before anyone listens
+        import threading
+        import time
+
+        asked = time.time()
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "pipevisor.supervisor", "events", "--since", "1h",
+             "--kind", "state", "--json", "--socket", d.socket],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        deadline = threading.Timer(30, follower.kill)  # no history: readline would wait
+        deadline.start()
+        try:
+            assert follower.stdout is not None
+            seen = [orjson.loads(follower.stdout.readline()) for _ in range(3)]
+        finally:
+            deadline.cancel()
+            follower.terminate()
+            follower.wait(10)
+        assert all(e["plugin"] == "alpha" and e["kind"] == "state" for e in seen)
+        times = [e["time"] for e in seen]
+        assert times == sorted(times) and times[-1] < asked  # history, from before
