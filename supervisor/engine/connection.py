@@ -287,17 +287,22 @@ class Connection:
                             pass  # as above: the reader settles the call
             await slot.future
         except BaseException:
-            # The caller was cancelled: tell the plugin, then let cancellation propagate.
-            if slot.response is None:
-                self._slots.pop(ident, None)
-                cancel = self._cancel(ident, "cancelled by the caller")
-                with anyio.CancelScope(shield=True):
-                    await self._send_cancel(cancel)
+            await self._abandon(slot, ident)
             raise
         finally:
             if timer is not None:
                 timer.cancel()
         return slot
+
+    async def _abandon(self, slot: _Slot | FutureSlot, ident: RequestId) -> None:
+        """The caller was cancelled before an answer: forget the slot and tell the plugin
+        (shielded, so the cancel goes out); the caller's cancellation then propagates.
+        One place for both call paths, so they cannot drift apart."""
+        if slot.response is None:
+            self._slots.pop(ident, None)
+            cancel = self._cancel(ident, "cancelled by the caller")
+            with anyio.CancelScope(shield=True):
+                await self._send_cancel(cancel)
 
     async def _call_portable(self, ident: RequestId, data: bytes,
                              timeout: float | None) -> _Slot:
@@ -314,12 +319,7 @@ class Connection:
                 with anyio.move_on_after(timeout):
                     await slot.event.wait()
         except BaseException:
-            # The caller was cancelled: tell the plugin, then let cancellation propagate.
-            if slot.response is None:
-                self._slots.pop(ident, None)
-                cancel = self._cancel(ident, "cancelled by the caller")
-                with anyio.CancelScope(shield=True):
-                    await self._send_cancel(cancel)
+            await self._abandon(slot, ident)
             raise
         return slot
 
