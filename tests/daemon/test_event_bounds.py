@@ -159,3 +159,17 @@ def test_events_since_shows_what_happened_before_the_command(sock_dir: str) -> N
         assert all(e["plugin"] == "alpha" and e["kind"] == "state" for e in seen)
         times = [e["time"] for e in seen]
         assert times == sorted(times) and times[-1] < asked  # history, from before
+
+
+def test_a_plugin_flooding_large_events_keeps_the_history_within_its_bytes() -> None:
+    """A plugin decides how many and how large its log events are: the history the
+    daemon keeps for `events --since` stays within RECENT_BYTES whatever it sends."""
+    from pipevisor.supervisor.engine.events import RECENT_BYTES, event_size
+
+    hub = EventHub()
+    for i in range(200):
+        hub.publish(SupervisorEvent("evil", "log", {"i": i, "message": "m" * 64_000}))
+    kept = hub.recent(0)
+    assert kept and kept[-1].detail["i"] == 199  # the newest stay
+    assert sum(event_size(e) for e in kept) <= RECENT_BYTES
+    assert len(kept) < 200
