@@ -14,7 +14,6 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -49,6 +48,12 @@ from pipevisor.protocol.interfaces import (
 )
 from pipevisor.supervisor.engine import presets
 from pipevisor.supervisor.engine.bringup import judge_handshake_error
+from pipevisor.supervisor.engine.call_gate import (
+    CallGate,
+    not_ready_in_time,
+    serving_verdict,
+    unavailable,
+)
 from pipevisor.supervisor.engine.config import (
     Framing,
     PluginMode,
@@ -58,11 +63,19 @@ from pipevisor.supervisor.engine.config import (
     StartStep,
 )
 from pipevisor.supervisor.engine.connection import Connection, ConnectionCallbacks, HostHandler
+from pipevisor.supervisor.engine.ending import (
+    End,
+    EndKind,
+    Want,
+    after_backoff,
+    after_end,
+    claim,
+)
 from pipevisor.supervisor.engine.events import EventHub, EventKind, SupervisorEvent
 from pipevisor.supervisor.engine.limits import LimitAction, backstop_evidence
 from pipevisor.supervisor.engine.plugin_log import LogBudget, StderrTail
-from pipevisor.supervisor.engine.policy import RestartTracker
-from pipevisor.supervisor.engine.states import COMING_BACK, SERVING, PluginState, check_transition
+from pipevisor.supervisor.engine.policy import Decision, RestartTracker
+from pipevisor.supervisor.engine.states import SERVING, PluginState, check_transition
 from pipevisor.supervisor.errors import (
     CallError,
     CallTimeout,
@@ -120,17 +133,6 @@ def _stderr_record(line: str) -> tuple[int, str]:
     return level, message
 
 
-@dataclass(slots=True)
-class _End:
-    """Why an instance ended."""
-
-    kind: str  # exited | eof | hung | protocol | handshake | stop | restart | unload | limit
-    detail: str
-    failed: bool = True
-    give_up: bool = False
-    error: ErrorObject | None = None
-
-
 class PluginRunner:
     def __init__(
         self,
@@ -183,8 +185,8 @@ class PluginRunner:
         self.state = S.STOPPED
         self._changed = anyio.Event()
         self._wake = anyio.Event()
-        self._want: str | None = None  # "start" | "stop" | "restart" | "close"
-        self._end_info: _End | None = None
+        self._want: Want = None
+        self._end_info: End | None = None
         self._end_event = anyio.Event()
         self.tracker = RestartTracker(spec.restart)
         self.conn: Connection | None = None
@@ -204,8 +206,7 @@ class PluginRunner:
                                     time.monotonic())
         """What of stderr and ``pipevisor/log`` reaches the host's log (docs/bounds.md)."""
         self._suppressed_noted = 0.0
-        self._slots = anyio.Semaphore(spec.calls.max_in_flight, fast_acquire=True)
-        self._waiting = 0
+        self.gate = CallGate(spec.name, spec.calls.max_in_flight, spec.calls.max_queued)
         self._plugin_log = logging.getLogger(f"pipevisor.plugin.{spec.name}")
         self.resources: dict[str, Any] | None = None
         """The latest resource sample (set by the sampler when the plugin has limits)."""
@@ -223,7 +224,7 @@ class PluginRunner:
     @property
     def queued(self) -> int:
         """Calls waiting for a free in-flight slot."""
-        return self._waiting
+        return self.gate.waiting
 
     def count_failure(self, exc: BaseException) -> None:
         """Count a call that did not return a result, by what ended it: ``plugin_error``
@@ -252,7 +253,7 @@ class PluginRunner:
 
     def stop(self) -> None:
         self._command("stop")
-        self._end(_End("stop", "stopped on request", failed=False))
+        self._end(End(EndKind.STOP, "stopped on request", failed=False))
 
     def restart(self) -> None:
         self.tracker.reset()
@@ -261,28 +262,30 @@ class PluginRunner:
             self._command("start")
         else:
             self._command("restart")
-            self._end(_End("restart", "restarted on request", failed=False))
+            self._end(End(EndKind.RESTART, "restarted on request", failed=False))
 
     def close(self) -> None:
         """Stop for good (unload, supervisor exit): the ``run`` task returns."""
         self._command("close")
-        self._end(_End("unload", "supervisor is shutting down or unloaded the plugin",
+        self._end(End(EndKind.UNLOAD, "supervisor is shutting down or unloaded the plugin",
                        failed=False))
 
-    def _command(self, what: str) -> None:
+    def _command(self, what: Want) -> None:
         if self._want == "close":
             return
         self._want = what
         self._wake.set()
 
-    def _end(self, info: _End) -> None:
-        if self._end_info is None and self.state not in (S.STOPPED, S.FAILED, S.BACKOFF):
+    def _end(self, info: End) -> None:
+        """The one funnel every ending goes through (see engine/ending.py)."""
+        verdict = claim(self.state, self._end_info is not None, info)
+        if verdict in ("take", "take_stopping"):
             self._end_info = info
             self._end_event.set()
-            if info.kind in ("stop", "restart", "unload") and self.state is not S.STOPPING:
+            if verdict == "take_stopping":
                 # at once, so that calls made from now on wait for the next instance
                 self._set_state(S.STOPPING, info.detail)
-        elif self.state is S.BACKOFF:
+        elif verdict == "wake_backoff":
             self._wake.set()
 
     # ================================================================== state
@@ -320,27 +323,7 @@ class PluginRunner:
         conn = self.conn
         if self.state not in SERVING or conn is None:
             conn = await self._wait_serving(deadline, method)
-        slots = self._slots
-        if slots.value == 0:
-            if self._waiting >= self.spec.calls.max_queued:
-                raise local(ErrorCode.QUEUE_FULL,
-                            f"plugin {self.spec.name!r} has {self._waiting} calls queued "
-                            f"(max_queued={self.spec.calls.max_queued})",
-                            plugin=self.spec.name, method=method)
-            self._waiting += 1
-            acquired = False
-            try:
-                with anyio.move_on_after(deadline - anyio.current_time()):
-                    await slots.acquire()
-                    acquired = True
-            finally:
-                self._waiting -= 1
-            if not acquired:
-                raise local(ErrorCode.TIMEOUT,
-                            f"call to {self.spec.name}.{method} waited {timeout:g} s in the queue",
-                            plugin=self.spec.name, method=method, timeout=timeout)
-        else:
-            await slots.acquire()
+        slots = await self.gate.enter(method, deadline, timeout)
         try:
             if conn.closed_error is not None:
                 conn = await self._wait_serving(deadline, method)
@@ -402,7 +385,7 @@ class PluginRunner:
         self._hub.publish(SupervisorEvent(self.spec.name, EventKind.INVALID_RESULT,
                                           {**exc.to_data(), "count": self.invalid_results}))
         if self.spec.on_protocol_error is ProtocolErrorAction.RESTART:
-            self._end(_End("protocol", f"invalid result for {exc.method}: {exc.path}",
+            self._end(End(EndKind.PROTOCOL, f"invalid result for {exc.method}: {exc.path}",
                            error=local_error(ErrorCode.PROTOCOL_VIOLATION,
                                              f"plugin {self.spec.name!r} broke the interface of "
                                              f"{exc.method} {exc.version}",
@@ -420,29 +403,21 @@ class PluginRunner:
     async def _wait_serving(self, deadline: float, method: str) -> Connection:
         while True:
             conn = self.conn
-            if self.state in SERVING and conn is not None and conn.closed_error is None:
+            verdict = serving_verdict(self.state, self._want,
+                                      conn is not None and conn.closed_error is None)
+            if verdict == "go":
+                assert conn is not None
                 return conn
-            coming_back = (
-                self.state in COMING_BACK
-                or self.state in SERVING  # its instance is ending; the run loop decides next
-                or self._want in ("start", "restart")
-            )
-            if not coming_back:
+            if verdict == "unavailable":
                 raise self._unavailable(method)
             changed = self._changed
             with anyio.move_on_after(deadline - anyio.current_time()):
                 await changed.wait()
                 continue
-            raise local(ErrorCode.PLUGIN_NOT_READY,
-                        f"plugin {self.spec.name!r} was not ready in time (state {self.state}"
-                        + (f": {self.reason}" if self.reason else "") + ")",
-                        plugin=self.spec.name, method=method, state=str(self.state))
+            raise not_ready_in_time(self.spec.name, method, self.state, self.reason)
 
     def _unavailable(self, method: str) -> CallError:
-        why = f": {self.reason}" if self.reason else ""
-        return local(ErrorCode.PLUGIN_STOPPED,
-                     f"plugin {self.spec.name!r} is {self.state}{why}",
-                     plugin=self.spec.name, method=method, state=str(self.state))
+        return unavailable(self.spec.name, method, self.state, self.reason)
 
     # ================================================================ the loop
 
@@ -486,7 +461,7 @@ class PluginRunner:
         this plugin: logged, counted, and the instance ends like after a crash."""
         detail, error = self._count_fault(exc, where, "ending this instance")
         self._publish_fault(detail)
-        self._end(_End("internal", detail, error=error))
+        self._end(End(EndKind.INTERNAL, detail, error=error))
 
     def _publish_fault(self, detail: str) -> None:
         self._hub.publish(SupervisorEvent(self.spec.name, EventKind.FAULT, {
@@ -504,47 +479,38 @@ class PluginRunner:
                 end = await self._run_instance()
             except Exception as exc:  # the fault boundary: this plugin's problem only
                 end = self._internal_fault(exc)
-            if self._want == "close":
-                self._finish(S.STOPPED, end.detail)
-                return
-            if end.kind == "stop":
-                self._finish(S.STOPPED, end.detail)
+            step = after_end(end, self._want, limit_stop=self._limit_stop,
+                             policy=self._restart_verdict)
+            if step.state != "backoff":
+                self._finish(S.FAILED if step.state == "failed" else S.STOPPED, step.reason)
+                if step.close:
+                    return
+                if step.again:
+                    self._want = "restart"
                 continue
-            if end.kind == "restart":
-                self._want = "restart"
-                self._finish(S.STOPPED, end.detail)
-                continue
-            if end.kind == "limit" and self._limit_stop:
-                self._finish(S.STOPPED, end.detail)
-                continue
-            if end.give_up:
-                self._finish(S.FAILED, end.detail)
-                continue
-            uptime = time.monotonic() - self.ready_at if self.ready_at else 0.0
-            decision = self.tracker.on_exit(time.monotonic(), uptime, end.failed)
-            if decision.give_up:
-                self._finish(S.FAILED, f"{end.detail}; {decision.reason}")
-                continue
-            if not decision.restart:
-                self._finish(S.STOPPED, f"{end.detail}; {decision.reason}")
-                continue
-            self._set_state(S.BACKOFF, f"{end.detail}; restart in {decision.delay:.2f} s")
+            self._set_state(S.BACKOFF, step.reason)
             self._hub.publish(SupervisorEvent(
                 self.spec.name, EventKind.RESTART,
-                {"delay": round(decision.delay, 3), "after": end.detail}))
+                {"delay": round(step.delay, 3), "after": end.detail}))
             self._wake = anyio.Event()
-            with anyio.move_on_after(decision.delay):
+            with anyio.move_on_after(step.delay):
                 await self._wake.wait()
-            if self._want in ("stop", "close"):
+            then = after_backoff(self._want)
+            if then != "start":
                 self._set_state(S.STOPPING, "stopped during backoff")
                 self._finish(S.STOPPED, "stopped during backoff")
-                if self._want == "close":
+                if then == "close":
                     return
                 self._want = None
                 continue
             self._want = "start"
 
-    def _internal_fault(self, exc: Exception) -> _End:
+    def _restart_verdict(self, failed: bool) -> Decision:
+        """The restart policy's verdict on the instance that just ended (records it)."""
+        now = time.monotonic()
+        return self.tracker.on_exit(now, now - self.ready_at if self.ready_at else 0.0, failed)
+
+    def _internal_fault(self, exc: Exception) -> End:
         """Something raised while serving this plugin (spawn bookkeeping, reading, a
         callback, a host handler's plumbing): the instance is over (its process was
         killed on the way out), every call in flight is answered, and the restart
@@ -553,14 +519,14 @@ class PluginRunner:
         if self.conn is not None:
             self.conn.close(error)
         self._publish_fault(detail)
-        return _End("internal", detail, error=error)
+        return End(EndKind.INTERNAL, detail, error=error)
 
     def _finish(self, state: PluginState, reason: str) -> None:
         if state is S.STOPPED and self.state is not S.STOPPING:
             self._set_state(S.STOPPING, reason)
         self._set_state(state, reason)
 
-    async def _run_instance(self) -> _End:
+    async def _run_instance(self) -> End:
         self.instance += 1
         self._end_info = None
         self._end_event = anyio.Event()
@@ -587,10 +553,10 @@ class PluginRunner:
             self._privileges = privileges.describe()
         except SpawnError as exc:
             self._hub.publish(SupervisorEvent(self.spec.name, EventKind.EXIT, {"error": str(exc)}))
-            return _End("spawn", str(exc), give_up=True)
+            return End(EndKind.SPAWN, str(exc), give_up=True)
         self.process = process
         self.started_at = time.monotonic()
-        end: _End | None = None
+        end: End | None = None
         try:
             if self._leftovers is not None:
                 self._leftovers.record(process.pid, spawned_at=spawned_at, token=token)
@@ -655,14 +621,14 @@ class PluginRunner:
             return  # _watch_exit reports the exit
         except CallTimeout:
             if self._first_stdout is not None:
-                self._end(_End("handshake", "the plugin wrote no JSON-RPC at all within "
+                self._end(End(EndKind.HANDSHAKE, "the plugin wrote no JSON-RPC at all within "
                                f"{self.spec.health.handshake_timeout:g} s; its output starts "
                                f"{self._first_stdout!r}; not restarted", give_up=True))
                 return
             hint = ("" if self.spec.mode is not PluginMode.AUTO else
                     " (a plain JSON-RPC server that ignores unknown methods needs "
                     "mode = \"raw\")")
-            self._end(_End("handshake", "no answer to the handshake within "
+            self._end(End(EndKind.HANDSHAKE, "no answer to the handshake within "
                            f"{self.spec.health.handshake_timeout:g} s{hint}"))
             return
         except PluginError as exc:
@@ -671,14 +637,14 @@ class PluginRunner:
             if verdict.action == "raw":
                 await self._go_raw(conn, verdict.reason, tg)
             else:
-                self._end(_End("handshake", verdict.reason,
+                self._end(End(EndKind.HANDSHAKE, verdict.reason,
                                give_up=verdict.action == "give_up", error=exc.error))
             return
         except CallError as exc:
             give_up = exc.code in (
                 ErrorCode.UNSUPPORTED_PROTOCOL_VERSION, ErrorCode.METHOD_NOT_FOUND
             )
-            self._end(_End("handshake", f"handshake refused: {exc.error.message}",
+            self._end(End(EndKind.HANDSHAKE, f"handshake refused: {exc.error.message}",
                            give_up=give_up, error=exc.error))
             return
         except HandshakeError as exc:
@@ -688,16 +654,16 @@ class PluginRunner:
                 await self._go_raw(conn, "its answer to the handshake is not a pipevisor "
                                          f"handshake result ({exc.error.message})", tg)
                 return
-            self._end(_End("handshake", f"invalid handshake answer: {exc.error.message}",
+            self._end(End(EndKind.HANDSHAKE, f"invalid handshake answer: {exc.error.message}",
                            give_up=True, error=exc.error))
             return
         self.handshake = result
         if result.max_concurrency is not None and result.max_concurrency < (
             self.spec.calls.max_in_flight
         ):
-            self._slots = anyio.Semaphore(result.max_concurrency, fast_acquire=True)
+            self.gate.resize(result.max_concurrency)
         else:
-            self._slots = anyio.Semaphore(self.spec.calls.max_in_flight, fast_acquire=True)
+            self.gate.resize(self.spec.calls.max_in_flight)
         disabled = [f"{b.method} disabled: {b.reason}" for b in self._negotiate(result)]
         disabled += [f"host method {b.method} disabled: {b.reason}"
                      for b in self._negotiate_host_calls(result, params)]
@@ -846,7 +812,7 @@ class PluginRunner:
         self.raw = True
         self._speak_raw(conn)
         server = self.server
-        self._slots = anyio.Semaphore(server.max_in_flight, fast_acquire=True)
+        self.gate.resize(server.max_in_flight)
         liveness = (f"liveness by {server.ping_method!r}" if server.ping_method
                     and self.spec.health.ping_interval > 0 else "liveness is the process")
         if self.raw_configured:
@@ -885,15 +851,15 @@ class PluginRunner:
         except PluginCrashed:
             return False  # _watch_exit reports the exit
         except CallTimeout:
-            self._end(_End("start", f"no answer to {self.spec.preset.value} initialize "
+            self._end(End(EndKind.START, f"no answer to {self.spec.preset.value} initialize "
                            f"within {timeout:g} s"))
             return False
         except CallError as exc:
-            self._end(_End("start", f"{self.spec.preset.value} initialize refused: "
+            self._end(End(EndKind.START, f"{self.spec.preset.value} initialize refused: "
                            f"{exc.code} {exc.error.message}", error=exc.error))
             return False
         except presets.InitializeFailed as exc:
-            self._end(_End("start", f"{self.spec.preset.value} initialize: {exc}",
+            self._end(End(EndKind.START, f"{self.spec.preset.value} initialize: {exc}",
                            give_up=exc.give_up))
             return False
         info = self.server_info or {}
@@ -914,7 +880,7 @@ class PluginRunner:
             except PluginCrashed:
                 return False  # _watch_exit reports the exit
             except CallError as exc:
-                self._end(_End("start", f"start sequence step {number} ({step.method}) "
+                self._end(End(EndKind.START, f"start sequence step {number} ({step.method}) "
                                f"failed: {exc.error.message}", error=exc.error))
                 return False
         return True
@@ -932,7 +898,7 @@ class PluginRunner:
             except CallTimeout:
                 if self.paused_since is not None or self.resumed_at >= sent:
                     continue  # the CPU throttle held it, it did not hang
-                self._end(_End("hung", f"no answer to a liveness ping within {timeout:g} s",
+                self._end(End(EndKind.HUNG, f"no answer to a liveness ping within {timeout:g} s",
                                error=local_error(ErrorCode.TIMEOUT,
                                                  f"plugin {self.spec.name!r} stopped answering "
                                                  "(liveness ping timed out); it is restarted",
@@ -986,7 +952,7 @@ class PluginRunner:
         if self._end_info is None and self._backstop_breach(code, tail):
             end_info = self._end_info
             if end_info is not None:  # restart or stop: the limit owns the ending
-                assert isinstance(end_info, _End)
+                assert isinstance(end_info, End)
                 conn.close(end_info.error or local_error(
                     ErrorCode.OVER_LIMIT, end_info.detail, plugin=self.spec.name))
                 return
@@ -1002,11 +968,11 @@ class PluginRunner:
             error = local_error(ErrorCode.PLUGIN_CRASHED, message, plugin=self.spec.name,
                                 returncode=code, stderr=tail)
             conn.close(error)
-            self._end(_End("exited", message, failed=failed or self.state is S.HANDSHAKING,
+            self._end(End(EndKind.EXITED, message, failed=failed or self.state is S.HANDSHAKING,
                            give_up=give_up, error=error))
 
-    async def _teardown(self, process: Process, conn: Connection, end: _End) -> None:
-        graceful = end.kind in ("stop", "restart", "unload")
+    async def _teardown(self, process: Process, conn: Connection, end: End) -> None:
+        graceful = end.graceful
         if graceful and self.state is not S.STOPPING:
             self._set_state(S.STOPPING, end.detail)
         stop = self.spec.stop
@@ -1019,7 +985,8 @@ class PluginRunner:
             ErrorCode.PLUGIN_STOPPED, f"plugin {self.spec.name!r}: {end.detail}",
             plugin=self.spec.name)
         conn.close(error)
-        if end.kind != "exited" and (self.last_exit is None or process.returncode is not None):
+        if end.kind is not EndKind.EXITED and (self.last_exit is None
+                                               or process.returncode is not None):
             self.last_exit = {"returncode": process.returncode,
                               "description": describe_exit(process.returncode),
                               "time": time.time(), "stderr": self.stderr.last(_CRASH_TAIL_LINES)}
@@ -1139,7 +1106,7 @@ class PluginRunner:
             "fault": str(fault.kind), "detail": fault.detail, "raw": raw[:200],
             "count": self.faults}))
         if self.spec.on_protocol_error is ProtocolErrorAction.RESTART:
-            self._end(_End("protocol", f"protocol fault ({fault.kind}: {fault.detail})",
+            self._end(End(EndKind.PROTOCOL, f"protocol fault ({fault.kind}: {fault.detail})",
                            error=local_error(ErrorCode.PROTOCOL_VIOLATION,
                                              f"plugin {self.spec.name!r} broke the protocol: "
                                              f"{fault.detail}", plugin=self.spec.name)))
@@ -1201,7 +1168,7 @@ class PluginRunner:
             "host_methods": {m: b.to_json() for m, b in self.host_bindings.items()},
             "invalid_results": self.invalid_results,
             "in_flight": len(self.conn.peer.outgoing) if self.conn is not None else 0,
-            "queued": self._waiting,
+            "queued": self.gate.waiting,
             "stderr_tail": self.stderr.last(5),
             "resources": self.resources,
             "breaches": list(self.breaches),
@@ -1250,7 +1217,7 @@ class PluginRunner:
         if action in (LimitAction.RESTART, LimitAction.STOP) and self._end_info is None:
             self._limit_stop = action is LimitAction.STOP
             message = f"plugin {self.spec.name!r} over its {limit} limit: {text}"
-            self._end(_End("limit", f"over its {limit} limit ({text}); {action}",
+            self._end(End(EndKind.LIMIT, f"over its {limit} limit ({text}); {action}",
                            error=local_error(ErrorCode.OVER_LIMIT, message,
                                              plugin=self.spec.name, limit=limit, value=value,
                                              max=maximum)))
