@@ -32,6 +32,7 @@ from pipevisor.supervisor.engine.runner import PluginRunner
 from pipevisor.supervisor.engine.sampler import Sampler
 from pipevisor.supervisor.engine.states import SERVING, PluginState
 from pipevisor.supervisor.errors import CallError, ConfigError, invalid_params, local
+from pipevisor.supervisor.io import child_watch
 from pipevisor.supervisor.proc import containment as _platform
 from pipevisor.supervisor.proc import leftovers, tree
 from pipevisor.supervisor.proc.usage import EMPTY as EMPTY_USAGE
@@ -71,6 +72,11 @@ class Supervisor:
         self._containment: _platform.Containment | None = None
         self._leftovers: leftovers.LeftoverRecord | None = None
         self._subreaper = False
+        self.child_watching: child_watch.Mode | None = None
+        """How plugin exits are noticed, decided on entry: ``pidfd`` (a pidfd per plugin
+        on the event loop), ``builtin`` (Python 3.12+ asyncio does the same), ``host`` (the
+        embedding host's own asyncio child watcher, kept), ``threads`` (a thread per
+        plugin: no pidfds, or PIPEVISOR_PIDFD=0), ``not-asyncio``."""
         self._reaper_scope = anyio.CancelScope()
         self.sampler = Sampler(self.runners, config.sample_interval)
         """Resource sampling and limit enforcement (docs/limits.md); off when the interval is 0."""
@@ -91,6 +97,9 @@ class Supervisor:
         )
         log.info("process containment: %s (%s)", self._containment.mechanism,
                  self._containment.detail)
+        # before the first spawn: exits seen through pidfds on this loop, not a thread
+        # per plugin; a host's own asyncio child watcher is kept (io/child_watch.py)
+        self.child_watching = child_watch.install()
         if self.config.state_dir is not None:
             # checked (ours, private, no symlink) and locked: one supervisor per state dir
             leftovers.claim_state_dir(self.config.state_dir)

@@ -18,6 +18,7 @@ import anyio
 from anyio.abc import Process
 
 from pipevisor.protocol import PROTOCOL_VERSIONS
+from pipevisor.supervisor.io import child_watch
 from pipevisor.supervisor.io.pipes import wait_pipe_closed
 from pipevisor.supervisor.proc import containment as _platform
 from pipevisor.supervisor.proc.privileges import (
@@ -129,6 +130,8 @@ async def spawn(
     rlimits = dict(rlimits or {})
     argv, kwargs = _platform.wrap_command([executable, *command[1:]], containment, rlimits,
                                           privileges)
+    # its exit is watched by a pidfd on the loop, not by a thread per child (io/child_watch)
+    child_watch.install()
     try:
         process = await anyio.open_process(
             argv,
