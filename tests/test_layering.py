@@ -47,7 +47,8 @@ LAZY_ONLY: dict[str, frozenset[str]] = {
 """Layers that may be imported only inside a function (or under TYPE_CHECKING): a
 control command must not pay for the engine, the checker or the daemon at start-up."""
 
-ENGINE_INTERNALS = frozenset({"runner", "connection", "sampler", "plugin_log", "metrics"})
+ENGINE_INTERNALS = frozenset({"runner", "connection", "sampler", "plugin_log", "metrics",
+                              "plugin_output", "host_calls", "call_gate", "ending"})
 """Engine modules that are not its public API: other layers go through ``Supervisor``."""
 
 ASYNCIO_LAYERS = frozenset({"io"})

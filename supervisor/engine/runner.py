@@ -17,26 +17,20 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import orjson
 from anyio.abc import Process, TaskGroup
 
 from pipevisor.protocol import (
     HANDSHAKE,
-    LOG,
     PING,
-    PROGRESS,
     SHUTDOWN,
     ErrorCode,
     ErrorObject,
-    Fault,
     HandshakeError,
     HandshakeParams,
     HandshakeResult,
-    Notification,
     local_error,
-    standard_error,
 )
-from pipevisor.protocol.host_methods import HostBinding, negotiate_host_calls
+from pipevisor.protocol.host_methods import HostBinding
 from pipevisor.protocol.interfaces import (
     AdapterLookup,
     Binding,
@@ -72,8 +66,9 @@ from pipevisor.supervisor.engine.ending import (
     claim,
 )
 from pipevisor.supervisor.engine.events import EventHub, EventKind, SupervisorEvent
+from pipevisor.supervisor.engine.host_calls import HostCalls, adapter_failure
 from pipevisor.supervisor.engine.limits import LimitAction, backstop_evidence
-from pipevisor.supervisor.engine.plugin_log import LogBudget, StderrTail
+from pipevisor.supervisor.engine.plugin_output import PluginOutput
 from pipevisor.supervisor.engine.policy import Decision, RestartTracker
 from pipevisor.supervisor.engine.states import SERVING, PluginState, check_transition
 from pipevisor.supervisor.errors import (
@@ -104,33 +99,7 @@ from pipevisor.supervisor.records import LastExit, PluginStatus
 S = PluginState
 log = logging.getLogger("pipevisor.runner")
 
-_LOG_LEVELS = {
-    "debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO,
-    "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL,
-    "alert": logging.CRITICAL, "emergency": logging.CRITICAL,
-}
 _CRASH_TAIL_LINES = 10
-
-
-def _stderr_record(line: str) -> tuple[int, str]:
-    """(level, message) of one stderr line: a JSON object with a known string ``level``
-    and a string ``message`` (or ``msg``) is logged at that level with its message
-    (SPEC 2.4); anything else is the line itself, at info. The line is kept as it is
-    in the tail and the stderr events either way."""
-    if not line.startswith("{") or '"level"' not in line:
-        return logging.INFO, line
-    try:
-        doc = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return logging.INFO, line
-    if not isinstance(doc, dict):
-        return logging.INFO, line
-    name = doc.get("level")
-    level = _LOG_LEVELS.get(name) if isinstance(name, str) else None
-    message = doc.get("message", doc.get("msg"))
-    if level is None or not isinstance(message, str):
-        return logging.INFO, line
-    return level, message
 
 
 class PluginRunner:
@@ -151,11 +120,8 @@ class PluginRunner:
         self.spec = spec
         self._interfaces = interfaces or InterfaceSet()
         self._adapters = adapters
-        self._host_adapters = host_adapters
         self.bindings: dict[str, Binding] = {}
         """Every declared method's negotiated binding (for status)."""
-        self.host_bindings: dict[str, HostBinding] = {}
-        """The host methods the plugin declared it calls, as negotiated."""
         self._routes: dict[str, Binding] = {}
         """The bindings a call must go through (validation, conversion, disabled)."""
         self.raw = False
@@ -168,19 +134,17 @@ class PluginRunner:
         """How this plugin is driven when it is a foreign server (engine/presets.py)."""
         self.server_info: dict[str, Any] | None = None
         """What the preset's ``initialize`` learnt: version, server info, capabilities."""
-        self._unanswered_host_methods: set[str] = set()
-        """Server-to-host methods answered -32601 and logged (once each)."""
         self._plugin_pid_of: tuple[int, int] | None = None
         """(shim pid, plugin pid) of the running instance, once found."""
         self.invalid_results = 0
-        self._first_stdout: bytes | None = None
         self._hub = hub
         self._containment = containment
         self._privileges: dict[str, Any] | None = None
         """What the last spawn put in effect (uid, gid, no_new_privs, sandbox), for status."""
         self._handshake_params = handshake_params
-        self._host_handler = host_handler
-        self._notification_handler = notification_handler
+        self.host_calls = HostCalls(spec, hub, host_handler, self._interfaces, host_adapters,
+                                    lambda: self.raw)
+        """The plugin's requests to the host (engine/host_calls.py)."""
         self._leftovers = leftovers
         self.state = S.STOPPED
         self._changed = anyio.Event()
@@ -192,22 +156,19 @@ class PluginRunner:
         self.conn: Connection | None = None
         self.process: Process | None = None
         self.handshake: HandshakeResult | None = None
-        self.stderr = StderrTail(spec.stderr_lines, spec.stderr_tail_bytes)
+        self.output = PluginOutput(spec, hub, notification_handler, self._end,
+                                   lambda: self.state is S.HANDSHAKING)
+        """stderr, notifications and protocol faults (engine/plugin_output.py)."""
+        self.stderr = self.output.stderr
         self.instance = 0
         self.started_at: float | None = None
         self.ready_at: float | None = None
         self.last_exit: LastExit | None = None
         self._exit_published = False  # this instance's `exit` event is out (one per instance)
         self.reason: str | None = None
-        self.faults = 0
         self.internal_faults = 0
         """Exceptions raised while serving this plugin, each one ending its instance."""
-        self.log_budget = LogBudget(spec.log_lines_per_second, spec.log_bytes_per_second,
-                                    time.monotonic())
-        """What of stderr and ``pipevisor/log`` reaches the host's log (docs/bounds.md)."""
-        self._suppressed_noted = 0.0
         self.gate = CallGate(spec.name, spec.calls.max_in_flight, spec.calls.max_queued)
-        self._plugin_log = logging.getLogger(f"pipevisor.plugin.{spec.name}")
         self.resources: dict[str, Any] | None = None
         """The latest resource sample (set by the sampler when the plugin has limits)."""
         self.breaches: deque[dict[str, Any]] = deque(maxlen=10)
@@ -356,8 +317,9 @@ class PluginRunner:
                         f"interface {exc.version}: {exc.path}: {exc.message}",
                         plugin=self.spec.name, **exc.to_data()) from None
         except Exception as exc:
-            raise self._adapter_failure(f"adapter for {method} {route.host}->{route.plugin}",
-                                        method, "the result", exc) from None
+            raise adapter_failure(self.spec.name,
+                                  f"adapter for {method} {route.host}->{route.plugin}",
+                                  method, "the result", exc) from None
 
     def _outgoing(self, route: Binding, params: Any) -> Any:
         """Params on their way to the plugin: disabled? valid? converted."""
@@ -372,8 +334,9 @@ class PluginRunner:
         except InterfaceViolation as exc:
             raise invalid_params(method, exc, plugin=self.spec.name) from None
         except Exception as exc:  # an adapter's bug must not look like the plugin's
-            raise self._adapter_failure(f"adapter for {method} {route.host}->{route.plugin}",
-                                        method, "params", exc) from None
+            raise adapter_failure(self.spec.name,
+                                  f"adapter for {method} {route.host}->{route.plugin}",
+                                  method, "params", exc) from None
         return wire
 
     def _on_invalid_result(self, exc: InterfaceViolation) -> None:
@@ -533,9 +496,10 @@ class PluginRunner:
         self._exit_published = False
         self.handshake = None
         self.ready_at = None
-        self.bindings, self._routes, self.raw, self._first_stdout = {}, {}, False, None
+        self.output.new_instance(self.instance)
+        self.bindings, self._routes, self.raw = {}, {}, False
         self.server_info = None
-        self.host_bindings = {}
+        self.host_calls.bindings = {}
         self._set_state(S.STARTING)
         spawned_at = time.time()
         try:
@@ -562,7 +526,8 @@ class PluginRunner:
                 self._leftovers.record(process.pid, spawned_at=spawned_at, token=token)
             conn = Connection(
                 self.spec.name, process.stdin, process.stdout,  # type: ignore[arg-type]
-                ConnectionCallbacks(self._on_notification, self._on_fault, self._on_host_call),
+                ConnectionCallbacks(self.output.on_notification, self.output.on_fault,
+                                    self.host_calls.serve),
                 max_line_bytes=self.spec.max_line_bytes,
                 content_length=self.raw_configured
                 and self.server.framing is Framing.CONTENT_LENGTH,
@@ -572,7 +537,7 @@ class PluginRunner:
             self.conn = conn
             async with anyio.create_task_group() as tg:
                 tg.start_soon(conn.read_loop, tg)
-                tg.start_soon(pump_stderr, process, self._on_stderr)
+                tg.start_soon(pump_stderr, process, self.output.on_stderr)
                 tg.start_soon(self._watch_exit, process, conn)
                 tg.start_soon(self._bring_up, conn, tg)
                 await self._end_event.wait()
@@ -620,10 +585,10 @@ class PluginRunner:
         except PluginCrashed:
             return  # _watch_exit reports the exit
         except CallTimeout:
-            if self._first_stdout is not None:
+            if self.output.first_stdout is not None:
                 self._end(End(EndKind.HANDSHAKE, "the plugin wrote no JSON-RPC at all within "
                                f"{self.spec.health.handshake_timeout:g} s; its output starts "
-                               f"{self._first_stdout!r}; not restarted", give_up=True))
+                               f"{self.output.first_stdout!r}; not restarted", give_up=True))
                 return
             hint = ("" if self.spec.mode is not PluginMode.AUTO else
                     " (a plain JSON-RPC server that ignores unknown methods needs "
@@ -666,7 +631,7 @@ class PluginRunner:
             self.gate.resize(self.spec.calls.max_in_flight)
         disabled = [f"{b.method} disabled: {b.reason}" for b in self._negotiate(result)]
         disabled += [f"host method {b.method} disabled: {b.reason}"
-                     for b in self._negotiate_host_calls(result, params)]
+                     for b in self.host_calls.negotiate(result, params.host_methods.keys())]
         if not await self._run_start_sequence(conn):
             return
         self.ready_at = time.monotonic()
@@ -676,101 +641,6 @@ class PluginRunner:
             up = self._bring_up_state(S.READY)
         if up and self.spec.health.ping_interval > 0:
             tg.start_soon(self._health_loop, conn, PING, {})
-
-    def _negotiate_host_calls(self, result: HandshakeResult,
-                              params: HandshakeParams) -> list[HostBinding]:
-        """Bind the host methods the plugin says it calls (SPEC section 8); returns the
-        disabled ones."""
-        if not result.host_methods:
-            return []
-        if self._host_adapters is None:
-            self.host_bindings = negotiate_host_calls(
-                self._interfaces.host, result.host_methods, params.host_methods.keys())
-        else:
-            self.host_bindings = negotiate_host_calls(
-                self._interfaces.host, result.host_methods, params.host_methods.keys(),
-                self._host_adapters)
-        disabled = []
-        for b in self.host_bindings.values():
-            if b.deprecated:
-                log.warning("plugin %s: uses host method %s at deprecated version %s: %s",
-                            self.spec.name, b.method, b.wire, b.deprecated)
-            if b.how is How.DISABLED:
-                disabled.append(b)
-                log.warning("plugin %s: host method %s disabled: %s", self.spec.name,
-                            b.method, b.reason)
-            if b.how not in (How.EXACT, How.NO_INTERFACE) or b.deprecated:
-                self._hub.publish(SupervisorEvent(self.spec.name, EventKind.INTERFACE, {
-                    "method": b.method, "direction": "host", **b.to_json()}))
-        return disabled
-
-    async def _on_host_call(self, method: str, params: Any) -> Any:
-        """A request from the plugin to the host, through this plugin's binding of the
-        method (disabled, down-converted) when it declared one. A raw-mode server's
-        request goes to the host method of its name, else to ``server.answers``, else
-        is answered -32601 and logged once per method."""
-        if self.raw:
-            return await self._serve_server_request(method, params)
-        if self._host_handler is None:
-            raise CallError(standard_error(ErrorCode.METHOD_NOT_FOUND,
-                                           f"host offers no method {method!r}"))
-        binding = self.host_bindings.get(method) if self.host_bindings else None
-        if binding is None:
-            return await self._host_handler(method, params)
-        if binding.how is How.DISABLED:
-            raise local(ErrorCode.METHOD_UNAVAILABLE,
-                        f"host method {method} is disabled for plugin {self.spec.name!r}: "
-                        f"{binding.reason}", plugin=self.spec.name, method=method,
-                        binding=binding.to_json())
-        try:
-            params = binding.params_in(params)
-        except InterfaceViolation as exc:
-            raise invalid_params(f"host method {method}", exc) from None
-        except Exception as exc:
-            raise self._adapter_failure(f"host-method adapter for {method}", method,
-                                        "params", exc) from None
-        result = await self._host_handler(method, params)
-        try:
-            return binding.result_out(result)
-        except Exception as exc:
-            raise self._adapter_failure(f"host-method adapter for {method}", method,
-                                        "the result", exc) from None
-
-    async def _serve_server_request(self, method: str, params: Any) -> Any:
-        answers = self.spec.server.answers
-        if self._host_handler is not None:
-            try:
-                return await self._host_handler(method, params)
-            except CallError as exc:
-                if exc.code != ErrorCode.METHOD_NOT_FOUND or method not in answers:
-                    if exc.code == ErrorCode.METHOD_NOT_FOUND:
-                        self._note_unanswered(method)
-                    raise
-        if method in answers:
-            return answers[method]
-        self._note_unanswered(method)
-        raise CallError(standard_error(ErrorCode.METHOD_NOT_FOUND,
-                                       f"host offers no method {method!r}"))
-
-    def _note_unanswered(self, method: str) -> None:
-        """Log and publish, once per method and plugin, a server request nobody serves."""
-        if method in self._unanswered_host_methods or len(self._unanswered_host_methods) > 100:
-            return
-        self._unanswered_host_methods.add(method)
-        log.warning("plugin %s: the server asked the host for %r, which no host method "
-                    "serves: answered -32601 (serve it with a host method, or a static "
-                    "answer: server.answers; docs/foreign-servers.md)", self.spec.name, method)
-        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.NOTIFICATION, {
-            "method": method, "unanswered_request": True}))
-
-    def _adapter_failure(self, adapter: str, method: str, what: str,
-                         exc: Exception) -> CallError:
-        """An adapter's bug, logged and answered -32603, so it never looks like the
-        plugin's (or the host's) own error."""
-        log.error("plugin %s: %s failed on %s: %r", self.spec.name, adapter, what, exc)
-        return CallError(ErrorObject(
-            ErrorCode.INTERNAL_ERROR, f"{adapter} failed on {what}: {exc!r}",
-            {"origin": "pipevisor", "plugin": self.spec.name, "method": method}))
 
     def _negotiate(self, result: HandshakeResult) -> list[Binding]:
         """Bind every declared method to an interface version; returns the disabled ones."""
@@ -961,9 +831,9 @@ class PluginRunner:
             give_up = False
             if self.state is S.HANDSHAKING:
                 message += " during the handshake"
-                if self._first_stdout is not None and self.handshake is None and not self.raw:
+                if self.output.first_stdout is not None and self.handshake is None and not self.raw:
                     message += (f"; it wrote no JSON-RPC, its output starts "
-                                f"{self._first_stdout!r}; not restarted")
+                                f"{self.output.first_stdout!r}; not restarted")
                     give_up = True
             error = local_error(ErrorCode.PLUGIN_CRASHED, message, plugin=self.spec.name,
                                 returncode=code, stderr=tail)
@@ -1038,78 +908,20 @@ class PluginRunner:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 return
 
-    # ======================================================= plugin's output
+    @property
+    def host_bindings(self) -> dict[str, HostBinding]:
+        """The host methods the plugin declared it calls, as negotiated."""
+        return self.host_calls.bindings
+
+    @property
+    def faults(self) -> int:
+        """Protocol faults since the plugin was loaded."""
+        return self.output.faults
 
     @property
     def stderr_suppressed(self) -> int:
         """Lines (stderr and pipevisor/log) kept out of the log by the budget, in all."""
-        return self.log_budget.total_suppressed_lines
-
-    def _to_log(self, level: int, text: str) -> None:
-        """Log one line of the plugin's if its budget allows; say what was held back."""
-        budget = self.log_budget
-        now = time.monotonic()
-        if not budget.allow(len(text), now):
-            return
-        if budget.suppressed_lines and now - self._suppressed_noted >= 1.0:
-            self._suppressed_noted = now  # one note a second at most
-            lines, size = budget.take_suppressed()
-            self._plugin_log.warning("[%d lines (%d bytes) from the plugin not logged: over "
-                                     "its log budget of %g lines and %d bytes per second]",
-                                     lines, size, budget.lines_per_second,
-                                     budget.bytes_per_second)
-        self._plugin_log.log(level, "%s", text)
-
-    def _on_stderr(self, line: str) -> None:
-        self.stderr.add(line, self.instance)
-        # for `pipevisor logs --follow`; with no subscriber this is one small object
-        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.STDERR,
-                                          {"line": line, "instance": self.instance}))
-        level, message = _stderr_record(line)
-        self._to_log(level, message)
-
-    def _on_notification(self, n: Notification) -> None:
-        params = n.params if isinstance(n.params, dict) else {}
-        if n.method == LOG:
-            level = _LOG_LEVELS.get(str(params.get("level")), logging.INFO)
-            message = params.get("message", "")
-            self._to_log(level, message if isinstance(message, str) else repr(message))
-            self._hub.publish(SupervisorEvent(self.spec.name, EventKind.LOG, {
-                "level": params.get("level"), "message": params.get("message"),
-                "logger": params.get("logger")}))
-        elif n.method == "notifications/message" and self.spec.preset is Preset.MCP:
-            # an MCP server's log (level, logger, data) goes to the log like stderr
-            level = presets.MCP_LOG_LEVELS.get(str(params.get("level")), logging.INFO)
-            data = params.get("data")
-            logger = params.get("logger")
-            text = data if isinstance(data, str) else orjson.dumps(data).decode()
-            self._to_log(level, f"{logger}: {text}" if isinstance(logger, str) else text)
-            self._hub.publish(SupervisorEvent(self.spec.name, EventKind.LOG, {
-                "level": params.get("level"), "message": text, "logger": logger}))
-        elif n.method == PROGRESS:
-            self._hub.publish(SupervisorEvent(self.spec.name, EventKind.PROGRESS, dict(params)))
-        else:
-            self._hub.publish(SupervisorEvent(self.spec.name, EventKind.NOTIFICATION,
-                                              {"method": n.method, "params": n.params}))
-            if self._notification_handler is not None:
-                self._notification_handler(self.spec.name, n.method, n.params)
-
-    def _on_fault(self, fault: Fault) -> None:
-        self.faults += 1
-        if self._first_stdout is None and self.state is S.HANDSHAKING:
-            self._first_stdout = bytes(fault.raw[:200])
-        raw = fault.raw.decode("utf-8", "replace")
-        if self.faults <= 10 or self.faults % 1000 == 0:
-            log.warning("plugin %s: protocol fault #%d %s: %s; line starts %r", self.spec.name,
-                        self.faults, fault.kind, fault.detail, raw[:120])
-        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.FAULT, {
-            "fault": str(fault.kind), "detail": fault.detail, "raw": raw[:200],
-            "count": self.faults}))
-        if self.spec.on_protocol_error is ProtocolErrorAction.RESTART:
-            self._end(End(EndKind.PROTOCOL, f"protocol fault ({fault.kind}: {fault.detail})",
-                           error=local_error(ErrorCode.PROTOCOL_VIOLATION,
-                                             f"plugin {self.spec.name!r} broke the protocol: "
-                                             f"{fault.detail}", plugin=self.spec.name)))
+        return self.output.suppressed
 
     # ================================================================ status
 

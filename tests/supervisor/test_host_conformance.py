@@ -336,7 +336,7 @@ def test_a_json_stderr_line_is_logged_at_its_level(line: str, level: str,
     """SPEC 2.4: `message` or `msg`, with a known level; anything else as it is."""
     import logging
 
-    from pipevisor.supervisor.engine.runner import _stderr_record
+    from pipevisor.supervisor.engine.plugin_output import stderr_record as _stderr_record
 
     got_level, got_message = _stderr_record(line)
     assert (logging.getLevelName(got_level), got_message) == (level, message)

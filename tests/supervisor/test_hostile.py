@@ -132,6 +132,7 @@ def _victim(self: Any, *args: Any) -> bool:
 def _steps() -> dict[str, tuple[Any, str, Any, str]]:
     from pipevisor.supervisor.engine.connection import Connection
     from pipevisor.supervisor.engine.events import EventHub
+    from pipevisor.supervisor.engine.plugin_output import PluginOutput
     from pipevisor.supervisor.engine.runner import PluginRunner
     from pipevisor.supervisor.engine.sampler import Sampler
     from pipevisor.supervisor.proc import containment as _platform
@@ -142,8 +143,8 @@ def _steps() -> dict[str, tuple[Any, str, Any, str]]:
         "handshake": (PluginRunner, "_negotiate", _victim, "load"),
         "reading": (Connection, "_settle", _victim, "call"),
         "writing": (Connection, "_call_fast", _victim, "call"),
-        "notification": (PluginRunner, "_on_notification", _victim, "call"),
-        "stderr": (PluginRunner, "_on_stderr", _victim, "call"),
+        "notification": (PluginOutput, "on_notification", _victim, "call"),
+        "stderr": (PluginOutput, "on_stderr", _victim, "call"),
         "sampling": (Sampler, "_enforce", lambda self, runner, *a: runner.spec.name == "victim",
                      "load"),
         "event-in-instance": (EventHub, "publish", lambda self, e: (
