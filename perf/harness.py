@@ -74,6 +74,8 @@ class Case:
     warmup: int | None = None
     description: str = ""
     higher_is_better: bool | None = None
+    # False: left out of a plain ``--quick`` run (still run when --only names it).
+    in_quick: bool = True
 
     def __post_init__(self) -> None:
         if self.higher_is_better is None:
@@ -106,6 +108,7 @@ def case(
     repeat: int | None = None,
     warmup: int | None = None,
     higher_is_better: bool | None = None,
+    in_quick: bool = True,
 ) -> Callable[[CaseFn], CaseFn]:
     """Decorator form of :func:`register`; the function's docstring becomes the description."""
 
@@ -123,6 +126,7 @@ def case(
                 warmup=warmup,
                 description=inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0],
                 higher_is_better=higher_is_better,
+                in_quick=in_quick,
             )
         )
         return fn
@@ -650,6 +654,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     patterns = [p for chunk in args.only for p in chunk.split(",") if p]
     cases, added = select(patterns)
+    if args.quick and not patterns:
+        # e.g. the peers (issue #20), which need their own venvs and take minutes
+        left_out = [c.name for c in cases if not c.in_quick]
+        cases = [c for c in cases if c.in_quick]
+        if left_out:
+            print(f"--quick leaves out {len(left_out)} full-run-only case(s); "
+                  "--only selects them")
     if added:
         print(f"including baselines needed for ratios: {', '.join(added)}")
     if not cases:
