@@ -158,7 +158,8 @@ def _cmd_status() -> int:
         pins = pins_for(peer)
         top = peer if peer in pins else next(iter(pins))
         state = "installed" if python_for(peer) else "missing"
-        print(f"{peer:20} {top}=={pins.get(top, '?'):10} {state:9} {venv_dir(peer)}")
+        pin = f"{top}=={pins.get(top, '?')}"
+        print(f"{peer:20} {pin:28} {state:9} {venv_dir(peer)}")
     return 0
 
 
