@@ -20,12 +20,10 @@ import anyio
 from anyio.abc import Process, TaskGroup
 
 from pipevisor.protocol import (
-    HANDSHAKE,
     PING,
     SHUTDOWN,
     ErrorCode,
     ErrorObject,
-    HandshakeError,
     HandshakeParams,
     HandshakeResult,
     local_error,
@@ -40,8 +38,7 @@ from pipevisor.protocol.interfaces import (
     InterfaceViolation,
     negotiate,
 )
-from pipevisor.supervisor.engine import presets
-from pipevisor.supervisor.engine.bringup import judge_handshake_error
+from pipevisor.supervisor.engine import bringup, presets
 from pipevisor.supervisor.engine.call_gate import (
     CallGate,
     not_ready_in_time,
@@ -579,49 +576,17 @@ class PluginRunner:
                                else "configured with mode = raw", tg)
             return
         params = self._handshake_params(self.spec, self.instance)
-        try:
-            raw = await conn.call(HANDSHAKE, params.to_json(), self.spec.health.handshake_timeout)
-            result = HandshakeResult.from_json(raw, params.protocol_versions)
-        except PluginCrashed:
+        outcome = await bringup.handshake(conn, self.spec, params,
+                                          lambda: self.output.first_stdout)
+        if isinstance(outcome, End):
+            self._end(outcome)
+            return
+        if isinstance(outcome, bringup.GoRaw):
+            await self._go_raw(conn, outcome.reason, tg)
+            return
+        if isinstance(outcome, bringup.Crashed):
             return  # _watch_exit reports the exit
-        except CallTimeout:
-            if self.output.first_stdout is not None:
-                self._end(End(EndKind.HANDSHAKE, "the plugin wrote no JSON-RPC at all within "
-                               f"{self.spec.health.handshake_timeout:g} s; its output starts "
-                               f"{self.output.first_stdout!r}; not restarted", give_up=True))
-                return
-            hint = ("" if self.spec.mode is not PluginMode.AUTO else
-                    " (a plain JSON-RPC server that ignores unknown methods needs "
-                    "mode = \"raw\")")
-            self._end(End(EndKind.HANDSHAKE, "no answer to the handshake within "
-                           f"{self.spec.health.handshake_timeout:g} s{hint}"))
-            return
-        except PluginError as exc:
-            verdict = judge_handshake_error(exc.code, exc.error.message, exc.data,
-                                            self.spec.mode, params.protocol_versions)
-            if verdict.action == "raw":
-                await self._go_raw(conn, verdict.reason, tg)
-            else:
-                self._end(End(EndKind.HANDSHAKE, verdict.reason,
-                               give_up=verdict.action == "give_up", error=exc.error))
-            return
-        except CallError as exc:
-            give_up = exc.code in (
-                ErrorCode.UNSUPPORTED_PROTOCOL_VERSION, ErrorCode.METHOD_NOT_FOUND
-            )
-            self._end(End(EndKind.HANDSHAKE, f"handshake refused: {exc.error.message}",
-                           give_up=give_up, error=exc.error))
-            return
-        except HandshakeError as exc:
-            if (self.spec.mode is PluginMode.AUTO
-                    and not (isinstance(raw, dict) and "protocolVersion" in raw)):
-                # a server that answers any method (an echo tool, say) does not speak pipevisor
-                await self._go_raw(conn, "its answer to the handshake is not a pipevisor "
-                                         f"handshake result ({exc.error.message})", tg)
-                return
-            self._end(End(EndKind.HANDSHAKE, f"invalid handshake answer: {exc.error.message}",
-                           give_up=True, error=exc.error))
-            return
+        result = outcome.result
         self.handshake = result
         if result.max_concurrency is not None and result.max_concurrency < (
             self.spec.calls.max_in_flight
@@ -709,29 +674,14 @@ class PluginRunner:
         """The preset's ``initialize``; False (the instance is ending) when it failed."""
         if self.spec.preset is Preset.NONE:
             return True
-        timeout = self.spec.health.handshake_timeout
-
-        async def call(method: str, params: Any) -> Any:
-            return await conn.call(method, params, timeout)
-
         hs = self._handshake_params(self.spec, self.instance)
-        try:
-            self.server_info = await presets.initialize(
-                self.spec, call, conn.notify, hs.host_name, hs.host_version)
-        except PluginCrashed:
-            return False  # _watch_exit reports the exit
-        except CallTimeout:
-            self._end(End(EndKind.START, f"no answer to {self.spec.preset.value} initialize "
-                           f"within {timeout:g} s"))
+        outcome = await bringup.initialize_server(conn, self.spec, hs.host_name,
+                                                  hs.host_version)
+        if not isinstance(outcome, bringup.Initialized):
+            if isinstance(outcome, End):
+                self._end(outcome)
             return False
-        except CallError as exc:
-            self._end(End(EndKind.START, f"{self.spec.preset.value} initialize refused: "
-                           f"{exc.code} {exc.error.message}", error=exc.error))
-            return False
-        except presets.InitializeFailed as exc:
-            self._end(End(EndKind.START, f"{self.spec.preset.value} initialize: {exc}",
-                           give_up=exc.give_up))
-            return False
+        self.server_info = outcome.info
         info = self.server_info or {}
         log.info("plugin %s: %s server %s%s", self.spec.name, self.spec.preset.value,
                  info.get("serverInfo"),
@@ -740,20 +690,10 @@ class PluginRunner:
 
     async def _run_start_sequence(self, conn: Connection) -> bool:
         """Send the configured start sequence; False (the instance is ending) on failure."""
-        for number, step in enumerate(self.spec.start_sequence, 1):
-            try:
-                if step.notify:
-                    await conn.notify(step.method, step.params)
-                else:
-                    await conn.call(step.method, step.params,
-                                    self.spec.health.handshake_timeout)
-            except PluginCrashed:
-                return False  # _watch_exit reports the exit
-            except CallError as exc:
-                self._end(End(EndKind.START, f"start sequence step {number} ({step.method}) "
-                               f"failed: {exc.error.message}", error=exc.error))
-                return False
-        return True
+        outcome = await bringup.start_sequence(conn, self.spec)
+        if isinstance(outcome, End):
+            self._end(outcome)
+        return outcome is None
 
     async def _health_loop(self, conn: Connection, method: str, params: Any) -> None:
         """Liveness: ``method`` every ping_interval; no answer within ping_timeout (any
