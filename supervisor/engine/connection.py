@@ -21,6 +21,7 @@ from anyio.abc import ByteReceiveStream, ByteSendStream, TaskGroup
 
 from pipevisor.protocol import (
     CANCEL,
+    PROGRESS,
     ErrorCode,
     ErrorObject,
     ErrorResponse,
@@ -52,6 +53,9 @@ log = logging.getLogger("pipevisor.connection")
 
 HostHandler = Callable[[str, Any], Awaitable[Any]]
 """(method, params) -> result; raise CallError to answer with a specific error."""
+
+ProgressListener = Callable[[dict[str, Any]], None]
+"""Hears the params of each ``pipevisor/progress`` for one request (SPEC 7.5)."""
 
 _READ_CHUNK = 256 * 1024
 _HIGH_WATER = 256 * 1024
@@ -131,6 +135,8 @@ class Connection:
         """A foreign server's errors pass through untouched (raw mode): its codes are its
         own, even in pipevisor's local block; ours still carry ``data.origin``."""
         self._slots: dict[RequestId, _Slot | FutureSlot] = {}
+        self._progress: dict[RequestId, ProgressListener] = {}
+        """Callers that asked to hear ``pipevisor/progress`` for their request, by id."""
         self._write_lock = anyio.Lock(fast_acquire=True)
         self._host_calls = anyio.Semaphore(max_host_calls, fast_acquire=True)
         self._host_scopes: dict[RequestId, anyio.CancelScope] = {}
@@ -206,8 +212,12 @@ class Connection:
 
     # ------------------------------------------------------------------- calls
 
-    async def call(self, method: str, params: Any = None, timeout: float | None = None) -> Any:
+    async def call(self, method: str, params: Any = None, timeout: float | None = None,
+                   on_progress: ProgressListener | None = None) -> Any:
         """Send one request and wait for its answer.
+
+        ``on_progress`` hears the plugin's ``pipevisor/progress`` for this request (its
+        params, as sent) until the answer arrives; a listener that raises is dropped.
 
         Raises:
             CallError: the plugin's error answer, or a local one (timeout, crash).
@@ -220,10 +230,16 @@ class Connection:
             raise CallError(standard_error(ErrorCode.INVALID_PARAMS, str(exc))) from exc
         fast = self._fast
         slot: _Slot | FutureSlot
-        if fast is not None:
-            slot = await self._call_fast(fast, ident, data, timeout)
-        else:
-            slot = await self._call_portable(ident, data, timeout)
+        if on_progress is not None:
+            self._progress[ident] = on_progress
+        try:
+            if fast is not None:
+                slot = await self._call_fast(fast, ident, data, timeout)
+            else:
+                slot = await self._call_portable(ident, data, timeout)
+        finally:
+            if on_progress is not None:
+                self._progress.pop(ident, None)
         response = slot.response
         if response is None:
             self._slots.pop(ident, None)
@@ -409,9 +425,26 @@ class Connection:
                         if scope is not None:
                             scope.cancel()
                 else:
+                    if self._progress and n.method == PROGRESS:
+                        self._tell_progress(n.params)
                     self._cb.on_notification(n)
             elif t is ProtocolFault:
                 self._cb.on_fault(event.fault)
+
+    def _tell_progress(self, params: Any) -> None:
+        """Pass a progress notification to the caller of the request it names, if that
+        caller asked for it. The params are the plugin's: only their ``id`` is read."""
+        ident = params.get("id") if isinstance(params, dict) else None
+        if type(ident) not in _ID_TYPES:
+            return
+        listener = self._progress.get(ident)
+        if listener is None:
+            return
+        try:
+            listener(params)
+        except Exception:  # the caller's bug: it stops hearing, the plugin is not blamed
+            self._progress.pop(ident, None)
+            log.exception("plugin %s: a progress listener failed; dropped", self.name)
 
     def _settle(self, event: ResponseReceived) -> None:
         slot = self._slots.pop(event.response.id, None)

@@ -53,7 +53,12 @@ from pipevisor.supervisor.engine.config import (
     ProtocolErrorAction,
     StartStep,
 )
-from pipevisor.supervisor.engine.connection import Connection, ConnectionCallbacks, HostHandler
+from pipevisor.supervisor.engine.connection import (
+    Connection,
+    ConnectionCallbacks,
+    HostHandler,
+    ProgressListener,
+)
 from pipevisor.supervisor.engine.ending import (
     End,
     EndKind,
@@ -274,7 +279,8 @@ class PluginRunner:
 
     # ================================================================== calls
 
-    async def call(self, method: str, params: Any = None, timeout: float | None = None) -> Any:
+    async def call(self, method: str, params: Any = None, timeout: float | None = None,
+                   on_progress: ProgressListener | None = None) -> Any:
         if timeout is None:
             timeout = self.spec.calls.timeout
         deadline = anyio.current_time() + timeout
@@ -287,8 +293,9 @@ class PluginRunner:
                 conn = await self._wait_serving(deadline, method)
             route = self._routes.get(method) if self._routes else None
             if route is not None:
-                return await self._routed_call(route, conn, params, deadline)
-            return await conn.call(method, params, max(0.0, deadline - anyio.current_time()))
+                return await self._routed_call(route, conn, params, deadline, on_progress)
+            return await conn.call(method, params, max(0.0, deadline - anyio.current_time()),
+                                   on_progress)
         except CallError:
             raise
         except Exception as exc:  # our bug on this call's path: the caller still gets an answer
@@ -300,11 +307,12 @@ class PluginRunner:
             slots.release()
 
     async def _routed_call(self, route: Binding, conn: Connection, params: Any,
-                           deadline: float) -> Any:
+                           deadline: float, on_progress: ProgressListener | None) -> Any:
         """A call through its interface: check, convert, send, check, convert back."""
         wire = self._outgoing(route, params)
         method = route.method
-        result = await conn.call(method, wire, max(0.0, deadline - anyio.current_time()))
+        result = await conn.call(method, wire, max(0.0, deadline - anyio.current_time()),
+                                 on_progress)
         try:
             return route.incoming(result)
         except InterfaceViolation as exc:

@@ -285,12 +285,17 @@ class Supervisor:
     # ============================================================ calls
 
     async def call(self, plugin: str, method: str, params: Any = None, *,
-                   timeout: float | None = None) -> Any:
-        """Call ``method`` on ``plugin``. Always returns a result or raises a CallError."""
+                   timeout: float | None = None,
+                   on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
+        """Call ``method`` on ``plugin``. Always returns a result or raises a CallError.
+
+        ``on_progress`` is called with the params of each ``pipevisor/progress`` the
+        plugin sends for this call (SPEC 7.5: ``progress``, maybe ``total`` and
+        ``message``), in order, until the answer arrives."""
         _not_reserved(method, plugin)
         runner = self.runner(plugin)
         try:
-            result = await runner.call(method, params, timeout)
+            result = await runner.call(method, params, timeout, on_progress)
         except BaseException as exc:
             runner.count_failure(exc)  # for metrics: by outcome
             raise

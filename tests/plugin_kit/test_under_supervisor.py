@@ -100,3 +100,32 @@ def test_example_is_executable_and_the_import_stays_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=DEADLINE, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_a_caller_hears_the_progress_of_its_own_call_only() -> None:
+    async with Supervisor([spec("kit", (sys.executable, KIT_PLUGIN))]) as sup:
+        sup.start("kit")
+        await sup.wait_ready(timeout=DEADLINE)
+        heard: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+        results: dict[str, Any] = {}
+
+        async def steps(who: str, n: int) -> None:
+            results[who] = await sup.call("kit", "steps", {"n": n}, timeout=DEADLINE,
+                                          on_progress=heard[who].append)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(steps, "a", 3)
+            tg.start_soon(steps, "b", 5)
+        assert results == {"a": 3, "b": 5}
+        assert [p["progress"] for p in heard["a"]] == [1, 2, 3]
+        assert [p["progress"] for p in heard["b"]] == [1, 2, 3, 4, 5]
+        assert heard["b"][-1]["total"] == 5 and heard["b"][-1]["message"] == "step 5"
+
+        def broken(params: dict[str, Any]) -> None:
+            raise RuntimeError("the caller's own bug")
+
+        # a listener that raises stops hearing; the call and the plugin are unharmed
+        assert await sup.call("kit", "steps", {"n": 4}, timeout=DEADLINE,
+                              on_progress=broken) == 4
+        assert sup.runner("kit").instance == 1
+        assert await sup.call("kit", "steps", {"n": 2}, timeout=DEADLINE) == 2
