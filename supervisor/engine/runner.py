@@ -73,6 +73,7 @@ from pipevisor.supervisor.engine.limits import LimitAction, backstop_evidence
 from pipevisor.supervisor.engine.plugin_output import PluginOutput
 from pipevisor.supervisor.engine.policy import Decision, RestartTracker
 from pipevisor.supervisor.engine.states import SERVING, PluginState, check_transition
+from pipevisor.supervisor.engine.status import exit_record, plugin_status
 from pipevisor.supervisor.errors import (
     CallError,
     CallTimeout,
@@ -140,8 +141,8 @@ class PluginRunner:
         """(shim pid, plugin pid) of the running instance, once found."""
         self.invalid_results = 0
         self._hub = hub
-        self._containment = containment
-        self._privileges: dict[str, Any] | None = None
+        self.containment = containment
+        self.privileges: dict[str, Any] | None = None
         """What the last spawn put in effect (uid, gid, no_new_privs, sandbox), for status."""
         self._handshake_params = handshake_params
         self.host_calls = HostCalls(spec, hub, host_handler, self._interfaces, host_adapters,
@@ -510,16 +511,16 @@ class PluginRunner:
         try:
             privileges = plan(Privileges(self.spec.user, self.spec.group,
                                          self.spec.no_new_privs, self.spec.sandbox),
-                              self._containment, self.spec.name)
+                              self.containment, self.spec.name)
             env = plugin_env(self.spec.name, inherit=self.spec.inherit_env, env=self.spec.env)
             token = None
             if self._leftovers is not None:
                 # inherited by everything the plugin starts: what proves an orphan ours
                 token = env[leftovers.TREE_TOKEN_ENV] = leftovers.new_tree_token()
             process = await spawn(
-                self.spec.command, containment=self._containment, cwd=self.spec.cwd,
+                self.spec.command, containment=self.containment, cwd=self.spec.cwd,
                 env=env, rlimits=self.spec.limits.rlimits(), privileges=privileges)
-            self._privileges = privileges.describe()
+            self.privileges = privileges.describe()
         except SpawnError as exc:
             self._hub.publish(SupervisorEvent(self.spec.name, EventKind.EXIT, {"error": str(exc)}))
             return End(EndKind.SPAWN, str(exc), give_up=True)
@@ -759,8 +760,7 @@ class PluginRunner:
         code = process.returncode
         how = describe_exit(code) if code is not None else closed
         tail = self.stderr.last(_CRASH_TAIL_LINES)
-        self.last_exit = {"returncode": code, "description": how, "time": time.time(),
-                          "stderr": tail}
+        self.last_exit = exit_record(code, how, tail)
         self._exit_published = True
         detail: dict[str, Any] = dict(self.last_exit)
         if self._end_info is not None:  # it exited while being stopped or killed: say why
@@ -805,19 +805,17 @@ class PluginRunner:
         conn.close(error)
         if end.kind is not EndKind.EXITED and (self.last_exit is None
                                                or process.returncode is not None):
-            self.last_exit = {"returncode": process.returncode,
-                              "description": describe_exit(process.returncode),
-                              "time": time.time(), "stderr": self.stderr.last(_CRASH_TAIL_LINES)}
+            self.last_exit = exit_record(process.returncode, describe_exit(process.returncode),
+                                         self.stderr.last(_CRASH_TAIL_LINES))
         if not self._exit_published:
             # Stopped, restarted, unloaded or killed (hung, limit, protocol fault): the process
             # ended here, and _watch_exit may be cancelled before it reports it, so report it
             # here, once, with why it was ended.
             self._exit_published = True
-            info = {"returncode": process.returncode,
-                    "description": describe_exit(process.returncode),
-                    "time": time.time(), "stderr": self.stderr.last(_CRASH_TAIL_LINES),
-                    "reason": end.detail}
-            self._hub.publish(SupervisorEvent(self.spec.name, EventKind.EXIT, info))
+            info = exit_record(process.returncode, describe_exit(process.returncode),
+                               self.stderr.last(_CRASH_TAIL_LINES))
+            self._hub.publish(SupervisorEvent(self.spec.name, EventKind.EXIT,
+                                              {**info, "reason": end.detail}))
 
     async def _graceful(self, process: Process, conn: Connection) -> None:
         stop = self.spec.stop
@@ -873,12 +871,12 @@ class PluginRunner:
 
     # ================================================================ status
 
-    def _plugin_pid(self) -> int | None:
+    def plugin_pid(self) -> int | None:
         """The plugin's own pid (SPEC 14), found once per instance below the shim."""
         process = self.process
         if process is None:
             return None
-        if self._containment.shim is None:
+        if self.containment.shim is None:
             return process.pid
         cached = self._plugin_pid_of
         if cached is not None and cached[0] == process.pid:
@@ -889,52 +887,7 @@ class PluginRunner:
         return pid
 
     def status(self) -> PluginStatus:
-        now = time.monotonic()
-        hs = self.handshake
-        return {
-            "name": self.spec.name,
-            "state": str(self.state),
-            "reason": self.reason,
-            "pid": self._plugin_pid(),
-            "shim_pid": (self.process.pid if self.process is not None
-                         and self._containment.shim is not None else None),
-            "instance": self.instance,
-            "uptime": (now - self.ready_at) if self.ready_at and self.state in SERVING else None,
-            "restarts": self.tracker.total_restarts,
-            "requested_restarts": self.requested_restarts,
-            "last_exit": self.last_exit,
-            "faults": self.faults,
-            "command": list(self.spec.command),
-            "protocol_version": str(hs.protocol_version) if hs else None,
-            "plugin_version": hs.plugin_version if hs else None,
-            "methods": {m: (str(i.version) if i.version else None)
-                        for m, i in hs.methods.items()} if hs else {},
-            "mode": "raw" if self.raw else ("pipevisor" if hs else None),
-            "preset": self.spec.preset.value if self.spec.preset is not Preset.NONE else None,
-            "server": self.server_info,
-            "max_in_flight": (self.server.max_in_flight if self.raw
-                              else hs.max_concurrency if hs and hs.max_concurrency
-                              and hs.max_concurrency < self.spec.calls.max_in_flight
-                              else self.spec.calls.max_in_flight),
-            "interfaces": ({m: b.to_json() for m, b in self.bindings.items()} if self.bindings
-                           else {m: {"how": str(How.NO_INTERFACE)} for m in hs.methods}
-                           if hs else {}),
-            "degradations": ([{"method": None, "reason": self.reason}]
-                             if self.raw and not self.raw_configured else [])
-            + [{"method": b.method, "reason": b.reason} for b in self.bindings.values()
-               if b.degraded]
-            + [{"method": b.method, "host_method": True, "reason": b.reason}
-               for b in self.host_bindings.values() if b.degraded],
-            "host_methods": {m: b.to_json() for m, b in self.host_bindings.items()},
-            "invalid_results": self.invalid_results,
-            "in_flight": len(self.conn.peer.outgoing) if self.conn is not None else 0,
-            "queued": self.gate.waiting,
-            "stderr_tail": self.stderr.last(5),
-            "resources": self.resources,
-            "breaches": list(self.breaches),
-            "containment": {**self._containment.describe(),
-                            "privileges": self._privileges},
-        }
+        return plugin_status(self)
 
     # ================================================================ limits
 
