@@ -52,6 +52,11 @@ EXIT_FORBIDDEN = 8
 """The daemon refused this client, or the client refused the socket's owner."""
 EXIT_INTERRUPTED = 130
 
+EVENT_KINDS = ("state", "exit", "restart", "fault", "limit", "log", "stderr", "progress",
+               "notification", "interface", "invalid_result", "raw")
+"""Every kind the daemon publishes (the engine's EventKind; tests/cli keeps the two in step:
+named here so that ``--help`` does not load the engine)."""
+
 _UNAVAILABLE = {ErrorCode.PLUGIN_NOT_READY, ErrorCode.PLUGIN_STOPPED, ErrorCode.PLUGIN_CRASHED,
                 ErrorCode.CONNECTION_CLOSED, ErrorCode.OVER_LIMIT}
 
@@ -283,7 +288,7 @@ def _unknown(exc: UnknownPlugins, as_json: bool) -> NoReturn:
           {"message": str(exc), "data": {"plugin": exc.names[0], "plugins": exc.names}})
 
 
-@click.command()
+@click.command(short_help="Show the daemon and its plugins, or those named.")
 @click.argument("plugins", nargs=-1, metavar="[PLUGIN|GLOB|all]...",
                 shell_complete=lambda ctx, param, incomplete: complete_plugins(
                     ctx, param, incomplete))
@@ -322,7 +327,7 @@ def _parse_params(text: str | None, as_json: bool) -> Any:
     return value
 
 
-@click.command()
+@click.command(short_help="Call METHOD on PLUGIN and print the result as JSON.")
 @click.argument("plugin")
 @click.argument("method")
 @click.argument("params_json", required=False, metavar="[PARAMS_JSON|-]")
@@ -401,7 +406,7 @@ _TARGETS = click.argument("plugins", nargs=-1, required=True, metavar="PLUGIN|GL
                           shell_complete=complete_plugins)
 
 
-@click.command()
+@click.command(short_help="Start stopped or failed plugins.")
 @_TARGETS
 @_wait_option(30)
 @socket_option
@@ -412,18 +417,19 @@ def start(plugins: tuple[str, ...], wait: float, socket_path: str | None,
     _lifecycle("start", plugins, wait, socket_path, as_json)
 
 
-@click.command()
+@click.command(short_help="Stop plugins gracefully; they stay loaded.")
 @_TARGETS
 @_wait_option(30)
 @socket_option
 @json_option
 def stop(plugins: tuple[str, ...], wait: float, socket_path: str | None,
          as_json: bool) -> None:
-    """Stop plugins gracefully; they stay loaded (``start`` brings them back)."""
+    """Stop plugins gracefully; they stay loaded ('pipevisor start' brings them
+    back)."""
     _lifecycle("stop", plugins, wait, socket_path, as_json)
 
 
-@click.command()
+@click.command(short_help="Stop plugins gracefully and start a new instance of each.")
 @_TARGETS
 @_wait_option(30)
 @socket_option
@@ -434,7 +440,7 @@ def restart(plugins: tuple[str, ...], wait: float, socket_path: str | None,
     _lifecycle("restart", plugins, wait, socket_path, as_json)
 
 
-@click.command()
+@click.command(short_help="Load a plugin at run time, by name or path.")
 @click.argument("name_or_path")
 @_wait_option(30)
 @socket_option
@@ -473,7 +479,7 @@ def load(name_or_path: str, wait: float, socket_path: str | None, as_json: bool)
               {"message": f"plugin {result['name']!r} failed", "reason": result.get("reason")})
 
 
-@click.command()
+@click.command(short_help="Stop a plugin gracefully and forget it.")
 @click.argument("plugin")
 @socket_option
 @json_option
@@ -483,7 +489,7 @@ def unload(plugin: str, socket_path: str | None, as_json: bool) -> None:
     click.echo(_dump(result) if as_json else f"{plugin}: unloaded")
 
 
-@click.command()
+@click.command(short_help="Re-read the configuration and apply it (like SIGHUP).")
 @click.option("--dry-run", is_flag=True, help="Only say what the reload would change.")
 @socket_option
 @json_option
@@ -536,7 +542,7 @@ def _event_line(ev: dict[str, Any]) -> str:
     return printable(f"{stamp} {ev.get('plugin') or '-'} {ev.get('kind')} {detail}".rstrip())
 
 
-@click.command()
+@click.command(short_help="Print a plugin's recent stderr, with times and instances.")
 @click.argument("plugin")
 @click.option("-n", "--lines", type=click.IntRange(0, 10_000), default=50, show_default=True,
               help="How many of the last stderr lines to show.")
@@ -607,12 +613,12 @@ def _since(value: str | None) -> float | None:
                                  "or a Unix time", param_hint="--since") from None
 
 
-@click.command()
+@click.command(short_help="Follow the daemon's events live, until Ctrl-C.")
 @click.option("--plugin", "plugins", multiple=True, metavar="P",
               help="Only events of this plugin (repeatable).")
 @click.option("--kind", "kinds", multiple=True, metavar="K",
-              help="Only events of this kind: state, exit, restart, fault, limit, log, "
-                   "stderr ... (repeatable; default: all but stderr).")
+              help=f"Only events of this kind: {', '.join(EVENT_KINDS)} (repeatable; "
+                   "default: all but stderr).")
 @click.option("--since", callback=lambda ctx, param, value: _since(value), metavar="WHEN",
               help="First show the kept events from then: 30s, 5m, 2h, 1d ago, or a Unix "
                    "time.")
@@ -640,7 +646,7 @@ def events(plugins: tuple[str, ...], kinds: tuple[str, ...], since: float | None
     _with_client(socket_path, as_json, work)
 
 
-@click.command()
+@click.command(short_help="A live status table, refreshed until Ctrl-C.")
 @click.option("--interval", "-d", type=click.FloatRange(min=0.2), default=2.0,
               show_default=True, metavar="S", help="Seconds between refreshes.")
 @click.option("--iterations", "-n", type=click.IntRange(min=1), default=None, metavar="N",
@@ -669,7 +675,7 @@ def top(interval: float, iterations: int | None, socket_path: str | None) -> Non
     _with_client(socket_path, False, work)
 
 
-@click.command()
+@click.command(short_help="Print every plugin's figures in the Prometheus text format.")
 @socket_option
 @json_option
 def metrics(socket_path: str | None, as_json: bool) -> None:

@@ -40,7 +40,7 @@ def main() -> None:
     """pipevisor: run plugins in any language as supervised child processes."""
 
 
-@main.command()
+@main.command(short_help="Run the example plugins and watch a crash being survived.")
 def demo() -> None:
     """Run the example plugins under an embedded supervisor and show a crash being survived."""
     import anyio
@@ -50,7 +50,7 @@ def demo() -> None:
     anyio.run(run_demo, click.echo)
 
 
-@main.command()
+@main.command(short_help="Print the wire protocol specification (protocol/SPEC.md).")
 def spec() -> None:
     """Print the wire protocol specification (protocol/SPEC.md) for plugin authors."""
     from importlib import resources
@@ -74,7 +74,7 @@ def containment(as_json: bool) -> None:
                    f"detail:    {described['detail']}")
 
 
-@main.command()
+@main.command(short_help="Run the supervisor daemon in the foreground.")
 @click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
               help="TOML configuration file (docs/configuration.md); default: discover "
                    "pipevisor-* executables on PATH with default policies.")
@@ -90,14 +90,15 @@ def run(config_path: str | None, socket_path: str | None, log_format: str | None
     raise SystemExit(run_daemon(config_path, socket_path, log_format))
 
 
-@main.command()
+@main.command(short_help="Check a configuration file without running anything.")
 @click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
               help="The file to check (default: the built-in configuration).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify(config_path: str | None, as_json: bool) -> None:
-    """Check a configuration without running anything (like `nginx -t`): the file is
-    read and checked as `pipevisor run` would, discovery runs, and the plugins that
-    would start are listed. Exit 0 when `run` would accept it, 2 when it would not."""
+    """Check a configuration without running anything (like nginx -t): the file is
+    read and checked as 'pipevisor run' would, discovery runs, and the plugins that
+    would start are listed. Exit 0 when 'pipevisor run' would accept it, 2 when it
+    would not."""
     from pipevisor.supervisor.daemon import config_file
     from pipevisor.supervisor.errors import ConfigError
 

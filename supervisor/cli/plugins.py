@@ -20,7 +20,7 @@ _DEFAULT_PREFIX = "pipevisor-"
 checks the two agree)."""
 
 
-@click.command("list")
+@click.command("list", short_help="List the plugin executables discovery finds.")
 @click.option("--prefix", default=_DEFAULT_PREFIX, show_default=True,
               help="File name prefix that marks a plugin executable.")
 @click.option("--dir", "dirs", multiple=True, metavar="DIR",
@@ -89,7 +89,7 @@ def _method_params(ctx: click.Context, param: click.Parameter,
     return out
 
 
-@click.command("check")
+@click.command("check", short_help="Check that a plugin executable follows the protocol.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.option("--timeout", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
               help="Seconds to wait for each answer.")
@@ -102,8 +102,9 @@ def _method_params(ctx: click.Context, param: click.Parameter,
 @click.option("--slow-params", default="{}", callback=_json_object, metavar="JSON",
               show_default=True, help="Params for --slow-method.")
 @click.option("--preset", type=click.Choice(["mcp", "lsp"]),
-              help="Check a foreign server by its preset (docs/foreign-servers.md): MCP "
-                   "initialize, tools/list, ping, cancel; LSP initialize, shutdown, exit.")
+              help="Check a foreign server by its preset: MCP initialize, tools/list, "
+                   "ping, cancel; LSP initialize, shutdown, exit. See "
+                   "docs/foreign-servers.md.")
 @click.option("--params", "method_params", multiple=True, metavar="METHOD=JSON",
               callback=_method_params,
               help="Call METHOD with these params instead of {} (repeatable).")
