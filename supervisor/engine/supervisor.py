@@ -9,9 +9,11 @@ concurrently, bounded by each plugin's grace periods.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType, TracebackType
@@ -53,14 +55,121 @@ def _not_reserved(method: str, plugin: str) -> None:
 
 HostMethod = Callable[..., Awaitable[Any]]
 
+_UNSETTLED = frozenset({PluginState.STARTING, PluginState.HANDSHAKING, PluginState.STOPPING})
+
+
+class HeapFreezer:
+    """Keeps the long-lived heap out of the cyclic garbage collector (``gc.freeze()``).
+
+    Every plugin leaves a few hundred long-lived Python objects (runner, connection,
+    peer, transports, tasks), and a full collection walks all of them: ~113 ms at 1,000
+    plugins (issue 20), a latency tail for every call that lands in it. Once the
+    plugins have settled (none starting, handshaking or stopping) after the supervisor
+    starts, after a load or an unload, or after many instances ended (restarts), one
+    pass runs ``gc.unfreeze(); gc.collect(); gc.freeze()``: the garbage of what ended
+    (an unloaded plugin's runner, a dead instance's tasks and their reference cycles,
+    which a frozen object keeps from ever being collected) is collected, and
+    what lives on is frozen again, so later collections walk only new objects. That
+    pass costs one full collection; changes are debounced (``QUIET``) so a reload of
+    many plugins pays it once. Leaving the supervisor unfreezes everything it froze.
+
+    Process-wide, so an embedding host's objects are frozen too (harmless: frozen
+    objects are still freed by reference counting; only their cycles wait for the next
+    pass or the supervisor's exit). Left alone when the host froze objects itself or
+    disabled the collector, or with ``Supervisor(..., freeze_heap=False)``.
+    """
+
+    QUIET = 0.5
+    """Seconds without change before a pass (debounce), once the plugins have settled."""
+    SETTLE_MAX = 60.0
+    """A pass runs at the latest this long after a change, settled or not."""
+    CHURN_CHECK = 30.0
+    """How often instance churn (restarts since the last pass) is looked at."""
+    _active = 0
+    """Freezers of this process that froze and have not unfrozen yet."""
+
+    def __init__(self, runners: Mapping[str, PluginRunner]) -> None:
+        self._runners = runners
+        self._dirty = anyio.Event()
+        self._instances = 0
+        self.froze = False
+        self.passes = 0
+        """Unfreeze-collect-freeze passes so far."""
+        self.last_pause_ms: float | None = None
+        """How long the last pass held the event loop (its full collection)."""
+        self.frozen_objects = 0
+        self.done = anyio.Event()
+        """Set after each pass (replaced by a fresh one): for tests and hosts."""
+
+    @staticmethod
+    def host_manages_gc() -> bool:
+        return not gc.isenabled() or (gc.get_freeze_count() > 0 and HeapFreezer._active == 0)
+
+    def changed(self) -> None:
+        """Plugins were added or removed: a pass once they have settled."""
+        self._dirty.set()
+
+    def _churn(self) -> bool:
+        total = sum(r.instance for r in self._runners.values())
+        return total - self._instances >= max(32, len(self._runners) // 10)
+
+    async def run(self) -> None:
+        while True:
+            with anyio.move_on_after(self.CHURN_CHECK):
+                await self._dirty.wait()
+            if not self._dirty.is_set() and not self._churn():
+                continue
+            deadline = anyio.current_time() + self.SETTLE_MAX
+            while anyio.current_time() < deadline:
+                self._dirty = anyio.Event()
+                await anyio.sleep(self.QUIET)
+                if not self._dirty.is_set() and not any(
+                        r.state in _UNSETTLED for r in list(self._runners.values())):
+                    break
+            self._dirty = anyio.Event()
+            self.refreeze()
+
+    def refreeze(self) -> None:
+        """One pass now: collect what ended, freeze what lives (see the class)."""
+        if self.host_manages_gc() and not self.froze:
+            return
+        started = time.perf_counter()
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self.last_pause_ms = (time.perf_counter() - started) * 1000
+        if not self.froze:
+            self.froze = True
+            HeapFreezer._active += 1
+        self.passes += 1
+        self.frozen_objects = gc.get_freeze_count()
+        self._instances = sum(r.instance for r in self._runners.values())
+        log.debug("heap frozen: %d objects, %d plugins; the pass took %.1f ms",
+                  self.frozen_objects, len(self._runners), self.last_pause_ms)
+        done, self.done = self.done, anyio.Event()
+        done.set()
+
+    def release(self) -> None:
+        """Unfreeze on the way out: the host's collector sees everything again."""
+        if self.froze:
+            self.froze = False
+            HeapFreezer._active -= 1
+            gc.unfreeze()
+
 
 class Supervisor:
-    def __init__(self, config: SupervisorConfig | Sequence[PluginSpec] = ()) -> None:
+    def __init__(self, config: SupervisorConfig | Sequence[PluginSpec] = (), *,
+                 freeze_heap: bool = True) -> None:
+        """``freeze_heap=False`` leaves the garbage collector alone (:class:`HeapFreezer`:
+        by default the long-lived heap is frozen once plugins have started, so full
+        collections do not walk every plugin's objects)."""
         if not isinstance(config, SupervisorConfig):
             config = SupervisorConfig(plugins=tuple(config))
         self.config = config
         self.events = EventHub()
         self.runners: dict[str, PluginRunner] = {}
+        self.heap = HeapFreezer(self.runners)
+        self._freeze_heap = freeze_heap
         self._host_methods: dict[str, tuple[HostMethod, str]] = {}
         self._usage = TreeUsage()
         self.notifications = NotificationHandlers()
@@ -81,6 +190,7 @@ class Supervisor:
         self.sampler = Sampler(self.runners, config.sample_interval)
         """Resource sampling and limit enforcement (docs/limits.md); off when the interval is 0."""
         self._sampler_scope = anyio.CancelScope()
+        self._freezer_scope = anyio.CancelScope()
         self._closing = False
         self.interfaces = interfaces_from(config.interfaces)
         """The host's interfaces (checked at construction: a bad file raises ConfigError)."""
@@ -117,6 +227,8 @@ class Supervisor:
             self._tg.start_soon(self._reap_adopted)
         if self.config.sample_interval > 0:
             self._tg.start_soon(self._run_sampler)
+        if self._freeze_heap and not HeapFreezer.host_manages_gc():
+            self._tg.start_soon(self._run_freezer)
         for spec in self.config.plugins:
             self._add(spec)
         return self
@@ -129,6 +241,8 @@ class Supervisor:
     ) -> bool | None:
         assert self._tg is not None
         self._closing = True
+        self._freezer_scope.cancel()
+        self.heap.release()
         self._sampler_scope.cancel()  # resumes any throttled tree so it can stop gracefully
         for runner in self.runners.values():
             runner.close()
@@ -147,6 +261,10 @@ class Supervisor:
         budgets = [s.stop.shutdown_grace + s.stop.eof_grace + s.stop.term_grace + 5.0
                    for s in (r.spec for r in self.runners.values())]
         return max(budgets, default=5.0)
+
+    async def _run_freezer(self) -> None:
+        with self._freezer_scope:
+            await self.heap.run()
 
     async def _run_sampler(self) -> None:
         with self._sampler_scope:
@@ -190,6 +308,7 @@ class Supervisor:
         self._tg.start_soon(lifetime)
         if spec.autostart:
             runner.start()
+        self.heap.changed()
         return runner
 
     # ============================================================ control
@@ -209,6 +328,7 @@ class Supervisor:
             while name in self.runners:
                 await runner.wait_state({PluginState.STOPPED, PluginState.FAILED}, 3600)
                 await anyio.lowlevel.checkpoint()  # let the lifetime task remove it
+        self.heap.changed()  # its frozen objects (and their cycles) go at the next pass
 
     @property
     def containment(self) -> _platform.Containment | None:
