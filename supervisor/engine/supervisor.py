@@ -36,7 +36,7 @@ from pipevisor.supervisor.engine.states import SERVING, PluginState
 from pipevisor.supervisor.errors import CallError, ConfigError, invalid_params, local
 from pipevisor.supervisor.io import child_watch
 from pipevisor.supervisor.proc import containment as _platform
-from pipevisor.supervisor.proc import leftovers, tree
+from pipevisor.supervisor.proc import leftovers, rlimits, tree
 from pipevisor.supervisor.proc.usage import EMPTY as EMPTY_USAGE
 from pipevisor.supervisor.proc.usage import TreeUsage
 from pipevisor.supervisor.records import PluginStatus
@@ -191,6 +191,7 @@ class Supervisor:
         """Resource sampling and limit enforcement (docs/limits.md); off when the interval is 0."""
         self._sampler_scope = anyio.CancelScope()
         self._freezer_scope = anyio.CancelScope()
+        self._fd_warned = False
         self._closing = False
         self.interfaces = interfaces_from(config.interfaces)
         """The host's interfaces (checked at construction: a bad file raises ConfigError)."""
@@ -262,6 +263,23 @@ class Supervisor:
                    for s in (r.spec for r in self.runners.values())]
         return max(budgets, default=5.0)
 
+    def _room_for(self, plugins: int) -> None:
+        """Each running plugin holds 4 descriptors here (proc/rlimits.py): raise the soft
+        RLIMIT_NOFILE to the hard limit when they would not fit, and say once when
+        even that is too low (docs/process-containment.md, how many plugins fit)."""
+        raised = rlimits.raise_nofile_for(plugins)
+        if raised is not None:
+            log.info("raised the soft descriptor limit (RLIMIT_NOFILE) to its hard limit "
+                     "%d for %d plugins", raised[0], plugins)
+        if not self._fd_warned:
+            fits, hard = rlimits.nofile_room(plugins)
+            if not fits:
+                self._fd_warned = True
+                log.warning("%d plugins need about %d descriptors, more than the hard "
+                            "limit %d (RLIMIT_NOFILE): starts will fail with EMFILE; raise "
+                            "it (LimitNOFILE= in a systemd unit, ulimit -Hn)", plugins,
+                            plugins * rlimits.FDS_PER_PLUGIN + rlimits.FD_HEADROOM, hard)
+
     async def _run_freezer(self) -> None:
         with self._freezer_scope:
             await self.heap.run()
@@ -295,6 +313,7 @@ class Supervisor:
             host_adapters=self.adapters.lookup_host,
         )
         self.runners[spec.name] = runner
+        self._room_for(len(self.runners))
 
         async def lifetime() -> None:
             try:
