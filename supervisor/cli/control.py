@@ -327,6 +327,59 @@ def _parse_params(text: str | None, as_json: bool) -> Any:
     return value
 
 
+def _amount(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def progress_text(note: dict[str, Any]) -> str:
+    """``3/10 30% decoding tiles`` (``3 decoding tiles`` without a total): one line of
+    plain text, the plugin's message made printable."""
+    done, total = note.get("progress"), note.get("total")
+    text = _amount(done)
+    if isinstance(total, int | float) and isinstance(done, int | float):
+        text += f"/{_amount(total)}"
+        if total > 0:
+            text += f" {min(done / total, 1.0) * 100:.0f}%"
+    message = note.get("message")
+    if isinstance(message, str) and message:
+        text += " " + printable(message)
+    return text
+
+
+class ProgressBar:
+    """One line redrawn in place on a terminal (``\\r``, erase to the end of line):
+    ``[#####-----] 5/10 50% message``, cut to the terminal's width, and erased again
+    before the result is printed."""
+
+    WIDTH = 24
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.drawn = False
+
+    def show(self, note: dict[str, Any]) -> None:
+        done, total = note.get("progress"), note.get("total")
+        text = progress_text(note)
+        if isinstance(total, int | float) and isinstance(done, int | float) and total > 0:
+            filled = round(min(done / total, 1.0) * self.WIDTH)
+            text = f"[{'#' * filled}{'-' * (self.WIDTH - filled)}] {text}"
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns or 80
+        except (OSError, ValueError, AttributeError):
+            columns = 80
+        self.stream.write("\r" + text[:max(10, columns - 1)] + "\x1b[K")
+        self.stream.flush()
+        self.drawn = True
+
+    def clear(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.drawn = False
+
+
 @click.command(short_help="Call METHOD on PLUGIN and print the result as JSON.")
 @click.argument("plugin")
 @click.argument("method")
@@ -334,17 +387,44 @@ def _parse_params(text: str | None, as_json: bool) -> Any:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="S", help="Give up after S seconds (default: the plugin's call timeout).")
 @click.option("--notify", is_flag=True, help="Send a notification: no answer, no output.")
+@click.option("--progress/--no-progress", "progress", default=None,
+              help="Show the plugin's progress on stderr: a bar on a terminal (the "
+                   "default there), else one line per update (only when asked).")
 @socket_option
 @json_option
 def call(plugin: str, method: str, params_json: str | None, timeout: float | None,
-         notify: bool, socket_path: str | None, as_json: bool) -> None:
-    """Call METHOD on PLUGIN and print the result as JSON (PARAMS_JSON "-": read stdin)."""
+         notify: bool, progress: bool | None, socket_path: str | None,
+         as_json: bool) -> None:
+    """Call METHOD on PLUGIN and print the result as JSON (PARAMS_JSON "-": read stdin).
+
+    While the call runs, the plugin's progress is shown on stderr: as a bar when stderr
+    is a terminal, else, with --progress, as one line per update (with --json, one
+    JSON object per line). stdout only ever holds the result."""
     params = _parse_params(params_json, as_json)
     if notify:
         _with_client(socket_path, as_json, lambda c: c.notify(plugin, method, params))
         return
-    result = _with_client(socket_path, as_json,
-                          lambda c: c.call(plugin, method, params, timeout=timeout))
+    err = click.get_text_stream("stderr")
+    on_terminal = err.isatty()
+    bar = ProgressBar(err) if on_terminal and progress is not False else None
+
+    def line(note: dict[str, Any]) -> None:
+        if as_json:
+            shown = {k: v for k, v in note.items() if k != "id"}
+            click.echo(orjson.dumps({"progress": shown}).decode(), err=True)
+        else:
+            click.echo(f"progress: {progress_text(note)}", err=True)
+
+    listener = bar.show if bar is not None else line if progress else None
+
+    def work(c: Client) -> Any:
+        try:
+            return c.call(plugin, method, params, timeout=timeout, on_progress=listener)
+        finally:
+            if bar is not None:
+                bar.clear()
+
+    result = _with_client(socket_path, as_json, work)
     click.echo(_dump(result))
 
 

@@ -16,6 +16,7 @@ from pipevisor.protocol import (
     DEFAULT_MAX_LINE_BYTES,
     Fault,
     FaultKind,
+    NotificationReceived,
     Peer,
     ProtocolFault,
     ResponseReceived,
@@ -23,7 +24,7 @@ from pipevisor.protocol import (
 from pipevisor.protocol.messages import RequestId
 from pipevisor.supervisor.client import requests
 from pipevisor.supervisor.client.errors import BadAnswer, DaemonConnectionLost
-from pipevisor.supervisor.client.requests import R
+from pipevisor.supervisor.client.requests import ProgressListener, R
 from pipevisor.supervisor.client.wire import (
     _GARBLED,
     _REOPEN,
@@ -33,6 +34,7 @@ from pipevisor.supervisor.client.wire import (
     _event_or_raise,
     _failure,
     _notice,
+    _progress_of,
     _settle,
     _Unread,
     expected_daemon_uid,
@@ -89,6 +91,8 @@ class AsyncClient:
         self._loop: Loop | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._waiting: dict[RequestId, Pending[_Settled]] = {}
+        self._listeners: dict[RequestId, ProgressListener] = {}
+        """Progress listeners of the calls waiting here, by request id."""
         self._lost: str | None = None
         """Why the current connection is unusable (None while it is fine)."""
         self._reopen = False
@@ -169,6 +173,26 @@ class AsyncClient:
                     waiter.set_result(event)
             elif isinstance(event, ProtocolFault):
                 self._on_fault(event.fault)
+            elif self._listeners and isinstance(event, NotificationReceived):
+                self._tell(event)
+
+    def _tell(self, event: NotificationReceived) -> None:
+        """Hand a progress notification to its call's listener; one that raises ends its
+        call with that exception (and the daemon is told to cancel it)."""
+        note = _progress_of(event)
+        if note is None:
+            return
+        ident = note.get("id")
+        listener = self._listeners.get(ident) if type(ident) in (int, str) else None
+        if listener is None:
+            return
+        try:
+            listener(note)
+        except Exception as exc:
+            del self._listeners[ident]
+            waiter = self._waiting.get(ident)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(_ListenerFailed(exc))
 
     def _on_fault(self, fault: Fault) -> None:
         """A line that is not an answer: a notice (the daemon is closing the connection),
@@ -246,7 +270,10 @@ class AsyncClient:
                 old.abort()
             await self._open()
 
-    async def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
+    async def request(self, method: str, params: dict[str, Any] | None = None, *,
+                      on_progress: ProgressListener | None = None) -> Any:
+        """One control request (see protocol/SPEC.md, "Control socket");
+        ``on_progress`` hears the ``progress`` notifications sent for it."""
         if self._link is None:
             raise RuntimeError("use AsyncClient as 'async with AsyncClient(...) as client'")
         for attempt in (1, 2):
@@ -255,14 +282,15 @@ class AsyncClient:
                     raise DaemonConnectionLost(self.socket_path, self._lost)
                 await self._reconnect()
             try:
-                return await self._request_once(method, params)
+                return await self._request_once(method, params, on_progress)
             except _Unread:
                 if attempt == 2:
                     raise DaemonConnectionLost(self.socket_path, self._lost
                                                or "closed before our request") from None
         raise AssertionError("unreachable")
 
-    async def _request_once(self, method: str, params: dict[str, Any] | None) -> Any:
+    async def _request_once(self, method: str, params: dict[str, Any] | None,
+                            on_progress: ProgressListener | None = None) -> Any:
         link = self._link
         assert link is not None
         peer = self._peer
@@ -271,6 +299,8 @@ class AsyncClient:
         waiter: Pending[_Settled] = new_pending(loop)
         waiting = self._waiting
         waiting[ident] = waiter
+        if on_progress is not None:
+            self._listeners[ident] = on_progress
         try:
             try:
                 await link.send(data)
@@ -293,6 +323,16 @@ class AsyncClient:
         finally:
             if waiting.get(ident) is waiter:
                 del waiting[ident]
+            if on_progress is not None:
+                self._listeners.pop(ident, None)
+        if isinstance(event, _ListenerFailed):
+            cancel = peer.cancel(ident)
+            if cancel and self._lost is None and self._link is link:
+                try:
+                    await link.send(cancel)
+                except _LINK_ERRORS:
+                    pass
+            raise event.error
         if event is None:
             raise DaemonConnectionLost(self.socket_path, self._lost or "no answer")
         if isinstance(event, BaseException):
@@ -301,12 +341,18 @@ class AsyncClient:
 
     # -------------------------------------------------------- the API
 
-    async def _do(self, request: requests.Request[R]) -> R:
-        return request.read(await self.request(request.method, request.params))
+    async def _do(self, request: requests.Request[R],
+                  on_progress: ProgressListener | None = None) -> R:
+        return request.read(await self.request(request.method, request.params,
+                                               on_progress=on_progress))
 
     async def call(self, plugin: str, method: str, params: Any = None, *,
-                   timeout: float | None = None) -> Any:
-        return await self._do(requests.call(plugin, method, params, timeout))
+                   timeout: float | None = None,
+                   on_progress: ProgressListener | None = None) -> Any:
+        """As :meth:`Client.call`; ``on_progress`` is called on the event loop (it must
+        not block), and one that raises ends the call with its exception."""
+        return await self._do(requests.call(plugin, method, params, timeout,
+                                            on_progress is not None), on_progress)
 
     async def notify(self, plugin: str, method: str, params: Any = None) -> None:
         await self._do(requests.notify(plugin, method, params))
@@ -393,7 +439,16 @@ class AsyncClient:
 
 
 
-_Settled = ResponseReceived | BaseException | None
+class _ListenerFailed:
+    """A call's progress listener raised: the call ends with ``error``."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+_Settled = ResponseReceived | BaseException | _ListenerFailed | None
 """What a waiting request is settled with: its answer, why it failed, or None (lost)."""
 
 

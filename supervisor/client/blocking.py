@@ -37,6 +37,7 @@ from pipevisor.protocol import (
     DEFAULT_MAX_LINE_BYTES,
     Fault,
     FaultKind,
+    NotificationReceived,
     Peer,
     ProtocolFault,
     ResponseReceived,
@@ -47,7 +48,7 @@ from pipevisor.supervisor.client.errors import (
     BadAnswer,
     DaemonConnectionLost,
 )
-from pipevisor.supervisor.client.requests import R
+from pipevisor.supervisor.client.requests import ProgressListener, R
 from pipevisor.supervisor.client.wire import (
     _GARBLED,
     _REOPEN,
@@ -57,6 +58,7 @@ from pipevisor.supervisor.client.wire import (
     _event_or_raise,
     _failure,
     _notice,
+    _progress_of,
     _settle,
     _Unread,
     expected_daemon_uid,
@@ -164,20 +166,23 @@ class Client:
                         self._lost_reason = note[0]
                         self._lost, self._reopen = note[1], note[0] in _REOPEN
 
-    def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        """One control request (see protocol/SPEC.md, "Control socket")."""
+    def request(self, method: str, params: dict[str, Any] | None = None, *,
+                on_progress: ProgressListener | None = None) -> Any:
+        """One control request (see protocol/SPEC.md, "Control socket");
+        ``on_progress`` hears the ``progress`` notifications sent for it."""
         with self._lock:
             for attempt in (1, 2):
                 sock = self._ready_socket()
                 try:
-                    return self._exchange(sock, method, params)
+                    return self._exchange(sock, method, params, on_progress)
                 except _Unread:
                     if attempt == 2:
                         raise DaemonConnectionLost(self.socket_path, self._lost
                                                    or "closed before our request") from None
             raise AssertionError("unreachable")
 
-    def _exchange(self, sock: socket.socket, method: str, params: dict[str, Any] | None) -> Any:
+    def _exchange(self, sock: socket.socket, method: str, params: dict[str, Any] | None,
+                  on_progress: ProgressListener | None = None) -> Any:
         ident, data = self._peer.send_request(method, params)
         try:
             sock.sendall(data)
@@ -197,8 +202,25 @@ class Client:
                             return _settle(method, event)
                     elif isinstance(event, ProtocolFault):
                         self._on_fault(event.fault, ident, method)
+                    elif on_progress is not None and isinstance(event, NotificationReceived):
+                        note = _progress_of(event)
+                        if note is not None and note.get("id") == ident:
+                            self._tell(on_progress, note, sock, ident)
         except (KeyboardInterrupt, SystemExit):
             # interrupted while waiting: tell the daemon, which cancels the work
+            try:
+                sock.sendall(self._peer.cancel(ident))
+            except OSError:
+                pass
+            raise
+
+    def _tell(self, listener: ProgressListener, note: dict[str, Any], sock: socket.socket,
+              ident: RequestId) -> None:
+        """A listener that raises ends its call: the daemon is told to cancel it, and the
+        exception reaches the caller."""
+        try:
+            listener(note)
+        except BaseException:
             try:
                 sock.sendall(self._peer.cancel(ident))
             except OSError:
@@ -237,15 +259,25 @@ class Client:
 
     # -------------------------------------------------------- the API
 
-    def _do(self, request: requests.Request[R]) -> R:
-        return request.read(self.request(request.method, request.params))
+    def _do(self, request: requests.Request[R],
+            on_progress: ProgressListener | None = None) -> R:
+        return request.read(self.request(request.method, request.params,
+                                         on_progress=on_progress))
 
     def call(self, plugin: str, method: str, params: Any = None, *,
-             timeout: float | None = None) -> Any:
+             timeout: float | None = None,
+             on_progress: ProgressListener | None = None) -> Any:
         """Call ``method`` on ``plugin``: its result, or the CallError the embedded
         supervisor would raise. Interrupting it (Ctrl-C) closes the connection, which
-        cancels the call in the daemon."""
-        return self._do(requests.call(plugin, method, params, timeout))
+        cancels the call in the daemon.
+
+        ``on_progress`` is called (in this thread, while ``call`` waits) with each
+        progress the plugin reports for the call: ``{"progress", "total"?, "message"?,
+        "skipped"?}``; the daemon sends at most ~20 a second, the latest each time
+        (``skipped`` counts those it left out). If it raises, the call is cancelled
+        and the exception propagates."""
+        return self._do(requests.call(plugin, method, params, timeout,
+                                      on_progress is not None), on_progress)
 
     def notify(self, plugin: str, method: str, params: Any = None) -> None:
         self._do(requests.notify(plugin, method, params))

@@ -11,6 +11,10 @@ from typing import Any, Generic, TypeVar
 
 R = TypeVar("R")
 
+ProgressListener = Callable[[dict[str, Any]], None]
+"""Hears each ``progress`` notification for a call: ``{"id", "progress", "total"?,
+"message"?, "skipped"?}`` (protocol/SPEC.md section 14)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Request(Generic[R]):
@@ -47,17 +51,21 @@ def _opt(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
 
 
-def call_params(plugin: str, method: str, params: Any, timeout: float | None) -> dict[str, Any]:
+def call_params(plugin: str, method: str, params: Any, timeout: float | None,
+                progress: bool = False) -> dict[str, Any]:
     p: dict[str, Any] = {"plugin": plugin, "method": method}
     if params is not None:
         p["params"] = params
     if timeout is not None:
         p["timeout"] = timeout
+    if progress:  # only then does the daemon send progress notifications for it
+        p["progress"] = True
     return p
 
 
-def call(plugin: str, method: str, params: Any, timeout: float | None) -> Request[Any]:
-    return Request("call", call_params(plugin, method, params, timeout), _as_is)
+def call(plugin: str, method: str, params: Any, timeout: float | None,
+         progress: bool = False) -> Request[Any]:
+    return Request("call", call_params(plugin, method, params, timeout, progress), _as_is)
 
 
 def notify(plugin: str, method: str, params: Any) -> Request[None]:

@@ -65,6 +65,18 @@ def _raise_for(method: str, error: ErrorObject) -> None:
     raise error_from_object(error)
 
 
+PROGRESS = "progress"
+"""The daemon's notification with a call's progress (a call made with ``progress``)."""
+
+
+def _progress_of(event: NotificationReceived) -> dict[str, Any] | None:
+    """The params of a ``progress`` notification, None for anything else."""
+    n = event.notification
+    if n.method != PROGRESS or not isinstance(n.params, dict):
+        return None
+    return n.params
+
+
 def _settle(method: str, event: ResponseReceived) -> Any:
     msg = event.response
     if isinstance(msg, ErrorResponse):

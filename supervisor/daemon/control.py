@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import socket
 import stat
@@ -161,6 +162,18 @@ lines are for ``logs --follow``, not for the general event stream."""
 
 EVENT = "event"
 """The notification method carrying one supervisor event to a subscriber."""
+
+PROGRESS = "progress"
+"""The notification method carrying a call's progress to the client that made the call
+with ``"progress": true`` (SPEC section 14)."""
+
+PROGRESS_INTERVAL = 0.05
+"""Seconds between two progress notifications for one call: a plugin sending faster is
+coalesced to its latest (``skipped`` counts the ones replaced), so a flood costs the
+daemon one pending notification per call, never a queue."""
+
+PROGRESS_MESSAGE_CHARS = 1024
+"""Characters of a progress ``message`` forwarded; the rest is cut."""
 
 WRITE_HIGH_WATER = 64 * 1024
 """Bytes buffered for one client (beyond the kernel's socket buffer) before the tasks
@@ -413,6 +426,8 @@ class ControlLimits:
     lag_close_grace: float = LAG_CLOSE_GRACE
     max_answer_bytes: int = MAX_ANSWER_BYTES
     logs_answer_bytes: int = LOGS_ANSWER_BYTES
+    progress_interval: float = PROGRESS_INTERVAL
+    progress_message_chars: int = PROGRESS_MESSAGE_CHARS
 
 
 async def serve_control(
@@ -617,9 +632,17 @@ class _Server:
                 **self.hooks.info()}
         return {"daemon": info, "plugins": await self.sup.status_with_usage()}
 
-    async def call(self, conn: _Connection, p: dict[str, Any]) -> Any:
+    async def call(self, conn: _Connection, p: dict[str, Any],
+                   ident: RequestId = None) -> Any:
         timeout = _opt_number(p, "timeout")
-        return await self.sup.call(_name(p), _str(p, "method"), _params(p), timeout=timeout)
+        name, method, params = _name(p), _str(p, "method"), _params(p)
+        want = p.get("progress", False)
+        if type(want) is not bool:
+            raise _BadParams('"progress" must be true or false')
+        if not want or ident is None:
+            return await self.sup.call(name, method, params, timeout=timeout)
+        return await conn.with_progress(ident, lambda heard: self.sup.call(
+            name, method, params, timeout=timeout, on_progress=heard))
 
     async def notify(self, conn: _Connection, p: dict[str, Any]) -> Any:
         await self.sup.notify(_name(p), _str(p, "method"), _params(p))
@@ -808,6 +831,73 @@ class _Subscription:
         if self.kinds is None:
             return event.kind not in QUIET_KINDS
         return event.kind in self.kinds
+
+
+def _amount(value: Any) -> bool:
+    """A progress figure the client can be sent: a finite number >= 0 (bools, strings,
+    and integers JSON encoders refuse are not)."""
+    if type(value) is int:
+        return 0 <= value < 1 << 63
+    return type(value) is float and math.isfinite(value) and value >= 0
+
+
+def progress_note(params: Any, ident: RequestId, max_chars: int) -> dict[str, Any] | None:
+    """What of a plugin's ``pipevisor/progress`` params reaches the client: ``progress``,
+    ``total`` and ``message`` (cut to ``max_chars``), under the client's own request id;
+    None when ``progress`` is not a usable number. Nothing else the plugin put there
+    is copied."""
+    if not isinstance(params, dict) or not _amount(params.get("progress")):
+        return None
+    note: dict[str, Any] = {"id": ident, "progress": params["progress"]}
+    if _amount(params.get("total")):
+        note["total"] = params["total"]
+    message = params.get("message")
+    if isinstance(message, str):
+        note["message"] = message[:max_chars]
+    return note
+
+
+class _ProgressRelay:
+    """One call's progress on its way to the client: only the latest is held."""
+
+    __slots__ = ("_wake", "ident", "latest", "max_chars", "skipped")
+
+    def __init__(self, ident: RequestId, max_chars: int) -> None:
+        self.ident = ident
+        self.max_chars = max_chars
+        self.latest: dict[str, Any] | None = None
+        self.skipped = 0
+        """Progress heard and replaced by a later one before it could be sent."""
+        self._wake = anyio.Event()
+
+    def heard(self, params: Any) -> None:
+        """The engine's listener (called in the plugin's reader): never blocks."""
+        note = progress_note(params, self.ident, self.max_chars)
+        if note is None:
+            return
+        if self.latest is not None:
+            self.skipped += 1
+        self.latest = note
+        self._wake.set()
+
+    def take(self) -> dict[str, Any] | None:
+        note, self.latest = self.latest, None
+        if note is not None and self.skipped:
+            note["skipped"] = self.skipped
+            self.skipped = 0
+        return note
+
+    async def run(self, send: Callable[[dict[str, Any]], Awaitable[bool]],
+                  interval: float) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            note = self.take()
+            if note is None:
+                continue
+            if not await send(note):  # waits while the client is not reading
+                return
+            await anyio.sleep(interval)
 
 
 _Job = tuple[Request, anyio.CancelScope]
@@ -1071,7 +1161,7 @@ class _Connection:
                 answer = local_error(ErrorCode.CANCELLED, f"{method} cancelled by the client")
             else:
                 with scope:
-                    answer = await self._answer(method, request.params)
+                    answer = await self._answer(method, request.params, ident)
                 if scope.cancelled_caught:
                     answer = local_error(ErrorCode.CANCELLED, f"{method} cancelled by the client")
             try:
@@ -1099,7 +1189,7 @@ class _Connection:
             self._running.pop(ident, None)
             self.last_active = time.monotonic()
 
-    async def _answer(self, method: str, params: Any) -> Any:
+    async def _answer(self, method: str, params: Any, ident: RequestId = None) -> Any:
         handler = METHODS.get(method)
         if handler is None:
             return control_error(ErrorCode.METHOD_NOT_FOUND,
@@ -1110,6 +1200,8 @@ class _Connection:
             return control_error(ErrorCode.INVALID_PARAMS,
                                  "control methods take named params (an object)")
         try:
+            if method == "call":  # the one method that also writes before its answer
+                return await self.server.call(self, params, ident)
             return await handler(self.server, self, params)
         except CallError as exc:
             return exc.error  # the plugin's or pipevisor's error, unchanged
@@ -1118,6 +1210,41 @@ class _Connection:
         except Exception as exc:
             log.exception("control method %s failed", method)
             return control_error(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------ progress
+
+    async def with_progress(self, ident: RequestId,
+                            call: Callable[[Callable[[Any], None]], Awaitable[Any]]) -> Any:
+        """Run ``call`` (given the listener the engine calls with each progress the
+        plugin sends), relaying the progress to the client as ``progress``
+        notifications while it runs, at most one per ``progress_interval``, coalesced
+        to the latest; the last one heard is written before the answer."""
+        assert self._tg is not None
+        relay = _ProgressRelay(ident, self.limits.progress_message_chars)
+        scope = anyio.CancelScope()
+
+        async def pump() -> None:
+            with scope:
+                await relay.run(self._send_progress, self.limits.progress_interval)
+
+        self._tg.start_soon(pump)
+        try:
+            result = await call(relay.heard)
+        finally:
+            scope.cancel()
+        last = relay.take()
+        if last is not None:
+            await self._send_progress(last)
+        return result
+
+    async def _send_progress(self, note: dict[str, Any]) -> bool:
+        """Write one progress notification; False once the client is gone."""
+        assert self._link is not None
+        try:
+            await self._link.send(self.peer.send_notification(PROGRESS, note))
+        except _LINK_ERRORS:
+            return False
+        return True
 
     # ------------------------------------------------------------ events
 

@@ -88,6 +88,17 @@ async def steps(ctx: Context, n: int) -> int:
     return n
 
 
+@plugin.method("paced_steps")
+async def paced_steps(ctx: Context, n: int, pause: float = 0.0, pad: int = 0) -> int:
+    """Progress 1..n of n, ``pause`` seconds apart, each message padded to ``pad``
+    characters (a flood with n large, pause 0 and a large pad)."""
+    for i in range(1, n + 1):
+        ctx.progress(i, total=n, message=f"step {i}".ljust(pad, "."))
+        if pause:
+            await asyncio.sleep(pause)
+    return n
+
+
 @plugin.method("ask_host")
 async def ask_host(ctx: Context, method: str, timeout: float = 5) -> Any:
     return await ctx.call_host(method, {"q": "?"}, timeout=timeout)
