@@ -348,7 +348,7 @@ class Connection:
         """Runs until stdout closes; then every pending call is failed."""
         fast = self._fast
         try:
-            if fast is not None and fast.can_read_in_callbacks:
+            if fast is not None:
                 await fast.read_in_callbacks(self._fast_reader(fast, tg))
                 self._handle(self.peer.receive_eof(), tg)
                 return

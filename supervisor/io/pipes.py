@@ -1,21 +1,14 @@
-"""The asyncio fast path under anyio's process streams: the one place the engine's pipe
-I/O touches asyncio, and the only one that relies on what asyncio does not publish.
+"""The asyncio fast path for a plugin's stdin and stdout: writes joined per loop
+iteration, callers settled with bare futures, stdout bytes handled where they arrive.
 
 anyio's process streams cost extra event-loop round trips per message (a checkpoint
-and a shielded one on each send, a reader task woken for each chunk). On asyncio,
-:class:`AsyncioPipes` writes to the stdin transport directly, joins the writes made in
-one loop iteration into one system call, settles callers with bare futures, and hands
-stdout bytes to the connection inside the transport's callback. Everything it needs
-from asyncio's internals is named here, checked when the pipes are taken over
-(:meth:`AsyncioPipes.of` returns None when anything is not as expected, and the
-connection takes the portable anyio path), and covered by
-``tests/supervisor/test_pipes_fast_path.py``, which fails if an upgrade of anyio or
-Python silently drops the fast path.
-
-Internals used: anyio's ``_stream`` attribute of its process stream wrappers (the
-asyncio ``StreamWriter``/``StreamReader``), and the ``StreamReader``'s ``_buffer``,
-``_transport`` and ``feed_data`` (data is handed over where it arrives instead of
-being buffered for a task to read).
+and a shielded one on each send, a reader task woken for each chunk). On asyncio a
+plugin's pipes are our own protocol's (io/process_pipes.py, public asyncio API only),
+and :class:`AsyncioPipes` drives them directly: it writes to the stdin pipe transport,
+joins the writes made in one loop iteration into one system call, settles callers with
+bare futures, and takes stdout bytes inside ``pipe_data_received``. On another
+backend :meth:`AsyncioPipes.of` returns None and the connection takes the portable
+anyio path. ``tests/supervisor/test_pipes_fast_path.py`` checks both.
 """
 
 from __future__ import annotations
@@ -27,25 +20,9 @@ from typing import Any
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
-__all__ = ["AsyncioPipes", "FutureSlot", "fast_path_available", "wait_pipe_closed"]
+from pipevisor.supervisor.io.process_pipes import PipeReceiveStream, PipeSendStream, PipesProtocol
 
-
-def _writer_of(stream: ByteSendStream) -> asyncio.StreamWriter | None:
-    writer = getattr(stream, "_stream", None)
-    return writer if isinstance(writer, asyncio.StreamWriter) else None
-
-
-def _reader_of(stream: ByteReceiveStream) -> asyncio.StreamReader | None:
-    reader = getattr(stream, "_stream", None)
-    if isinstance(reader, asyncio.StreamReader) and isinstance(
-            getattr(reader, "_buffer", None), bytearray):
-        return reader
-    return None
-
-
-def fast_path_available(stdin: ByteSendStream, stdout: ByteReceiveStream) -> bool:
-    """Whether :meth:`AsyncioPipes.of` can take these streams over, callbacks included."""
-    return _writer_of(stdin) is not None and _reader_of(stdout) is not None
+__all__ = ["AsyncioPipes", "FutureSlot", "wait_pipe_closed"]
 
 
 async def wait_pipe_closed(stream: ByteSendStream) -> bool:
@@ -54,20 +31,10 @@ async def wait_pipe_closed(stream: ByteSendStream) -> bool:
 
     On asyncio the pipe transport watches for it: the kernel flags the write end as
     soon as the last reader is gone, so no write is needed."""
-    writer = _writer_of(stream)
-    if writer is None:
+    if not isinstance(stream, PipeSendStream):
         return False
-    try:
-        # shielded: cancelling a task that awaits the transport's own close future
-        # would cancel that future, and the transport then fails to settle it
-        await asyncio.shield(writer.wait_closed())
-    except OSError:  # BrokenPipeError, ConnectionResetError: closed all the same
-        pass
+    await asyncio.shield(stream.protocol.stdin_lost)
     return True
-
-
-def _drop(data: bytes) -> None:
-    """Swallows stdout data that arrives after the reader failed and was ended."""
 
 
 class FutureSlot:
@@ -94,12 +61,10 @@ class FutureSlot:
 class AsyncioPipes:
     """A plugin's stdin and stdout as asyncio transports (see the module docstring)."""
 
-    __slots__ = ("_joined", "_loop", "_reader", "_resume", "_writer")
+    __slots__ = ("_joined", "_loop", "_protocol", "_resume")
 
-    def __init__(self, writer: asyncio.StreamWriter,
-                 reader: asyncio.StreamReader | None) -> None:
-        self._writer = writer
-        self._reader = reader
+    def __init__(self, protocol: PipesProtocol) -> None:
+        self._protocol = protocol
         self._loop = asyncio.get_running_loop()
         self._joined: list[bytes] | None = None
         """Writes waiting to go out in one piece (:meth:`send`); None when none is due."""
@@ -107,25 +72,23 @@ class AsyncioPipes:
 
     @classmethod
     def of(cls, stdin: ByteSendStream, stdout: ByteReceiveStream) -> AsyncioPipes | None:
-        """The fast path for these streams, or None: another backend, or an anyio whose
-        streams are not what this module expects (the portable path is then taken)."""
-        writer = _writer_of(stdin)
-        if writer is None:
+        """The fast path for these streams, or None: they are not our protocol's (another
+        backend, a test's memory streams), and the portable path is taken."""
+        if not (isinstance(stdin, PipeSendStream) and isinstance(stdout, PipeReceiveStream)
+                and stdin.protocol is stdout.protocol and stdout.fd == 1):
             return None
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return None
-        return cls(writer, _reader_of(stdout))
+        return cls(stdin.protocol)
 
     # ----------------------------------------------------------------- writing
 
     def closing(self) -> bool:
-        return self._writer.is_closing()
+        pipe = self._protocol.stdin()
+        return pipe is None or pipe.is_closing()
 
     def queued(self) -> int:
         """Bytes written but not yet taken by the plugin's pipe."""
-        return self._writer.transport.get_write_buffer_size()
+        pipe = self._protocol.stdin()
+        return pipe.get_write_buffer_size() if pipe is not None else 0
 
     def send(self, data: bytes) -> None:
         """The first message of a loop iteration is written at once (a lone call waits
@@ -137,26 +100,31 @@ class AsyncioPipes:
         if joined is not None:
             joined.append(data)
             return
-        self._writer.write(data)
+        pipe = self._protocol.stdin()
+        if pipe is not None and not pipe.is_closing():
+            pipe.write(data)
         self._joined = []
         self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write what :meth:`send` joined, now."""
         joined, self._joined = self._joined, None
-        if joined and not self._writer.is_closing():
-            self._writer.write(b"".join(joined) if len(joined) > 1 else joined[0])
+        pipe = self._protocol.stdin()
+        if joined and pipe is not None and not pipe.is_closing():
+            pipe.write(b"".join(joined) if len(joined) > 1 else joined[0])
 
     async def drain(self) -> None:
         """Wait until the plugin has read enough; a broken pipe raises
         ``anyio.BrokenResourceError``."""
         try:
-            await self._writer.drain()
+            await self._protocol.drain()
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise anyio.BrokenResourceError from exc
 
     def abort(self) -> None:
-        self._writer.transport.abort()
+        pipe = self._protocol.stdin()
+        if pipe is not None:
+            pipe.abort()
 
     # ----------------------------------------------------------------- waiting
 
@@ -168,22 +136,16 @@ class AsyncioPipes:
 
     # ----------------------------------------------------------------- reading
 
-    @property
-    def can_read_in_callbacks(self) -> bool:
-        return self._reader is not None
-
     async def read_in_callbacks(self, on_data: Callable[[bytes], None]) -> None:
-        """Hand stdout data to ``on_data`` in the transport's callback until EOF.
+        """Hand stdout data to ``on_data`` as it arrives, until EOF.
 
-        The stream reader normally buffers the bytes and wakes a task, which then
-        settles the caller's future: two event-loop iterations between the answer
-        arriving and the caller running. Handling the bytes where they arrive settles
-        the caller in the first one; this coroutine only waits for EOF (the reader
-        still gets it, and transport errors, as usual). An exception from ``on_data``
-        ends reading and is raised here, not inside the transport.
+        A buffering reader would wake a task, which then settles the caller's future:
+        two event-loop iterations between the answer arriving and the caller running.
+        Handling the bytes where they arrive settles the caller in the first one; this
+        coroutine only waits for EOF. An exception from ``on_data`` ends reading (later
+        bytes are dropped) and is raised here, not inside the transport.
         """
-        reader = self._reader
-        assert reader is not None, "check can_read_in_callbacks first"
+        protocol = self._protocol
         failure: list[BaseException] = []
 
         def feed(data: bytes) -> None:
@@ -193,25 +155,10 @@ class AsyncioPipes:
                 on_data(data)
             except BaseException as exc:  # re-raised from the task, not in the transport
                 failure.append(exc)
-                reader.feed_eof()
+                protocol.end_stdout()
 
-        pending: bytearray = reader._buffer  # type: ignore[attr-defined]  # checked in of()
-        buffered = bytes(pending)  # anything that came before this task ran
-        pending.clear()
-        # an instance attribute shadows the method; deleted again below
-        reader.feed_data = feed  # type: ignore[method-assign,assignment]
-        try:
-            feed(buffered)
-            try:
-                await reader.read()
-            except (ConnectionError, OSError, anyio.ClosedResourceError):
-                pass
-        finally:
-            if failure:
-                # the reader saw EOF early; data still in flight must not reach it
-                reader.feed_data = _drop  # type: ignore[method-assign,assignment]
-            else:
-                del reader.feed_data
+        protocol.set_consumer(feed)
+        await protocol.wait_eof(1)
         if failure:
             raise failure[0]
 
@@ -219,22 +166,22 @@ class AsyncioPipes:
         """Stop reading stdout until the plugin has read what is queued for it (the
         callback path's back-pressure; the portable path gets it by awaiting its
         writes). False when reading is already paused or cannot be."""
-        transport = getattr(self._reader, "_transport", None)
-        if self._resume is not None or transport is None:
+        pipe = self._protocol.stdout()
+        if self._resume is not None or pipe is None or pipe.is_closing():
             return False
-        transport.pause_reading()
-        self._resume = self._loop.create_task(self._resume_reading(transport))
+        pipe.pause_reading()
+        self._resume = self._loop.create_task(self._resume_reading(pipe))
         return True
 
-    async def _resume_reading(self, transport: asyncio.ReadTransport) -> None:
+    async def _resume_reading(self, pipe: asyncio.ReadTransport) -> None:
         try:
-            await self._writer.drain()
+            await self._protocol.drain()
         except (ConnectionError, OSError):
             pass  # the pipe broke: the reader must see the end
         finally:
             self._resume = None
-            if not transport.is_closing():
-                transport.resume_reading()
+            if not pipe.is_closing():
+                pipe.resume_reading()
 
     def stop_resuming(self) -> None:
         if self._resume is not None:

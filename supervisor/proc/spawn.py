@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
 import anyio
@@ -20,6 +19,7 @@ from anyio.abc import Process
 from pipevisor.protocol import PROTOCOL_VERSIONS
 from pipevisor.supervisor.io import child_watch
 from pipevisor.supervisor.io.pipes import wait_pipe_closed
+from pipevisor.supervisor.io.process_pipes import open_process
 from pipevisor.supervisor.proc import containment as _platform
 from pipevisor.supervisor.proc.privileges import (
     PrivilegeError,
@@ -133,15 +133,7 @@ async def spawn(
     # its exit is watched by a pidfd on the loop, not by a thread per child (io/child_watch)
     child_watch.install()
     try:
-        process = await anyio.open_process(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=dict(env),
-            **kwargs,
-        )
+        process = await open_process(argv, cwd=cwd, env=env, **kwargs)
     except OSError as exc:
         raise SpawnError(f"cannot start {executable}: {exc}") from exc
     # no shim: nothing set them before exec, so set them now (a short window, see there)

@@ -1,5 +1,5 @@
-"""The asyncio fast path (supervisor/io/pipes.py) is the one in use on asyncio, so that
-an upgrade of anyio or Python that renames what it relies on fails here instead of
+"""The asyncio fast path (supervisor/io/pipes.py, on io/process_pipes.py's protocol) is
+the one in use on asyncio, so that a change that loses it fails here instead of
 silently halving throughput; and the portable path still answers when it is not."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 from pipevisor.supervisor import Supervisor
 from pipevisor.supervisor.engine.connection import Connection
 from pipevisor.supervisor.io import pipes
+from pipevisor.supervisor.io.process_pipes import PipeProcess, PipesProtocol
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio
@@ -23,13 +24,13 @@ def anyio_backend() -> str:
 
 
 def fast_path_in_use(conn: Connection) -> bool:
-    """Writes go to the bare asyncio transport and stdout bytes through the data
-    callback (the instance attribute ``read_in_callbacks`` sets on the reader)."""
+    """Writes go to the bare pipe transport and stdout bytes straight from
+    ``pipe_data_received`` to the connection (the protocol's consumer)."""
     fast = conn._fast
-    if fast is None or not fast.can_read_in_callbacks:
+    if fast is None:
         return False
-    reader = pipes._reader_of(conn._stdout)
-    return reader is not None and "feed_data" in vars(reader)
+    protocol = fast._protocol
+    return isinstance(protocol, PipesProtocol) and protocol._consumer is not None
 
 
 async def test_asyncio_takes_the_fast_path_for_calls_and_reading() -> None:
@@ -37,7 +38,8 @@ async def test_asyncio_takes_the_fast_path_for_calls_and_reading() -> None:
         assert await sup.call("fake", "echo", {"text": "hi"}, timeout=10) == {"text": "hi"}
         conn = sup.runner("fake").conn
         assert conn is not None
-        assert fast_path_in_use(conn), "anyio's process streams changed: see io/pipes.py"
+        assert fast_path_in_use(conn), "the plugin's pipes are not on the fast path"
+        assert isinstance(sup.runner("fake").process, PipeProcess)
 
 
 async def test_the_portable_path_answers_when_the_fast_path_is_not_there(
