@@ -28,24 +28,17 @@ from pipevisor.protocol.interfaces import (
     How,
     Interface,
     InterfaceVersion,
-    binding_json,
+    Negotiated,
 )
 from pipevisor.protocol.versions import Version
 
 __all__ = ["HostBinding", "negotiate_host_call", "negotiate_host_calls"]
 
 
-@dataclass(slots=True)
-class HostBinding:
+@dataclass(slots=True, kw_only=True)
+class HostBinding(Negotiated):
     """How one plugin's calls of one host method travel."""
 
-    method: str
-    how: How
-    host: Version | None = None
-    plugin: Version | None = None
-    wire: Version | None = None
-    reason: str | None = None
-    deprecated: str | None = None
     wire_side: InterfaceVersion | None = None
     """The schema of the version both understand, used to prune (down-conversion)."""
     plugin_side: InterfaceVersion | None = None
@@ -54,10 +47,6 @@ class HostBinding:
     """With an adapter: the host's result -> the plugin's major."""
     from_plugin: Converter | None = None
     """With an adapter: the plugin's params -> the host's major."""
-
-    @property
-    def degraded(self) -> bool:
-        return self.how is How.DISABLED
 
     def params_in(self, params: Any) -> Any:
         """The plugin's params -> what the host's function gets. Raises
@@ -81,10 +70,6 @@ class HostBinding:
                 result = self.plugin_side.prune("result", result)
         return result
 
-    def to_json(self) -> dict[str, Any]:
-        return binding_json(self.how, self.host, self.plugin, self.wire, self.reason,
-                            self.deprecated)
-
 
 def _no_adapters(method: str, host_major: int, plugin_major: int) -> None:
     return None
@@ -94,44 +79,51 @@ def negotiate_host_call(iface: Interface | None, method: str, declared: Version 
                         served: bool, adapters: AdapterLookup = _no_adapters) -> HostBinding:
     """One host method as a plugin uses it."""
     if not served:
-        return HostBinding(method, How.DISABLED, plugin=declared,
+        return HostBinding(method=method, how=How.DISABLED, plugin=declared,
                            reason=f"the plugin uses host method {method}"
                                   + (f" {declared}" if declared else "")
                                   + ", which this host does not serve")
     if iface is None:
-        return HostBinding(method, How.NO_INTERFACE, plugin=declared,
+        return HostBinding(method=method, how=How.NO_INTERFACE, plugin=declared,
                            reason="the host has no interface for this method; not validated")
     cur = iface.current
     if declared is None:
-        return HostBinding(method, How.UNVERSIONED, cur.version, None, cur.version,
-                           "the plugin declares no version; checked at the host's "
+        return HostBinding(method=method, how=How.UNVERSIONED, host=cur.version,
+                           wire=cur.version,
+                           reason="the plugin declares no version; checked at the host's "
                            f"{cur.version}")
     if declared.major != cur.version.major:
         side = iface.best(declared.major, declared.minor)
         deprecated = side.deprecated if side else None
         adapter = adapters(method, cur.version.major, declared.major)
         if adapter is None:
-            return HostBinding(method, How.DISABLED, cur.version, declared, None,
-                               f"the plugin calls host method {method} {declared}, the host "
-                               f"serves {cur.version}, and no host-method adapter "
+            return HostBinding(method=method, how=How.DISABLED, host=cur.version,
+                               plugin=declared,
+                               reason=f"the plugin calls host method {method} {declared}, "
+                               f"the host serves {cur.version}, and no host-method adapter "
                                f"{cur.version.major}->{declared.major} is registered",
-                               deprecated)
-        return HostBinding(method, How.ADAPTER, cur.version, declared, declared,
-                           f"adapter {cur.version.major}->{declared.major} converts between "
-                           f"{cur.version} and {declared}"
+                               deprecated=deprecated)
+        return HostBinding(method=method, how=How.ADAPTER, host=cur.version, plugin=declared,
+                           wire=declared,
+                           reason=f"adapter {cur.version.major}->{declared.major} converts "
+                           f"between {cur.version} and {declared}"
                            + ("" if side is not None else
                               f"; the host has no schema for {declared.major}.x, the "
                               "plugin's side unchecked"),
-                           deprecated, None, side, adapter[0], adapter[1])
+                           deprecated=deprecated, plugin_side=side, to_plugin=adapter[0],
+                           from_plugin=adapter[1])
     wire = min(declared, cur.version)
     side = iface.best(wire.major, wire.minor)
     deprecated = side.deprecated if side is not None else None
     if declared == cur.version:
-        return HostBinding(method, How.EXACT, cur.version, declared, wire, None, deprecated)
+        return HostBinding(method=method, how=How.EXACT, host=cur.version, plugin=declared,
+                           wire=wire, deprecated=deprecated)
     newer = "plugin" if declared > cur.version else "host"
-    return HostBinding(method, How.DOWN_CONVERTED, cur.version, declared, wire,
-                       f"the plugin uses {declared}, the host serves {cur.version}: talking "
-                       f"{wire}, the {newer}'s newer members are dropped", deprecated, side)
+    return HostBinding(method=method, how=How.DOWN_CONVERTED, host=cur.version, plugin=declared,
+                       wire=wire,
+                       reason=f"the plugin uses {declared}, the host serves {cur.version}: "
+                       f"talking {wire}, the {newer}'s newer members are dropped",
+                       deprecated=deprecated, wire_side=side)
 
 
 def negotiate_host_calls(host_interfaces: Mapping[str, Interface],

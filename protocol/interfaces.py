@@ -299,9 +299,10 @@ class Checks:
     results: bool = True
 
 
-@dataclass(slots=True)
-class Binding:
-    """How calls of one method travel between the host's callers and this plugin."""
+@dataclass(slots=True, kw_only=True)
+class Negotiated:
+    """What both call directions record of one negotiated method: how it travels, the
+    versions on each side and on the wire, and why (status and events show it)."""
 
     method: str
     how: How
@@ -310,15 +311,33 @@ class Binding:
     wire: Version | None = None
     reason: str | None = None
     deprecated: str | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self.how is How.DISABLED
+
+    def to_json(self) -> dict[str, Any]:
+        """The binding as status and events show it."""
+        out: dict[str, Any] = {"how": str(self.how)}
+        for key, value in (("host", self.host), ("plugin", self.plugin), ("wire", self.wire)):
+            if value is not None:
+                out[key] = str(value)
+        if self.reason:
+            out["reason"] = self.reason
+        if self.deprecated:
+            out["deprecated"] = self.deprecated
+        return out
+
+
+@dataclass(slots=True, kw_only=True)
+class Binding(Negotiated):
+    """How calls of one method travel between the host's callers and this plugin."""
+
     caller_side: InterfaceVersion | None = None
     plugin_side: InterfaceVersion | None = None
     to_plugin: Converter | None = None
     from_plugin: Converter | None = None
     checks: Checks = field(default_factory=Checks)
-
-    @property
-    def degraded(self) -> bool:
-        return self.how is How.DISABLED
 
     def outgoing(self, params: Any) -> Any:
         """Caller's params -> what goes on the wire. Raises :class:`InterfaceViolation`."""
@@ -342,25 +361,6 @@ class Binding:
             result = self.from_plugin(result)
         return result
 
-    def to_json(self) -> dict[str, Any]:
-        return binding_json(self.how, self.host, self.plugin, self.wire, self.reason,
-                            self.deprecated)
-
-
-def binding_json(how: How, host: Version | None, plugin: Version | None,
-                 wire: Version | None, reason: str | None,
-                 deprecated: str | None) -> dict[str, Any]:
-    """A negotiated method as status and events show it (both call directions)."""
-    out: dict[str, Any] = {"how": str(how)}
-    for key, value in (("host", host), ("plugin", plugin), ("wire", wire)):
-        if value is not None:
-            out[key] = str(value)
-    if reason:
-        out["reason"] = reason
-    if deprecated:
-        out["deprecated"] = deprecated
-    return out
-
 
 AdapterLookup = Callable[[str, int, int], tuple[Converter, Converter] | None]
 """(method, host major, plugin major) -> (to_plugin, from_plugin), or None."""
@@ -375,11 +375,11 @@ def negotiate_method(iface: Interface | None, method: str, declared: Version | N
                      checks: Checks = Checks()) -> Binding:
     """Decide one method's :class:`Binding` (see SPEC.md section 11)."""
     if iface is None:
-        return Binding(method, How.NO_INTERFACE, plugin=declared, checks=checks,
+        return Binding(method=method, how=How.NO_INTERFACE, plugin=declared, checks=checks,
                        reason="the host has no interface for this method; not validated")
     cur = iface.current
     if declared is None:
-        return Binding(method, How.UNVERSIONED, host=cur.version, wire=cur.version,
+        return Binding(method=method, how=How.UNVERSIONED, host=cur.version, wire=cur.version,
                        caller_side=cur, checks=checks,
                        reason=f"the plugin declares no version; assumed {cur.version}, "
                               "results not validated")
@@ -397,21 +397,25 @@ def negotiate_method(iface: Interface | None, method: str, declared: Version | N
             how = How.DOWN_CONVERTED
             reason = (f"the plugin implements {declared}, newer than the host's "
                       f"{cur.version}: talking {wire}, newer result members are dropped")
-        return Binding(method, how, cur.version, declared, wire, reason, side.deprecated,
-                       cur, side, checks=checks)
+        return Binding(method=method, how=how, host=cur.version, plugin=declared, wire=wire,
+                       reason=reason, deprecated=side.deprecated, caller_side=cur,
+                       plugin_side=side, checks=checks)
     adapter = adapters(method, cur.version.major, declared.major)
     side = iface.best(declared.major, declared.minor)
     if adapter is None:
-        return Binding(method, How.DISABLED, cur.version, declared, None,
-                       f"the plugin implements {method} {declared}, the host speaks "
+        return Binding(method=method, how=How.DISABLED, host=cur.version, plugin=declared,
+                       reason=f"the plugin implements {method} {declared}, the host speaks "
                        f"{cur.version}, and no adapter {cur.version.major}->{declared.major} "
-                       "is registered", side.deprecated if side else None, checks=checks)
-    return Binding(method, How.ADAPTER, cur.version, declared, declared,
-                   f"adapter {cur.version.major}->{declared.major} converts between "
+                       "is registered", deprecated=side.deprecated if side else None,
+                       checks=checks)
+    return Binding(method=method, how=How.ADAPTER, host=cur.version, plugin=declared,
+                   wire=declared,
+                   reason=f"adapter {cur.version.major}->{declared.major} converts between "
                    f"{cur.version} and {declared}"
                    + ("" if side is not None else
                       f"; the host has no schema for {declared.major}.x, plugin side unvalidated"),
-                   side.deprecated if side else None, cur, side, adapter[0], adapter[1], checks)
+                   deprecated=side.deprecated if side else None, caller_side=cur,
+                   plugin_side=side, to_plugin=adapter[0], from_plugin=adapter[1], checks=checks)
 
 
 def negotiate(interfaces: InterfaceSet, declared: Mapping[str, Version | None],
@@ -430,11 +434,12 @@ def negotiate_host_methods(interfaces: InterfaceSet, served: Collection[str],
     for name in served:
         iface = interfaces.host.get(name)
         if iface is None:
-            out[name] = Binding(name, How.NO_INTERFACE, checks=checks)
+            out[name] = Binding(method=name, how=How.NO_INTERFACE, checks=checks)
         else:
             cur = iface.current
-            out[name] = Binding(name, How.EXACT, cur.version, cur.version, cur.version,
-                                caller_side=cur, plugin_side=cur, checks=checks)
+            out[name] = Binding(method=name, how=How.EXACT, host=cur.version,
+                                plugin=cur.version, wire=cur.version, caller_side=cur,
+                                plugin_side=cur, checks=checks)
     return out
 
 
