@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from pipevisor.protocol import ErrorObject
+from pipevisor.protocol import ErrorCode, ErrorObject, local_error
 from pipevisor.supervisor.engine.policy import Decision
 from pipevisor.supervisor.engine.states import PluginState
 
-__all__ = ["End", "EndKind", "Next", "Want", "after_end", "claim"]
+__all__ = ["End", "EndKind", "Next", "Want", "after_backoff", "after_end", "claim", "exit_end"]
 
 S = PluginState
 
@@ -140,3 +140,26 @@ def after_backoff(want: Want) -> Literal["start", "stop", "close"]:
     if want == "stop":
         return "stop"
     return "start"
+
+
+def exit_end(plugin: str, how: str, returncode: int | None, tail: list[str], *,
+             handshaking: bool, junk: bytes | None) -> End:
+    """The ending of a plugin that died (or closed a pipe) on its own.
+
+    Exit 0 is not a failure for ``on-failure`` restarts, unless it happened during the
+    handshake: a plugin that quits before it ever served did not do its job. One that
+    also wrote something that is not JSON-RPC (``junk``: the start of it; None once it
+    spoke the protocol) is not a plugin at all, and restarting it cannot help. Every
+    call still in flight gets PLUGIN_CRASHED with the exit and the last stderr lines.
+    """
+    message = f"plugin {plugin!r} {how}"
+    give_up = False
+    if handshaking:
+        message += " during the handshake"
+        if junk is not None:
+            message += f"; it wrote no JSON-RPC, its output starts {junk!r}; not restarted"
+            give_up = True
+    error = local_error(ErrorCode.PLUGIN_CRASHED, message, plugin=plugin,
+                        returncode=returncode, stderr=tail)
+    return End(EndKind.EXITED, message, failed=returncode != 0 or handshaking,
+               give_up=give_up, error=error)

@@ -66,6 +66,7 @@ from pipevisor.supervisor.engine.ending import (
     after_backoff,
     after_end,
     claim,
+    exit_end,
 )
 from pipevisor.supervisor.engine.events import EventHub, EventKind, SupervisorEvent
 from pipevisor.supervisor.engine.host_calls import HostCalls, adapter_failure
@@ -766,7 +767,6 @@ class PluginRunner:
         if self._end_info is not None:  # it exited while being stopped or killed: say why
             detail["reason"] = self._end_info.detail
         self._hub.publish(SupervisorEvent(self.spec.name, EventKind.EXIT, detail))
-        failed = code != 0
         if self._end_info is None and self._backstop_breach(code, tail):
             end_info = self._end_info
             if end_info is not None:  # restart or stop: the limit owns the ending
@@ -775,19 +775,13 @@ class PluginRunner:
                     ErrorCode.OVER_LIMIT, end_info.detail, plugin=self.spec.name))
                 return
         if self._end_info is None:
-            message = f"plugin {self.spec.name!r} {how}"
-            give_up = False
-            if self.state is S.HANDSHAKING:
-                message += " during the handshake"
-                if self.output.first_stdout is not None and self.handshake is None and not self.raw:
-                    message += (f"; it wrote no JSON-RPC, its output starts "
-                                f"{self.output.first_stdout!r}; not restarted")
-                    give_up = True
-            error = local_error(ErrorCode.PLUGIN_CRASHED, message, plugin=self.spec.name,
-                                returncode=code, stderr=tail)
-            conn.close(error)
-            self._end(End(EndKind.EXITED, message, failed=failed or self.state is S.HANDSHAKING,
-                           give_up=give_up, error=error))
+            end = exit_end(self.spec.name, how, code, tail,
+                           handshaking=self.state is S.HANDSHAKING,
+                           junk=None if self.handshake is not None or self.raw
+                           else self.output.first_stdout)
+            assert end.error is not None
+            conn.close(end.error)
+            self._end(end)
 
     async def _teardown(self, process: Process, conn: Connection, end: End) -> None:
         graceful = end.graceful

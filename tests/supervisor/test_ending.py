@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from pipevisor.protocol import ErrorCode
 from pipevisor.supervisor.engine.ending import (
     End,
     EndKind,
     after_backoff,
     after_end,
     claim,
+    exit_end,
 )
 from pipevisor.supervisor.engine.policy import Decision, RestartMode, RestartPolicy, RestartTracker
 from pipevisor.supervisor.engine.states import PluginState
@@ -126,3 +128,24 @@ def test_after_backoff() -> None:
     assert after_backoff("restart") == "start"
     assert after_backoff("stop") == "stop"
     assert after_backoff("close") == "close"
+
+
+def test_a_crash_is_a_failure_with_its_exit_and_tail() -> None:
+    end = exit_end("p", "killed by SIGSEGV", -11, ["boom"], handshaking=False, junk=None)
+    assert (end.kind, end.failed, end.give_up) == (EndKind.EXITED, True, False)
+    assert end.detail == "plugin 'p' killed by SIGSEGV"
+    assert end.error is not None and end.error.code == ErrorCode.PLUGIN_CRASHED
+    assert end.error.data["returncode"] == -11 and end.error.data["stderr"] == ["boom"]
+
+
+def test_exit_0_is_not_a_failure_unless_it_never_served() -> None:
+    assert not exit_end("p", "exited with code 0", 0, [], handshaking=False, junk=None).failed
+    early = exit_end("p", "exited with code 0", 0, [], handshaking=True, junk=None)
+    assert early.failed and not early.give_up and "during the handshake" in early.detail
+
+
+def test_junk_then_death_during_the_handshake_is_given_up_on() -> None:
+    end = exit_end("p", "exited with code 2", 2, [], handshaking=True, junk=b"Usage: p FILE")
+    assert end.give_up and "b'Usage: p FILE'" in end.detail and "not restarted" in end.detail
+    later = exit_end("p", "exited with code 2", 2, [], handshaking=False, junk=b"x")
+    assert not later.give_up  # junk only counts while it never spoke the protocol
