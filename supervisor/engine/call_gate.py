@@ -16,6 +16,7 @@ process.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Literal
 
 import anyio
@@ -51,50 +52,71 @@ def admission(free_slots: int, waiting: int, max_queued: int
 
 
 class CallGate:
-    """The in-flight slots of one plugin and the callers queued for them.
+    """The in-flight slots of one plugin and the callers queued for them, in order.
 
-    The slot count is renegotiated per instance (``resize``): a plugin may announce a
-    lower ``maxConcurrency`` in its handshake, and a raw-mode server has its preset's.
-    Callers already holding a slot of the old size release it there, so resizing
-    never lets more than the new limit through for long, and never strands a caller.
+    A plain counter, not a semaphore: taking a free slot costs no checkpoint and no
+    event on the hot path. A queued caller waits on its own event; a slot given back
+    goes straight to the first one in line (the count does not change), so a newcomer
+    cannot overtake the queue. The slot count is renegotiated per instance
+    (``resize``): a plugin may announce a lower ``maxConcurrency`` in its handshake, a
+    raw-mode server has its preset's; calls already in flight finish, and no new one
+    starts until the count is under the new limit.
     """
 
     def __init__(self, plugin: str, max_in_flight: int, max_queued: int) -> None:
         self.plugin = plugin
         self.max_in_flight = max_in_flight
         self.max_queued = max_queued
-        self._slots = anyio.Semaphore(max_in_flight, fast_acquire=True)
-        self.waiting = 0
+        self.in_flight = 0
+        self._queue: deque[anyio.Event] = deque()
+
+    @property
+    def waiting(self) -> int:
         """Calls waiting for a free slot."""
+        return len(self._queue)
 
     def resize(self, max_in_flight: int) -> None:
         self.max_in_flight = max_in_flight
-        self._slots = anyio.Semaphore(max_in_flight, fast_acquire=True)
+        while self._queue and self.in_flight < self.max_in_flight:
+            self.in_flight += 1
+            self._queue.popleft().set()
 
-    async def enter(self, method: str, deadline: float, timeout: float) -> anyio.Semaphore:
-        """Take a slot before ``deadline``; returns what to release it on."""
-        slots = self._slots
-        verdict = admission(slots.value, self.waiting, self.max_queued)
+    def leave(self) -> None:
+        """Give a slot back: to the first caller in line, else to the pool."""
+        if self._queue and self.in_flight <= self.max_in_flight:
+            self._queue.popleft().set()  # handed over: still in flight
+        else:
+            self.in_flight -= 1
+
+    async def enter(self, method: str, deadline: float, timeout: float) -> bool:
+        """Take a slot before ``deadline``; True when that meant waiting in line. Every
+        successful ``enter`` must be paired with one ``leave``."""
+        verdict = admission(0 if self._queue else self.max_in_flight - self.in_flight,
+                            len(self._queue), self.max_queued)
         if verdict == "go":
-            await slots.acquire()
-            return slots
+            self.in_flight += 1
+            return False
         if verdict == "full":
             raise local(ErrorCode.QUEUE_FULL,
-                        f"plugin {self.plugin!r} has {self.waiting} calls queued "
+                        f"plugin {self.plugin!r} has {len(self._queue)} calls queued "
                         f"(max_queued={self.max_queued})", plugin=self.plugin, method=method)
-        self.waiting += 1
-        acquired = False
+        turn = anyio.Event()
+        self._queue.append(turn)
         try:
             with anyio.move_on_after(deadline - anyio.current_time()):
-                await slots.acquire()
-                acquired = True
-        finally:
-            self.waiting -= 1
-        if not acquired:
+                await turn.wait()
+        except BaseException:
+            if turn.is_set():
+                self.leave()  # handed a slot while being cancelled: pass it on
+            else:
+                self._queue.remove(turn)
+            raise
+        if not turn.is_set():
+            self._queue.remove(turn)
             raise local(ErrorCode.TIMEOUT,
                         f"call to {self.plugin}.{method} waited {timeout:g} s in the queue",
                         plugin=self.plugin, method=method, timeout=timeout)
-        return slots
+        return True
 
 
 def unavailable(plugin: str, method: str, state: PluginState, reason: str | None

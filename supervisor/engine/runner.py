@@ -287,17 +287,22 @@ class PluginRunner:
             timeout = self.spec.calls.timeout
         deadline = anyio.current_time() + timeout
         conn = self.conn
+        waited = False  # the common case: the whole timeout is left for the plugin
         if self.state not in SERVING or conn is None:
             conn = await self._wait_serving(deadline, method)
-        slots = await self.gate.enter(method, deadline, timeout)
+            waited = True
+        gate = self.gate
+        if await gate.enter(method, deadline, timeout):
+            waited = True
         try:
             if conn.closed_error is not None:
                 conn = await self._wait_serving(deadline, method)
+                waited = True
+            left = max(0.0, deadline - anyio.current_time()) if waited else timeout
             route = self._routes.get(method) if self._routes else None
             if route is not None:
-                return await self._routed_call(route, conn, params, deadline, on_progress)
-            return await conn.call(method, params, max(0.0, deadline - anyio.current_time()),
-                                   on_progress)
+                return await self._routed_call(route, conn, params, left, on_progress)
+            return await conn.call(method, params, left, on_progress)
         except CallError:
             raise
         except Exception as exc:  # our bug on this call's path: the caller still gets an answer
@@ -306,15 +311,14 @@ class PluginRunner:
                         f"plugin {self.spec.name!r}: pipevisor failed on this call: {exc!r}",
                         plugin=self.spec.name, method=method) from None
         finally:
-            slots.release()
+            gate.leave()
 
     async def _routed_call(self, route: Binding, conn: Connection, params: Any,
-                           deadline: float, on_progress: ProgressListener | None) -> Any:
+                           timeout: float, on_progress: ProgressListener | None) -> Any:
         """A call through its interface: check, convert, send, check, convert back."""
         wire = self._outgoing(route, params)
         method = route.method
-        result = await conn.call(method, wire, max(0.0, deadline - anyio.current_time()),
-                                 on_progress)
+        result = await conn.call(method, wire, timeout, on_progress)
         try:
             return route.incoming(result)
         except InterfaceViolation as exc:
