@@ -397,6 +397,24 @@ class Supervisor:
         """Like :meth:`logs`, each line with when it came and from which instance."""
         return self.runner(name).stderr.entries(lines)
 
+    # ---------------------------------------------- stderr kept across host runs (#19)
+
+    def log_export(self, name: str) -> Callable[[], list[list[Any]]]:
+        """A function returning ``name``'s kept stderr as ``[time, instance, line,
+        carried]`` rows, oldest first. It stays usable after the plugin is unloaded or
+        the supervisor has exited, so a daemon saves what the plugin wrote to the end."""
+        return self.runner(name).stderr.export
+
+    def seed_log(self, name: str, rows: Sequence[Any]) -> int:
+        """Put stderr lines an earlier run kept (``log_export``'s rows) before ``name``'s
+        own, as carried lines: :meth:`log_entries` has them, status and crash reports
+        do not. Malformed rows are skipped; the tail's bounds hold. How many were kept."""
+        return self.runner(name).stderr.seed(rows)
+
+    def log_carried(self, name: str, lines: int) -> int:
+        """How many of the last ``lines`` of :meth:`log_entries` were carried over."""
+        return self.runner(name).stderr.carried_in(lines)
+
     def process_roots(self, *, running_only: bool = False) -> dict[int, str]:
         """pid -> plugin of each instance's top process (the shim, or the plugin without
         one): what a process tree is walked from."""
