@@ -631,22 +631,22 @@ def _event_line(ev: dict[str, Any]) -> str:
 @json_option
 def logs(plugin: str, lines: int, follow: bool, socket_path: str | None, as_json: bool) -> None:
     """Print PLUGIN's recent stderr (the daemon keeps a bounded tail), each line with
-    the time it came; a marker line where a new instance of the plugin begins."""
-    current: list[int | None] = [None]
+    the time it came; a marker line where a new instance of the plugin begins, and
+    lines kept from before the daemon restarted marked as the previous daemon run."""
+    current: list[tuple[bool, int] | None] = [None]
 
-    def show(line: str, at: float | None = None, instance: int | None = None) -> None:
+    def show(line: str, at: float | None = None, instance: int | None = None,
+             previous: bool = False) -> None:
         if as_json:
             click.echo(orjson.dumps({"plugin": plugin, "line": line, "time": at,
-                                     "instance": instance}).decode())
+                                     "instance": instance, "previous": previous}).decode())
             return
-        if instance is not None and instance != current[0]:
+        if instance is not None and (previous, instance) != current[0]:
             if current[0] is not None or not follow:
-                click.echo(f"-- {plugin} instance {instance} --")
-            current[0] = instance
-        stamp = ""
-        if at is not None:
-            stamp = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d} "
-        click.echo(stamp + printable(line, keep_tabs=True))
+                run = " (previous daemon run)" if previous else ""
+                click.echo(f"-- {plugin} instance {instance}{run} --")
+            current[0] = (previous, instance)
+        click.echo(_stamp(at) + printable(line, keep_tabs=True))
 
     def tail(c: Client) -> None:
         answer = c.request("logs", {"plugin": plugin, "lines": lines})
@@ -656,7 +656,7 @@ def logs(plugin: str, lines: int, follow: bool, socket_path: str | None, as_json
         meta = answer.get("entries") or []  # an older daemon sends lines only
         for i, line in enumerate(answer["lines"]):
             entry = meta[i] if len(meta) == len(answer["lines"]) else {}
-            show(line, entry.get("time"), entry.get("instance"))
+            show(line, entry.get("time"), entry.get("instance"), bool(entry.get("previous")))
 
     def work(c: Client) -> None:
         if not follow:
@@ -677,6 +677,13 @@ def logs(plugin: str, lines: int, follow: bool, socket_path: str | None, as_json
                                "slow); following again", err=True)
 
     _with_client(socket_path, as_json, work)
+
+
+def _stamp(at: float | None) -> str:
+    """``HH:MM:SS.mmm `` in local time, or nothing when the time is unknown."""
+    if at is None:
+        return ""
+    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d} "
 
 
 def _since(value: str | None) -> float | None:

@@ -691,7 +691,12 @@ class _Server:
                 raise _BadParams(f"refusing to load {target}: {why}")
         try:
             spec = self.hooks.resolve_plugin(target)
-            await self.sup.load(spec, wait=wait)
+            await self.sup.load(spec)
+            loaded = getattr(self.hooks, "loaded", None)  # the daemon's, optional
+            if loaded is not None:
+                loaded(spec.name)  # before its first line: what the last run kept
+            if wait is not None:
+                await self.sup.wait_state(spec.name, SERVING | {PluginState.FAILED}, wait)
         except ConfigError as exc:
             raise _BadParams(str(exc)) from None
         except TimeoutError:
@@ -718,12 +723,16 @@ class _Server:
         lines = p.get("lines", 100)
         if type(lines) is not int or not 0 <= lines <= MAX_LOG_LINES:
             raise _BadParams(f'"lines" must be an integer in 0..{MAX_LOG_LINES}')
-        tail, suppressed = self.sup.logs(name, lines)
-        kept, omitted = _newest_within(tail, self.limits.logs_answer_bytes)
-        meta = self.sup.log_entries(name, len(kept)) if kept else []
+        _, suppressed = self.sup.logs(name, 0)
+        # with the lines a previous daemon run kept (daemon/log_keep.py), marked
+        tail = self.sup.log_entries(name, lines)
+        kept, omitted = _newest_within([line for _, _, line in tail],
+                                       self.limits.logs_answer_bytes)
+        carried = self.sup.log_carried(name, len(kept)) if kept else 0
+        entries = [{"time": at, "instance": instance, "previous": i < carried}
+                   for i, (at, instance, _) in enumerate(tail[len(tail) - len(kept):])]
         return {"plugin": name, "lines": kept, "suppressed": suppressed, "omitted": omitted,
-                "entries": [{"time": at, "instance": instance}
-                            for at, instance, _ in meta[-len(kept):]]}
+                "entries": entries}
 
     async def metrics(self, conn: _Connection, p: dict[str, Any]) -> Any:
         return {"text": self.sup.metrics(), "content_type": Supervisor.METRICS_CONTENT_TYPE}
@@ -754,9 +763,9 @@ METHODS: dict[str, Handler] = {
 }
 
 
-ENTRY_BYTES = 48
-"""What the time and instance of one line add to a logs answer, at most
-(``{"time":1796301797.123456,"instance":123456},``)."""
+ENTRY_BYTES = 66
+"""What the time, instance and previous flag of one line add to a logs answer, at most
+(``{"time":1796301797.123456,"instance":123456,"previous":false},``)."""
 
 
 def _newest_within(lines: list[str], budget: int, per_line: int = ENTRY_BYTES

@@ -45,6 +45,7 @@ from pipevisor.supervisor.daemon.control import (
     serve_control,
 )
 from pipevisor.supervisor.daemon.log_format import setup_logging
+from pipevisor.supervisor.daemon.log_keep import LogKeeper
 from pipevisor.supervisor.daemon.metrics_http import MetricsListenError, serve_metrics
 from pipevisor.supervisor.daemon.systemd import Notifier
 from pipevisor.supervisor.engine.config import PluginSpec
@@ -86,6 +87,8 @@ class Daemon:
     log_format_override: LogFormat | None = None
     """``--log-format`` given on the command line: it wins over the file, reloads too."""
     _reload_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    logs_kept: LogKeeper | None = None
+    """Each plugin's stderr tail across daemon restarts (daemon/log_keep.py)."""
 
     # ------------------------------------------------------------ DaemonHooks
 
@@ -132,6 +135,24 @@ class Daemon:
         raise ConfigError(f"{name_or_path!r} is neither configured nor discovered "
                           f"({looked}), and not a path to an executable (a path is "
                           "resolved where you run `pipevisor load`)")
+
+    def loaded(self, name: str) -> None:
+        """A plugin was just loaded (at start, by a reload or ``pipevisor load``): before
+        its first line, put what the previous daemon run kept of its stderr first."""
+        sup, keeper = self.sup, self.logs_kept
+        if sup is None or keeper is None:
+            return
+        spec = sup.spec_of(name)
+        keeper.seed(name, sup.seed_log, (spec.stderr_lines, spec.stderr_tail_bytes))
+
+    def _log_exports(self) -> dict[str, Any]:
+        """What the stop saves: each plugin's export function (usable after the plugin
+        has stopped) and tail bounds, taken while they are still loaded."""
+        sup = self.sup
+        assert sup is not None
+        return {name: (sup.log_export(name), (sup.spec_of(name).stderr_lines,
+                                              sup.spec_of(name).stderr_tail_bytes))
+                for name in sup.names()}
 
     def info(self) -> dict[str, Any]:
         sup = self.sup
@@ -200,6 +221,7 @@ class Daemon:
         for name in started + restarted:
             try:
                 await sup.load(wanted[name])
+                self.loaded(name)
                 self.managed.add(name)
             except ConfigError as exc:
                 errors.append(str(exc))
@@ -274,6 +296,8 @@ class Daemon:
     async def run(self) -> None:
         sup = Supervisor(replace(self.config.supervisor, plugins=()))
         self.sup = sup
+        self.logs_kept = LogKeeper(self.config.supervisor.state_dir)
+        exports: dict[str, Any] = {}
         async with anyio.create_task_group() as outer:
             # bound before any plugin starts: a second daemon stops here, harmlessly
             settings = self.config.daemon
@@ -295,20 +319,23 @@ class Daemon:
                 outer.start_soon(self._watchdog, self.notifier.watchdog_interval)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
                                             signal.SIGHUP) as signals:
-                async with sup, anyio.create_task_group() as work:
-                    work.start_soon(self._start_plugins)
-                    async for signum in signals:
-                        if signum == signal.SIGHUP:
-                            log.info("SIGHUP: reloading %s",
-                                     self.config_path or "the built-in configuration")
-                            work.start_soon(self.reload)
-                            continue
-                        log.info("%s: stopping %d plugins (send it again to kill them now)",
-                                 signal.Signals(signum).name, len(sup.names()))
-                        self.notifier.stopping()
-                        outer.start_soon(self._force_on_second_signal, signals, sup)
-                        work.cancel_scope.cancel()
-                        break
+                async with sup:
+                    async with anyio.create_task_group() as work:
+                        work.start_soon(self._start_plugins)
+                        async for signum in signals:
+                            if signum == signal.SIGHUP:
+                                log.info("SIGHUP: reloading %s",
+                                         self.config_path or "the built-in configuration")
+                                work.start_soon(self.reload)
+                                continue
+                            log.info("%s: stopping %d plugins (send it again to kill them "
+                                     "now)", signal.Signals(signum).name, len(sup.names()))
+                            self.notifier.stopping()
+                            outer.start_soon(self._force_on_second_signal, signals, sup)
+                            work.cancel_scope.cancel()
+                            break
+                    exports = self._log_exports()  # read after every plugin has stopped
+            self.logs_kept.save(exports)
             outer.cancel_scope.cancel()
         log.info("stopped")
 
@@ -333,6 +360,7 @@ class Daemon:
         async with self._reload_lock:  # a SIGHUP now waits for the first start
             for spec in self.config.supervisor.plugins:
                 await self.sup.load(spec)
+                self.loaded(spec.name)
                 self.managed.add(spec.name)
             self._log_discovery()
             await self._wait_ready(list(self.managed))
