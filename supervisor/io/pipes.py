@@ -61,10 +61,11 @@ class FutureSlot:
 class AsyncioPipes:
     """A plugin's stdin and stdout as asyncio transports (see the module docstring)."""
 
-    __slots__ = ("_joined", "_loop", "_protocol", "_resume")
+    __slots__ = ("_joined", "_loop", "_protocol", "_resume", "_stdin")
 
-    def __init__(self, protocol: PipesProtocol) -> None:
+    def __init__(self, protocol: PipesProtocol, stdin: asyncio.WriteTransport) -> None:
         self._protocol = protocol
+        self._stdin = stdin
         self._loop = asyncio.get_running_loop()
         self._joined: list[bytes] | None = None
         """Writes waiting to go out in one piece (:meth:`send`); None when none is due."""
@@ -77,18 +78,17 @@ class AsyncioPipes:
         if not (isinstance(stdin, PipeSendStream) and isinstance(stdout, PipeReceiveStream)
                 and stdin.protocol is stdout.protocol and stdout.fd == 1):
             return None
-        return cls(stdin.protocol)
+        pipe = stdin.protocol.stdin()
+        return None if pipe is None else cls(stdin.protocol, pipe)
 
     # ----------------------------------------------------------------- writing
 
     def closing(self) -> bool:
-        pipe = self._protocol.stdin()
-        return pipe is None or pipe.is_closing()
+        return self._stdin.is_closing()
 
     def queued(self) -> int:
         """Bytes written but not yet taken by the plugin's pipe."""
-        pipe = self._protocol.stdin()
-        return pipe.get_write_buffer_size() if pipe is not None else 0
+        return self._stdin.get_write_buffer_size()
 
     def send(self, data: bytes) -> None:
         """The first message of a loop iteration is written at once (a lone call waits
@@ -100,8 +100,8 @@ class AsyncioPipes:
         if joined is not None:
             joined.append(data)
             return
-        pipe = self._protocol.stdin()
-        if pipe is not None and not pipe.is_closing():
+        pipe = self._stdin
+        if not pipe.is_closing():
             pipe.write(data)
         self._joined = []
         self._loop.call_soon(self.flush)
@@ -109,8 +109,8 @@ class AsyncioPipes:
     def flush(self) -> None:
         """Write what :meth:`send` joined, now."""
         joined, self._joined = self._joined, None
-        pipe = self._protocol.stdin()
-        if joined and pipe is not None and not pipe.is_closing():
+        pipe = self._stdin
+        if joined and not pipe.is_closing():
             pipe.write(b"".join(joined) if len(joined) > 1 else joined[0])
 
     async def drain(self) -> None:
@@ -122,9 +122,7 @@ class AsyncioPipes:
             raise anyio.BrokenResourceError from exc
 
     def abort(self) -> None:
-        pipe = self._protocol.stdin()
-        if pipe is not None:
-            pipe.abort()
+        self._stdin.abort()
 
     # ----------------------------------------------------------------- waiting
 

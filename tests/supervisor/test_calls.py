@@ -63,8 +63,7 @@ async def test_calls_started_together_go_out_in_few_writes_and_in_order() -> Non
         await sup.wait_ready(timeout=10)
         conn = sup.runner("fake").conn
         assert conn is not None and conn._fast is not None
-        transport = conn._fast._protocol.stdin()
-        assert transport is not None
+        transport = conn._fast._stdin
         writes: list[int] = []
         real_write = transport.write
 
