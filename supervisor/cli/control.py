@@ -288,25 +288,80 @@ def _unknown(exc: UnknownPlugins, as_json: bool) -> NoReturn:
           {"message": str(exc), "data": {"plugin": exc.names[0], "plugins": exc.names}})
 
 
+def log_entries(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """A ``logs`` answer as one record per line: ``line``, ``time``, ``instance``,
+    ``previous`` (from an older daemon, which sends lines only: the line alone)."""
+    meta = answer.get("entries") or []
+    lines = answer.get("lines") or []
+    if len(meta) != len(lines):
+        meta = [{}] * len(lines)
+    return [{"line": line, "time": m.get("time"), "instance": m.get("instance"),
+             "previous": bool(m.get("previous"))} for line, m in zip(lines, meta, strict=True)]
+
+
+def render_log(plugin: str, entries: list[dict[str, Any]]) -> list[str]:
+    """Stamped lines with a marker where an instance (or the previous daemon run)
+    begins, as ``pipevisor logs`` prints them."""
+    out: list[str] = []
+    current: tuple[bool, int] | None = None
+    for e in entries:
+        instance, previous = e.get("instance"), bool(e.get("previous"))
+        if instance is not None and (previous, instance) != current:
+            run = " (previous daemon run)" if previous else ""
+            out.append(f"-- {plugin} instance {instance}{run} --")
+            current = (previous, instance)
+        out.append(_stamp(e.get("time")) + printable(str(e.get("line", "")), keep_tabs=True))
+    return out
+
+
 @click.command(short_help="Show the daemon and its plugins, or those named.")
 @click.argument("plugins", nargs=-1, metavar="[PLUGIN|GLOB|all]...",
                 shell_complete=lambda ctx, param, incomplete: complete_plugins(
                     ctx, param, incomplete))
+@click.option("-n", "--lines", type=click.IntRange(0, 10_000), default=10,
+              show_default=True,
+              help="With plugins named: how many of each one's last stderr lines to show.")
 @socket_option
 @json_option
-def status(plugins: tuple[str, ...], socket_path: str | None, as_json: bool) -> None:
+def status(plugins: tuple[str, ...], lines: int, socket_path: str | None,
+           as_json: bool) -> None:
     """Show the daemon and every plugin (or those named: names, shell globs such as
     'mcp-*', or all): state, pid, uptime, restarts, last exit, memory and CPU of its
-    process tree, versions and degradations."""
-    result = _with_client(socket_path, as_json, lambda c: c.status())
-    if plugins:
+    process tree, versions and degradations. With plugins named, each one's last
+    stderr lines follow, with their times, as systemctl status shows a unit's log."""
+
+    def work(c: Client) -> dict[str, Any]:
+        result = c.status()
+        if not plugins:
+            return result
         known = [p["name"] for p in result["plugins"]]
         try:
             wanted = set(select_plugins(known, plugins))
         except UnknownPlugins as exc:
             _unknown(exc, as_json)
         result["plugins"] = [p for p in result["plugins"] if p["name"] in wanted]
-    click.echo(_dump(result) if as_json else render_status(result))
+        for p in result["plugins"]:
+            if lines:
+                try:
+                    p["logs"] = log_entries(c.request("logs", {"plugin": p["name"],
+                                                               "lines": lines}))
+                except CallError as exc:  # unloaded since: the status says enough
+                    if exc.code != ErrorCode.UNKNOWN_PLUGIN:
+                        raise
+        return result
+
+    result = _with_client(socket_path, as_json, work)
+    if as_json:
+        click.echo(_dump(result))
+        return
+    out = [render_status(result)]
+    for p in result["plugins"]:
+        if "logs" in p:
+            shown = len(p["logs"])
+            out += ["", f"{p['name']}: last {shown} stderr line{'s' if shown != 1 else ''}"
+                    + ("" if shown else " (it wrote none that is kept)"),
+                    *render_log(p["name"], p["logs"])]
+    click.echo("\n".join(out))
 
 
 # ================================================================ calls
