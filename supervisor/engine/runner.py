@@ -11,6 +11,7 @@ for every call in flight.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -69,6 +70,7 @@ from pipevisor.supervisor.engine.ending import (
     exit_end,
 )
 from pipevisor.supervisor.engine.events import EventHub, EventKind, SupervisorEvent
+from pipevisor.supervisor.engine.health import first_ping_delay
 from pipevisor.supervisor.engine.host_calls import HostCalls, adapter_failure
 from pipevisor.supervisor.engine.limits import LimitAction, backstop_evidence
 from pipevisor.supervisor.engine.plugin_output import PluginOutput
@@ -714,8 +716,10 @@ class PluginRunner:
         answer counts, an error too) ends the instance as hung."""
         interval = self.spec.health.ping_interval
         timeout = self.spec.health.ping_timeout
+        delay = first_ping_delay(interval, random.random())
         while True:
-            await anyio.sleep(interval)
+            await anyio.sleep(delay)
+            delay = interval
             sent = time.monotonic()
             try:
                 await conn.call(method, params, timeout)

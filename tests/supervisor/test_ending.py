@@ -13,6 +13,7 @@ from pipevisor.supervisor.engine.ending import (
     claim,
     exit_end,
 )
+from pipevisor.supervisor.engine.health import first_ping_delay
 from pipevisor.supervisor.engine.policy import Decision, RestartMode, RestartPolicy, RestartTracker
 from pipevisor.supervisor.engine.states import PluginState
 
@@ -149,3 +150,10 @@ def test_junk_then_death_during_the_handshake_is_given_up_on() -> None:
     assert end.give_up and "b'Usage: p FILE'" in end.detail and "not restarted" in end.detail
     later = exit_end("p", "exited with code 2", 2, [], handshaking=False, junk=b"x")
     assert not later.give_up  # junk only counts while it never spoke the protocol
+
+
+def test_first_pings_spread_over_the_second_half_of_the_interval() -> None:
+    delays = [first_ping_delay(10.0, i / 100) for i in range(100)]
+    assert min(delays) == 5.0 and max(delays) < 10.0
+    assert len({round(d, 3) for d in delays}) == 100  # spread, not one instant
+    assert first_ping_delay(10.0, 0.999999) <= 10.0  # never later than one interval
