@@ -48,7 +48,8 @@ LAZY_ONLY: dict[str, frozenset[str]] = {
 control command must not pay for the engine, the checker or the daemon at start-up."""
 
 ENGINE_INTERNALS = frozenset({"runner", "connection", "sampler", "plugin_log", "metrics",
-                              "plugin_output", "host_calls", "call_gate", "ending", "status"})
+                              "plugin_output", "host_calls", "call_gate", "ending", "status",
+                              "method_calls", "health"})
 """Engine modules that are not its public API: other layers go through ``Supervisor``."""
 
 ASYNCIO_LAYERS = frozenset({"io"})

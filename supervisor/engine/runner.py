@@ -33,11 +33,7 @@ from pipevisor.protocol.host_methods import HostBinding
 from pipevisor.protocol.interfaces import (
     AdapterLookup,
     Binding,
-    Checks,
-    How,
     InterfaceSet,
-    InterfaceViolation,
-    negotiate,
 )
 from pipevisor.supervisor.engine import bringup, presets
 from pipevisor.supervisor.engine.call_gate import (
@@ -51,7 +47,6 @@ from pipevisor.supervisor.engine.config import (
     PluginMode,
     PluginSpec,
     Preset,
-    ProtocolErrorAction,
     StartStep,
 )
 from pipevisor.supervisor.engine.connection import (
@@ -71,8 +66,9 @@ from pipevisor.supervisor.engine.ending import (
 )
 from pipevisor.supervisor.engine.events import EventHub, EventKind, SupervisorEvent
 from pipevisor.supervisor.engine.health import first_ping_delay
-from pipevisor.supervisor.engine.host_calls import HostCalls, adapter_failure
+from pipevisor.supervisor.engine.host_calls import HostCalls
 from pipevisor.supervisor.engine.limits import LimitAction, backstop_evidence
+from pipevisor.supervisor.engine.method_calls import MethodCalls
 from pipevisor.supervisor.engine.plugin_output import PluginOutput
 from pipevisor.supervisor.engine.policy import Decision, RestartTracker
 from pipevisor.supervisor.engine.states import SERVING, PluginState, check_transition
@@ -82,7 +78,6 @@ from pipevisor.supervisor.errors import (
     CallTimeout,
     PluginCrashed,
     PluginError,
-    invalid_params,
     local,
 )
 from pipevisor.supervisor.proc import containment as _platform
@@ -125,11 +120,8 @@ class PluginRunner:
     ) -> None:
         self.spec = spec
         self._interfaces = interfaces or InterfaceSet()
-        self._adapters = adapters
-        self.bindings: dict[str, Binding] = {}
-        """Every declared method's negotiated binding (for status)."""
-        self._routes: dict[str, Binding] = {}
-        """The bindings a call must go through (validation, conversion, disabled)."""
+        self.methods = MethodCalls(spec, hub, self._interfaces, adapters, self._end)
+        """Calls to the plugin's methods through their interfaces (engine/method_calls.py)."""
         self.raw = False
         self.requested_restarts = 0
         """Restarts an operator or the host asked for (restart()), not counted in the
@@ -142,7 +134,6 @@ class PluginRunner:
         """What the preset's ``initialize`` learnt: version, server info, capabilities."""
         self._plugin_pid_of: tuple[int, int] | None = None
         """(shim pid, plugin pid) of the running instance, once found."""
-        self.invalid_results = 0
         self._hub = hub
         self.containment = containment
         self.privileges: dict[str, Any] | None = None
@@ -301,7 +292,8 @@ class PluginRunner:
                 conn = await self._wait_serving(deadline, method)
                 waited = True
             left = max(0.0, deadline - anyio.current_time()) if waited else timeout
-            route = self._routes.get(method) if self._routes else None
+            routes = self.methods.routes
+            route = routes.get(method) if routes else None
             if route is not None:
                 return await self._routed_call(route, conn, params, left, on_progress)
             return await conn.call(method, params, left, on_progress)
@@ -318,62 +310,19 @@ class PluginRunner:
     async def _routed_call(self, route: Binding, conn: Connection, params: Any,
                            timeout: float, on_progress: ProgressListener | None) -> Any:
         """A call through its interface: check, convert, send, check, convert back."""
-        wire = self._outgoing(route, params)
-        method = route.method
-        result = await conn.call(method, wire, timeout, on_progress)
-        try:
-            return route.incoming(result)
-        except InterfaceViolation as exc:
-            self._on_invalid_result(exc)
-            raise local(ErrorCode.INVALID_RESULT,
-                        f"plugin {self.spec.name!r} answered {method} with a result that breaks "
-                        f"interface {exc.version}: {exc.path}: {exc.message}",
-                        plugin=self.spec.name, **exc.to_data()) from None
-        except Exception as exc:
-            raise adapter_failure(self.spec.name,
-                                  f"adapter for {method} {route.host}->{route.plugin}",
-                                  method, "the result", exc) from None
-
-    def _outgoing(self, route: Binding, params: Any) -> Any:
-        """Params on their way to the plugin: disabled? valid? converted."""
-        method = route.method
-        if route.how is How.DISABLED:
-            raise local(ErrorCode.METHOD_UNAVAILABLE,
-                        f"{self.spec.name}.{method} is disabled: {route.reason}",
-                        plugin=self.spec.name, method=method,
-                        hostVersion=str(route.host), pluginVersion=str(route.plugin))
-        try:
-            wire = route.outgoing(params)
-        except InterfaceViolation as exc:
-            raise invalid_params(method, exc, plugin=self.spec.name) from None
-        except Exception as exc:  # an adapter's bug must not look like the plugin's
-            raise adapter_failure(self.spec.name,
-                                  f"adapter for {method} {route.host}->{route.plugin}",
-                                  method, "params", exc) from None
-        return wire
-
-    def _on_invalid_result(self, exc: InterfaceViolation) -> None:
-        """Policy: every invalid result is counted, logged and published; under
-        ``on_protocol_error = restart`` it also restarts the plugin like any protocol fault."""
-        self.invalid_results += 1
-        log.warning("plugin %s: invalid result #%d for %s %s: %s: %s", self.spec.name,
-                    self.invalid_results, exc.method, exc.version, exc.path, exc.message)
-        self._hub.publish(SupervisorEvent(self.spec.name, EventKind.INVALID_RESULT,
-                                          {**exc.to_data(), "count": self.invalid_results}))
-        if self.spec.on_protocol_error is ProtocolErrorAction.RESTART:
-            self._end(End(EndKind.PROTOCOL, f"invalid result for {exc.method}: {exc.path}",
-                           error=local_error(ErrorCode.PROTOCOL_VIOLATION,
-                                             f"plugin {self.spec.name!r} broke the interface of "
-                                             f"{exc.method} {exc.version}",
-                                             plugin=self.spec.name)))
+        methods = self.methods
+        wire = methods.outgoing(route, params)
+        return methods.incoming(route, await conn.call(route.method, wire, timeout,
+                                                       on_progress))
 
     async def notify(self, method: str, params: Any = None) -> None:
         conn = self.conn
         if self.state not in SERVING or conn is None:
             raise self._unavailable(method)
-        route = self._routes.get(method) if self._routes else None
+        routes = self.methods.routes
+        route = routes.get(method) if routes else None
         if route is not None:
-            params = self._outgoing(route, params)
+            params = self.methods.outgoing(route, params)
         await conn.notify(method, params)
 
     async def _wait_serving(self, deadline: float, method: str) -> Connection:
@@ -510,7 +459,8 @@ class PluginRunner:
         self.handshake = None
         self.ready_at = None
         self.output.new_instance(self.instance)
-        self.bindings, self._routes, self.raw = {}, {}, False
+        self.methods.reset()
+        self.raw = False
         self.server_info = None
         self.host_calls.bindings = {}
         self._set_state(S.STARTING)
@@ -610,7 +560,7 @@ class PluginRunner:
             self.gate.resize(result.max_concurrency)
         else:
             self.gate.resize(self.spec.calls.max_in_flight)
-        disabled = [f"{b.method} disabled: {b.reason}" for b in self._negotiate(result)]
+        disabled = [f"{b.method} disabled: {b.reason}" for b in self.methods.negotiate(result)]
         disabled += [f"host method {b.method} disabled: {b.reason}"
                      for b in self.host_calls.negotiate(result, params.host_methods.keys())]
         if not await self._run_start_sequence(conn):
@@ -622,31 +572,6 @@ class PluginRunner:
             up = self._bring_up_state(S.READY)
         if up and self.spec.health.ping_interval > 0:
             tg.start_soon(self._health_loop, conn, PING, {})
-
-    def _negotiate(self, result: HandshakeResult) -> list[Binding]:
-        """Bind every declared method to an interface version; returns the disabled ones."""
-        if not self._interfaces.plugin:
-            return []  # nothing to check: the call path stays a plain dict miss
-        checks = Checks(self.spec.validate_params, self.spec.validate_results)
-        declared = {m: i.version for m, i in result.methods.items()}
-        if self._adapters is None:
-            self.bindings = negotiate(self._interfaces, declared, checks=checks)
-        else:
-            self.bindings = negotiate(self._interfaces, declared, self._adapters, checks)
-        self._routes = {m: b for m, b in self.bindings.items() if b.how is not How.NO_INTERFACE}
-        disabled = []
-        for b in self.bindings.values():
-            if b.deprecated:
-                log.warning("plugin %s: %s uses deprecated interface %s: %s", self.spec.name,
-                            b.method, b.plugin, b.deprecated)
-            if b.how is How.DISABLED:
-                disabled.append(b)
-                log.warning("plugin %s: method %s disabled: %s", self.spec.name, b.method,
-                            b.reason)
-            if b.how not in (How.EXACT, How.NO_INTERFACE) or b.deprecated:
-                self._hub.publish(SupervisorEvent(self.spec.name, EventKind.INTERFACE,
-                                                  {"method": b.method, **b.to_json()}))
-        return disabled
 
     def _speak_raw(self, conn: Connection) -> None:
         """Talk to ``conn`` as to a foreign server: its cancel, its errors as they are."""
@@ -855,6 +780,15 @@ class PluginRunner:
                          step.method, exc.error.message)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 return
+
+    @property
+    def bindings(self) -> dict[str, Binding]:
+        """Every declared method's negotiated binding (for status)."""
+        return self.methods.bindings
+
+    @property
+    def invalid_results(self) -> int:
+        return self.methods.invalid_results
 
     @property
     def host_bindings(self) -> dict[str, HostBinding]:

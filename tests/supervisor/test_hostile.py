@@ -132,15 +132,15 @@ def _victim(self: Any, *args: Any) -> bool:
 def _steps() -> dict[str, tuple[Any, str, Any, str]]:
     from pipevisor.supervisor.engine.connection import Connection
     from pipevisor.supervisor.engine.events import EventHub
+    from pipevisor.supervisor.engine.method_calls import MethodCalls
     from pipevisor.supervisor.engine.plugin_output import PluginOutput
-    from pipevisor.supervisor.engine.runner import PluginRunner
     from pipevisor.supervisor.engine.sampler import Sampler
     from pipevisor.supervisor.proc import containment as _platform
 
     return {
         # name: (owner, attribute, applies, what triggers it)
         "spawn-record": (_platform.LeftoverRecord, "record", lambda self, *a: True, "load"),
-        "handshake": (PluginRunner, "_negotiate", _victim, "load"),
+        "handshake": (MethodCalls, "negotiate", _victim, "load"),
         "reading": (Connection, "_settle", _victim, "call"),
         "writing": (Connection, "_call_fast", _victim, "call"),
         "notification": (PluginOutput, "on_notification", _victim, "call"),

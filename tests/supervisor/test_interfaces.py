@@ -237,7 +237,7 @@ async def test_notifications_to_a_disabled_method_are_refused() -> None:
 async def test_without_interfaces_every_method_shows_as_unchecked() -> None:
     async with Supervisor([versioned("p", "--declare", "greet=1.0")]) as sup:
         await sup.wait_ready(timeout=10)
-        assert sup.runner("p")._routes == {}
+        assert sup.runner("p").methods.routes == {}
         status = sup.status()[0]
         assert status["methods"]["greet"] == "1.0"
         assert status["interfaces"]["greet"] == {"how": "no-interface"}
