@@ -67,6 +67,13 @@ class DaemonSettings:
     closed (clients reconnect by themselves)."""
     metrics_max_connections: int = 64
     """HTTP connections at once to ``metrics_listen``; past it, 503."""
+    plugin_log_dir: str | None = None
+    """A folder where each plugin's own lines (stderr, ``pipevisor/log``) also go, one
+    file per plugin (``NAME.log``), rotated at ``plugin_log_max_bytes`` keeping
+    ``plugin_log_backups`` old files. Must pass the runtime-dir rule (ours, closed to
+    other writers); created 0700 if missing. Unset: the daemon's own log only."""
+    plugin_log_max_bytes: int = 10 << 20
+    plugin_log_backups: int = 3
     socket_group: str | None = None
     """A group whose members may use the control socket besides the daemon's own user
     and root: the socket becomes 0660 with that group. Unset: 0600, owner and root only
@@ -76,6 +83,10 @@ class DaemonSettings:
         if self.control_max_connections < 1 or self.metrics_max_connections < 1:
             raise ValueError("control_max_connections and metrics_max_connections must be "
                              "at least 1")
+        if self.plugin_log_max_bytes < 4096 or self.plugin_log_backups < 1:
+            # (logging's rotation never rotates with no backups: the file would grow)
+            raise ValueError("plugin_log_max_bytes must be at least 4096 and "
+                             "plugin_log_backups at least 1")
         if not self.control_idle_timeout > 0:
             raise ValueError("control_idle_timeout must be a positive number of seconds")
         if self.socket_group is not None:
@@ -152,7 +163,8 @@ _TOP_KEYS = {"supervisor", "daemon", "discovery", "defaults", "plugins"}
 _SUPERVISOR_SKIP = {"plugins"}
 _SPEC_SKIP = {"name", "command"}
 _PLUGIN_EXTRA = {"command", "path", "args", "enabled"}
-_SIZE_KEYS = ("memory.max", "max_line_bytes", "stderr_tail_bytes", "log_bytes_per_second")
+_SIZE_KEYS = ("memory.max", "max_line_bytes", "stderr_tail_bytes", "log_bytes_per_second",
+              "plugin_log_max_bytes")
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

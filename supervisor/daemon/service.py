@@ -36,7 +36,7 @@ from typing import Any
 import anyio
 
 from pipevisor.supervisor import paths
-from pipevisor.supervisor.daemon import config_file
+from pipevisor.supervisor.daemon import config_file, plugin_log_files
 from pipevisor.supervisor.daemon.config_file import DaemonConfig, LogFormat
 from pipevisor.supervisor.daemon.control import (
     ControlLimits,
@@ -242,6 +242,14 @@ class Daemon:
             setup_logging(self.log_format_override or new_d.log_format, new_d.log_level.value)
             log.info("reload: logging is now %s at level %s",
                      (self.log_format_override or new_d.log_format).value, new_d.log_level.value)
+        files = ("plugin_log_dir", "plugin_log_max_bytes", "plugin_log_backups")
+        if any(getattr(old_d, key) != getattr(new_d, key) for key in files):
+            try:
+                plugin_log_files.install(new_d.plugin_log_dir, new_d.plugin_log_max_bytes,
+                                         new_d.plugin_log_backups)
+                log.info("reload: plugin log files now %s", new_d.plugin_log_dir or "off")
+            except ConfigError as exc:
+                log.error("reload: plugin log files unchanged: %s", exc)
         later = [f"daemon.{key}" for key in ("socket", "metrics_listen", "socket_group")
                  if getattr(old_d, key) != getattr(new_d, key)]
         old_s, new_s = self.config.supervisor, new.supervisor
@@ -408,6 +416,9 @@ def run_daemon(config_path: str | None, socket: str | None, log_format: str | No
     setup_logging(fmt, config.daemon.log_level.value)
     state_dir = config.supervisor.state_dir
     try:
+        plugin_log_files.install(config.daemon.plugin_log_dir,
+                                 config.daemon.plugin_log_max_bytes,
+                                 config.daemon.plugin_log_backups)
         paths.secure_dir(os.path.dirname(os.path.abspath(sock)),
                          what="the control socket's folder")
         if state_dir is not None:
