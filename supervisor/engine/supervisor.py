@@ -264,9 +264,10 @@ class Supervisor:
         return max(budgets, default=5.0)
 
     def _room_for(self, plugins: int) -> None:
-        """Each running plugin holds 4 descriptors here (proc/rlimits.py): raise the soft
-        RLIMIT_NOFILE to the hard limit when they would not fit, and say once when
-        even that is too low (docs/process-containment.md, how many plugins fit)."""
+        """Each running plugin holds 4 descriptors here, 3 pipes and a pidfd
+        (proc/rlimits.py): raise the soft RLIMIT_NOFILE to the hard limit when they would
+        not fit, and say once when even the pipes will not (pidfds give way first:
+        io/child_watch.py; docs/process-containment.md, how many plugins fit)."""
         raised = rlimits.raise_nofile_for(plugins)
         if raised is not None:
             log.info("raised the soft descriptor limit (RLIMIT_NOFILE) to its hard limit "
@@ -278,7 +279,7 @@ class Supervisor:
                 log.warning("%d plugins need about %d descriptors, more than the hard "
                             "limit %d (RLIMIT_NOFILE): starts will fail with EMFILE; raise "
                             "it (LimitNOFILE= in a systemd unit, ulimit -Hn)", plugins,
-                            plugins * rlimits.FDS_PER_PLUGIN + rlimits.FD_HEADROOM, hard)
+                            plugins * rlimits.PIPES_PER_PLUGIN + rlimits.FD_HEADROOM, hard)
 
     async def _run_freezer(self) -> None:
         with self._freezer_scope:

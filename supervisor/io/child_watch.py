@@ -17,9 +17,7 @@ itself whenever pidfds work.
   deprecated child-watcher API is not touched, so no DeprecationWarning.
 - Python 3.11, stock asyncio policy, and its watcher is the default
   ``ThreadedChildWatcher`` (or none yet): replaced by :class:`PidfdChildWatcher`
-  (``pidfd``). Children the old watcher already waits for keep their threads; the
-  old watcher is kept as the fallback for any child whose pidfd cannot be opened
-  (out of descriptors), so no exit is ever missed.
+  (``pidfd``). Children the old watcher already waits for keep their threads.
 - A watcher the host chose itself (any other class, a subclass included), or another
   policy (uvloop watches children with libuv): left alone (``host``).
 - No pidfds (macOS, BSD, Linux < 5.3, a seccomp filter), or ``PIPEVISOR_PIDFD=0`` in
@@ -27,7 +25,10 @@ itself whenever pidfds work.
 - Not on asyncio (anyio's trio backend): nothing to do (``not-asyncio``); trio waits
   for children without a thread per child by itself.
 
-Cost: one descriptor per running child (the pidfd) besides its three pipes.
+Cost: one descriptor per running child (the pidfd) besides its three pipes. Where
+descriptors run short (a hard RLIMIT_NOFILE of 20,000 holds 5,000 plugins' pipes but
+not their pidfds too), the children over the budget share one reaper thread
+(:class:`_Reaper`): threads stay O(1) either way.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ import asyncio
 import functools
 import logging
 import os
+import resource
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -78,23 +81,129 @@ else:
     _WatcherBase = asyncio.AbstractChildWatcher
 
 
+class _Reaper:
+    """One thread for every child that has no pidfd (over the descriptor budget, or
+    ``pidfd_open`` failed): it blocks in ``waitid(P_ALL, WEXITED | WNOWAIT)``, which
+    wakes when *any* child of the process has exited without reaping it, and reaps only
+    the children registered here. A zombie that is not one of them (a child watched by
+    a pidfd, about to be reaped on its loop, or a child of someone else in the process)
+    is left alone: the thread then checks its own children without blocking and backs
+    off (1 ms, doubling to 50 ms) until that zombie is gone, so a foreign zombie nobody
+    reaps delays the exits seen here by at most 50 ms, and never steals a status."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._children: dict[int, tuple[asyncio.AbstractEventLoop,
+                                        Callable[..., object], tuple[Any, ...]]] = {}
+        self._thread: threading.Thread | None = None
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def add(self, pid: int, loop: asyncio.AbstractEventLoop,
+            callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._children[pid] = (loop, callback, args)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="pipevisor-child-reaper")
+                self._thread.start()
+            self._wake.notify()
+
+    def remove(self, pid: int) -> bool:
+        with self._lock:
+            return self._children.pop(pid, None) is not None
+
+    def _run(self) -> None:
+        backoff = 0.001
+        while True:
+            with self._lock:
+                while not self._children:
+                    self._wake.wait()
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:  # no child left at all: ours were reaped elsewhere
+                info = None
+            pid = info.si_pid if info is not None else None
+            with self._lock:
+                entry = self._children.pop(pid, None) if pid is not None else None
+            if entry is not None and pid is not None:
+                self._deliver(pid, entry, 0)
+                backoff = 0.001
+                continue
+            self._reap_exited()
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 0.05)
+
+    def _reap_exited(self) -> None:
+        with self._lock:
+            pids = list(self._children)
+        for pid in pids:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, -1
+            if not done:
+                continue
+            with self._lock:
+                entry = self._children.pop(pid, None)
+            if entry is not None:
+                self._finish(pid, entry, status)
+
+    def _deliver(self, pid: int, entry: tuple[asyncio.AbstractEventLoop,
+                                              Callable[..., object], tuple[Any, ...]],
+                 flags: int) -> None:
+        try:
+            _, status = os.waitpid(pid, flags)
+        except ChildProcessError:
+            status = -1
+        self._finish(pid, entry, status)
+
+    @staticmethod
+    def _finish(pid: int, entry: tuple[asyncio.AbstractEventLoop,
+                                       Callable[..., object], tuple[Any, ...]],
+                status: int) -> None:
+        loop, callback, args = entry
+        if status == -1:
+            log.warning("child %d was reaped by someone else; its exit status is lost", pid)
+            returncode = 255
+        else:
+            returncode = os.waitstatus_to_exitcode(status)
+        if loop.is_closed():
+            log.warning("child %d exited after its event loop was closed", pid)
+        else:
+            loop.call_soon_threadsafe(callback, pid, returncode, *args)
+
+
+FDS_PER_CHILD = 4
+"""A plugin's three pipes and its pidfd: what the descriptor budget counts per child."""
+
+
 class PidfdChildWatcher(_WatcherBase):  # type: ignore[misc]
-    """A child watcher for every loop of the process, without threads (Python 3.11).
+    """A child watcher for every loop of the process, without a thread per child.
 
     Each child gets a pidfd registered as a reader on the loop that spawned it (the
     running loop when asyncio calls :meth:`add_child_handler`); when it turns
-    readable the child is reaped and the callback runs on that same loop. A child
-    whose pidfd cannot be opened (EMFILE/ENFILE, or a kernel that refuses) is handed
-    to ``fallback``, a ``ThreadedChildWatcher``: one thread for that child only.
+    readable the child is reaped and the callback runs on that same loop. A pidfd is
+    one more descriptor per child: once ``FDS_PER_CHILD`` per watched child would
+    leave less than a sixteenth of the soft RLIMIT_NOFILE (at least 256) free, or when
+    ``pidfd_open`` fails, further children are watched by one shared thread instead
+    (:class:`_Reaper`), so the plugins' pipes are never the ones that run out: with a
+    hard limit of 20,000, 4,687 children get pidfds and the rest share that thread.
+    ``max_pidfds`` sets the budget outright.
     """
 
-    def __init__(self, fallback: Any = None) -> None:
+    def __init__(self, fallback: Any = None, *, max_pidfds: int | None = None) -> None:
         self._entries: dict[int, tuple[asyncio.AbstractEventLoop, int,
                                        Callable[..., object], tuple[Any, ...]]] = {}
         self._lock = threading.Lock()
         self._fallback = fallback
+        """The ThreadedChildWatcher this one replaced: children it already watches."""
+        self._reaper = _Reaper()
+        self.max_pidfds = max_pidfds
         self.fallbacks = 0
-        """Children that had to be watched by a thread (no pidfd could be opened)."""
+        """Children handed to the shared thread (no pidfd for them)."""
 
     # -- the AbstractChildWatcher interface -------------------------------------------
 
@@ -120,10 +229,13 @@ class PidfdChildWatcher(_WatcherBase):  # type: ignore[misc]
 
     def add_child_handler(self, pid: int, callback: Callable[..., object], *args: Any) -> None:
         loop = asyncio.get_running_loop()
+        if len(self._entries) >= self._budget():
+            self._to_reaper(pid, loop, callback, args, "over the descriptor budget")
+            return
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as exc:
-            self._watch_with_thread(pid, callback, args, exc)
+            self._to_reaper(pid, loop, callback, args, str(exc))
             return
         with self._lock:
             old = self._entries.pop(pid, None)
@@ -137,25 +249,31 @@ class PidfdChildWatcher(_WatcherBase):  # type: ignore[misc]
         with self._lock:
             entry = self._entries.pop(pid, None)
         if entry is None:
-            return bool(self._fallback is not None
-                        and self._fallback.remove_child_handler(pid))
+            return self._reaper.remove(pid) or bool(
+                self._fallback is not None and self._fallback.remove_child_handler(pid))
         entry[0].remove_reader(entry[1])
         os.close(entry[1])
         return True
 
     # -- internals ------------------------------------------------------------------
 
-    def _watch_with_thread(self, pid: int, callback: Callable[..., object],
-                           args: tuple[Any, ...], exc: OSError) -> None:
+    def _budget(self) -> int:
+        if self.max_pidfds is not None:
+            return self.max_pidfds
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            return 1 << 30
+        return max(0, (soft - max(256, soft // 16)) // FDS_PER_CHILD)
+
+    def _to_reaper(self, pid: int, loop: asyncio.AbstractEventLoop,
+                   callback: Callable[..., object], args: tuple[Any, ...], why: str) -> None:
         with self._lock:
-            if self._fallback is None:
-                self._fallback = asyncio.ThreadedChildWatcher()
             self.fallbacks += 1
             first = self.fallbacks == 1
-        (log.warning if first else log.debug)(
-            "no pidfd for child %d (%s): it is watched by a thread instead%s", pid, exc,
-            "; raise the descriptor limit (RLIMIT_NOFILE) for many plugins" if first else "")
-        self._fallback.add_child_handler(pid, callback, *args)
+        (log.info if first else log.debug)(
+            "child %d has no pidfd (%s): it is watched by the one shared reaper thread, "
+            "with %d pidfds open", pid, why, len(self._entries))
+        self._reaper.add(pid, loop, callback, args)
 
     def _exited(self, pid: int) -> None:
         with self._lock:
@@ -238,8 +356,7 @@ def _decide(policy: asyncio.AbstractEventLoopPolicy, pidfd: bool | None) -> Mode
         log.info("no pidfds on this system (Linux >= 5.3 has them): child processes "
                  "are watched by asyncio's ThreadedChildWatcher, a thread per plugin")
         return "threads"
-    # the replaced watcher keeps the children it already waits for, and catches the
-    # ones whose pidfd cannot be opened
+    # the replaced watcher keeps the children it already waits for
     asyncio.set_child_watcher(PidfdChildWatcher(fallback=current))
     log.debug("child processes are watched with pidfds on the event loop")
     return "pidfd"

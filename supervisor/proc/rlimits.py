@@ -18,6 +18,11 @@ FDS_PER_PLUGIN = 4
 """Descriptors the supervisor holds per running plugin: its stdin, stdout and stderr
 pipes, and the pidfd its exit is watched with (``io/child_watch.py``)."""
 
+PIPES_PER_PLUGIN = 3
+"""The descriptors a plugin cannot do without: its pipes. Its pidfd is optional: the
+child watcher stops opening pidfds when descriptors run short and watches the rest
+with one shared thread."""
+
 FD_HEADROOM = 256
 """Descriptors kept free for everything else: a spawn's child ends of the pipes (until
 the fork is done), the control socket and its clients, log files, the host's own."""
@@ -38,8 +43,9 @@ def raise_nofile_for(plugins: int) -> tuple[int, int] | None:
 
 
 def nofile_room(plugins: int) -> tuple[bool, int]:
-    """Whether ``plugins`` running plugins fit under the hard RLIMIT_NOFILE, and that limit."""
+    """Whether ``plugins`` running plugins' pipes fit under the hard RLIMIT_NOFILE (their
+    pidfds are optional), and that limit."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard == resource.RLIM_INFINITY:
         return True, hard
-    return plugins * FDS_PER_PLUGIN + FD_HEADROOM <= hard, hard
+    return plugins * PIPES_PER_PLUGIN + FD_HEADROOM <= hard, hard

@@ -101,20 +101,20 @@ async def test_the_watcher_reaps_many_children_and_closes_every_pidfd() -> None:
 
 
 @pytest.mark.skipif(not PY311, reason="Python 3.12+ uses asyncio's own pidfd watcher")
-async def test_no_descriptor_for_a_pidfd_falls_back_to_a_thread(
+async def test_no_descriptor_for_a_pidfd_falls_back_to_the_shared_thread(
         monkeypatch: pytest.MonkeyPatch) -> None:
     watcher = child_watch.PidfdChildWatcher()
 
     def no_fd(pid: int, flags: int = 0) -> int:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    # a bare pid, spawned outside asyncio: the watcher is handed it like asyncio would
+    # bare pids, spawned outside asyncio: the watcher is handed them as asyncio would
     proc = subprocess.Popen(["sleep", "60"])  # noqa: ASYNC220
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
 
     def exited(pid: int, returncode: int) -> None:
-        loop.call_soon_threadsafe(done.set_result, returncode)
+        done.set_result(returncode)
 
     try:
         with monkeypatch.context() as m:
@@ -130,7 +130,53 @@ async def test_no_descriptor_for_a_pidfd_falls_back_to_a_thread(
         try:
             proc.wait(timeout=5)
         except ChildProcessError:
-            pass  # reaped by the fallback's thread, as it should be
+            pass  # reaped by the watcher's thread, as it should be
+
+
+@pytest.mark.skipif(not PY311, reason="Python 3.12+ uses asyncio's own pidfd watcher")
+async def test_over_the_descriptor_budget_children_share_one_thread() -> None:
+    """Past ``max_pidfds`` every further child is watched by one shared thread, not one
+    each; exits are seen for both kinds, and a foreign zombie nobody reaps (someone
+    else's child) does not hide them."""
+    watcher = child_watch.PidfdChildWatcher(max_pidfds=3)
+    loop = asyncio.get_running_loop()
+    codes: dict[int, asyncio.Future[int]] = {}
+    before = threads()
+    foreign = subprocess.Popen(["true"])  # noqa: ASYNC220 - exits, left unreaped
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(12)]  # noqa: ASYNC220
+    try:
+        for p in procs:
+            codes[p.pid] = loop.create_future()
+            watcher.add_child_handler(p.pid, lambda pid, rc: codes[pid].set_result(rc))
+        assert watcher.fallbacks == 9
+        assert threads() == before + 1
+        with anyio.fail_after(5):
+            while psutil_status(foreign.pid) != "zombie":
+                await anyio.sleep(0.01)  # polled condition, bounded by the deadline
+        for p in procs:
+            p.kill()
+        with anyio.fail_after(5):
+            got = [await codes[p.pid] for p in procs]
+        assert got == [-signal.SIGKILL] * len(procs)
+        assert threads() == before + 1
+    finally:
+        for p in procs:
+            p.kill()
+        watcher.close()
+        foreign.wait(timeout=5)
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except ChildProcessError:
+                pass  # reaped by the watcher, as it should be
+
+
+def psutil_status(pid: int) -> str:
+    import psutil
+    try:
+        return str(psutil.Process(pid).status())
+    except psutil.NoSuchProcess:
+        return "gone"
 
 
 SCRIPT = r"""
