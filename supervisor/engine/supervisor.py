@@ -62,21 +62,22 @@ class HeapFreezer:
     """Keeps the long-lived heap out of the cyclic garbage collector (``gc.freeze()``).
 
     Every plugin leaves a few hundred long-lived Python objects (runner, connection,
-    peer, transports, tasks), and a full collection walks all of them: ~113 ms at 1,000
-    plugins (issue 20), a latency tail for every call that lands in it. Once the
-    plugins have settled (none starting, handshaking or stopping) after the supervisor
-    starts, after a load or an unload, or after many instances ended (restarts), one
-    pass runs ``gc.unfreeze(); gc.collect(); gc.freeze()``: the garbage of what ended
-    (an unloaded plugin's runner, a dead instance's tasks and their reference cycles,
-    which a frozen object keeps from ever being collected) is collected, and
-    what lives on is frozen again, so later collections walk only new objects. That
-    pass costs one full collection; changes are debounced (``QUIET``) so a reload of
-    many plugins pays it once. Leaving the supervisor unfreezes everything it froze.
+    peer, transports, tasks), and a full collection walks all of them: ~300 ms at 1,000
+    plugins here (perf/README.md, Scale), a latency tail for every call that lands in
+    it. Once the plugins have settled (none starting, handshaking or stopping) after
+    the supervisor starts or a load, the heap is frozen (``gc.freeze()``: no pause, it
+    only moves the tracked objects aside), so later collections walk only new objects.
+    After an unload, or once many instances have ended (restarts), a frozen object's
+    garbage would never be collected (an unloaded plugin's runner, a dead instance's
+    tasks and their reference cycles), so that pass is ``gc.unfreeze(); gc.collect();
+    gc.freeze()``: one full collection, what every full collection cost before.
+    Changes are debounced (``QUIET``) so a reload of many plugins pays it once. Leaving
+    the supervisor unfreezes everything it froze.
 
     Process-wide, so an embedding host's objects are frozen too (harmless: frozen
     objects are still freed by reference counting; only their cycles wait for the next
-    pass or the supervisor's exit). Left alone when the host froze objects itself or
-    disabled the collector, or with ``Supervisor(..., freeze_heap=False)``.
+    collecting pass or the supervisor's exit). Left alone when the host froze objects
+    itself or disabled the collector, or with ``Supervisor(..., freeze_heap=False)``.
     """
 
     QUIET = 0.5
@@ -91,12 +92,16 @@ class HeapFreezer:
     def __init__(self, runners: Mapping[str, PluginRunner]) -> None:
         self._runners = runners
         self._dirty = anyio.Event()
+        self._collect = False
         self._instances = 0
         self.froze = False
         self.passes = 0
         """Unfreeze-collect-freeze passes so far."""
         self.last_pause_ms: float | None = None
-        """How long the last pass held the event loop (its full collection)."""
+        """How long the last pass held the event loop (a collecting pass: one full
+        collection; a freeze alone: next to nothing)."""
+        self.collections = 0
+        """Passes that unfroze and collected (after unloads and restarts)."""
         self.frozen_objects = 0
         self.done = anyio.Event()
         """Set after each pass (replaced by a fresh one): for tests and hosts."""
@@ -105,8 +110,10 @@ class HeapFreezer:
     def host_manages_gc() -> bool:
         return not gc.isenabled() or (gc.get_freeze_count() > 0 and HeapFreezer._active == 0)
 
-    def changed(self) -> None:
-        """Plugins were added or removed: a pass once they have settled."""
+    def changed(self, *, collect: bool = False) -> None:
+        """Plugins were added (or, with ``collect``, removed): a pass once they have
+        settled; ``collect``: one that unfreezes and collects first."""
+        self._collect = self._collect or collect
         self._dirty.set()
 
     def _churn(self) -> bool:
@@ -117,8 +124,10 @@ class HeapFreezer:
         while True:
             with anyio.move_on_after(self.CHURN_CHECK):
                 await self._dirty.wait()
-            if not self._dirty.is_set() and not self._churn():
-                continue
+            if not self._dirty.is_set():
+                if not self._churn():
+                    continue
+                self._collect = True
             deadline = anyio.current_time() + self.SETTLE_MAX
             while anyio.current_time() < deadline:
                 self._dirty = anyio.Event()
@@ -127,15 +136,18 @@ class HeapFreezer:
                         r.state in _UNSETTLED for r in list(self._runners.values())):
                     break
             self._dirty = anyio.Event()
-            self.refreeze()
+            collect, self._collect = self._collect, False
+            self.refreeze(collect=collect)
 
-    def refreeze(self) -> None:
-        """One pass now: collect what ended, freeze what lives (see the class)."""
+    def refreeze(self, *, collect: bool = True) -> None:
+        """One pass now: with ``collect``, collect what ended first; freeze what lives."""
         if self.host_manages_gc() and not self.froze:
             return
         started = time.perf_counter()
-        gc.unfreeze()
-        gc.collect()
+        if collect:
+            gc.unfreeze()
+            gc.collect()
+            self.collections += 1
         gc.freeze()
         self.last_pause_ms = (time.perf_counter() - started) * 1000
         if not self.froze:
@@ -348,7 +360,7 @@ class Supervisor:
             while name in self.runners:
                 await runner.wait_state({PluginState.STOPPED, PluginState.FAILED}, 3600)
                 await anyio.lowlevel.checkpoint()  # let the lifetime task remove it
-        self.heap.changed()  # its frozen objects (and their cycles) go at the next pass
+        self.heap.changed(collect=True)  # its frozen objects (and cycles) go at that pass
 
     @property
     def containment(self) -> _platform.Containment | None:
