@@ -16,7 +16,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import click
 import orjson
@@ -459,7 +459,7 @@ def call(plugin: str, method: str, params_json: str | None, timeout: float | Non
     if notify:
         _with_client(socket_path, as_json, lambda c: c.notify(plugin, method, params))
         return
-    err = click.get_text_stream("stderr")
+    err: TextIO = sys.stderr
     on_terminal = err.isatty()
     bar = ProgressBar(err) if on_terminal and progress is not False else None
 
