@@ -65,7 +65,7 @@ from pipevisor.supervisor.engine.ending import (
     exit_end,
 )
 from pipevisor.supervisor.engine.events import EventHub, EventKind, SupervisorEvent
-from pipevisor.supervisor.engine.health import first_ping_delay
+from pipevisor.supervisor.engine.health import HealthTicker, Watch, first_ping_delay
 from pipevisor.supervisor.engine.host_calls import HostCalls
 from pipevisor.supervisor.engine.limits import LimitAction, backstop_evidence
 from pipevisor.supervisor.engine.method_calls import MethodCalls
@@ -117,8 +117,12 @@ class PluginRunner:
         interfaces: InterfaceSet | None = None,
         adapters: AdapterLookup | None = None,
         host_adapters: AdapterLookup | None = None,
+        health: HealthTicker | None = None,
     ) -> None:
         self.spec = spec
+        self._health = health
+        self._watch: Watch | None = None
+        """This instance's place in the shared ping ticker, if any."""
         self._interfaces = interfaces or InterfaceSet()
         self.methods = MethodCalls(spec, hub, self._interfaces, adapters, self._end)
         """Calls to the plugin's methods through their interfaces (engine/method_calls.py)."""
@@ -515,6 +519,9 @@ class PluginRunner:
                     tree.kill_tree(process.pid)
                     await process.wait()
                 await process.aclose()
+            if self._watch is not None:
+                self._watch.cancel()
+                self._watch = None
             if self._leftovers is not None:
                 self._leftovers.forget(process.pid)
             self.process = None
@@ -571,7 +578,7 @@ class PluginRunner:
         else:
             up = self._bring_up_state(S.READY)
         if up and self.spec.health.ping_interval > 0:
-            tg.start_soon(self._health_loop, conn, PING, {})
+            self._start_pings(conn, PING, {}, tg)
 
     def _speak_raw(self, conn: Connection) -> None:
         """Talk to ``conn`` as to a foreign server: its cancel, its errors as they are."""
@@ -609,7 +616,7 @@ class PluginRunner:
         else:
             up = self._bring_up_state(S.DEGRADED, f"raw mode: {why}")
         if up and server.ping_method and self.spec.health.ping_interval > 0:
-            tg.start_soon(self._health_loop, conn, server.ping_method, None)
+            self._start_pings(conn, server.ping_method, None, tg)
 
     async def _initialize_server(self, conn: Connection) -> bool:
         """The preset's ``initialize``; False (the instance is ending) when it failed."""
@@ -636,31 +643,57 @@ class PluginRunner:
             self._end(outcome)
         return outcome is None
 
-    async def _health_loop(self, conn: Connection, method: str, params: Any) -> None:
-        """Liveness: ``method`` every ping_interval; no answer within ping_timeout (any
-        answer counts, an error too) ends the instance as hung."""
+    def _start_pings(self, conn: Connection, method: str, params: Any, tg: TaskGroup) -> None:
+        """Liveness for this instance: ``method`` every ping_interval, through the
+        supervisor's shared ticker (engine/health.py) when there is one."""
         interval = self.spec.health.ping_interval
-        timeout = self.spec.health.ping_timeout
-        delay = first_ping_delay(interval, random.random())
+        first = first_ping_delay(interval, random.random())
+        if self._health is None:
+            tg.start_soon(self._health_loop, conn, method, params, first)
+            return
+
+        async def ping() -> bool:
+            try:
+                return await self._ping_once(conn, method, params)
+            except Exception as exc:  # our bug: this instance's, like any other
+                self.fault(exc, "a liveness ping")
+                return False
+
+        self._watch = self._health.watch(interval, ping, first)
+
+    async def _health_loop(self, conn: Connection, method: str, params: Any,
+                           first: float) -> None:
+        """Liveness without a shared ticker: a task of the instance's own."""
+        delay = first
         while True:
             await anyio.sleep(delay)
-            delay = interval
-            sent = time.monotonic()
-            try:
-                await conn.call(method, params, timeout)
-            except CallTimeout:
-                if self.paused_since is not None or self.resumed_at >= sent:
-                    continue  # the CPU throttle held it, it did not hang
-                self._end(End(EndKind.HUNG, f"no answer to a liveness ping within {timeout:g} s",
-                               error=local_error(ErrorCode.TIMEOUT,
-                                                 f"plugin {self.spec.name!r} stopped answering "
-                                                 "(liveness ping timed out); it is restarted",
-                                                 plugin=self.spec.name)))
+            delay = self.spec.health.ping_interval
+            if not await self._ping_once(conn, method, params):
                 return
-            except PluginCrashed:
-                return
-            except CallError:
-                pass  # any answer, even an error, proves the plugin is alive
+
+    async def _ping_once(self, conn: Connection, method: str, params: Any) -> bool:
+        """One ping; no answer within ping_timeout (any answer counts, an error too) ends
+        the instance as hung. False once this instance needs no more pings."""
+        if conn is not self.conn or conn.closed_error is not None:
+            return False
+        timeout = self.spec.health.ping_timeout
+        sent = time.monotonic()
+        try:
+            await conn.call(method, params, timeout)
+        except CallTimeout:
+            if self.paused_since is not None or self.resumed_at >= sent:
+                return True  # the CPU throttle held it, it did not hang
+            self._end(End(EndKind.HUNG, f"no answer to a liveness ping within {timeout:g} s",
+                          error=local_error(ErrorCode.TIMEOUT,
+                                            f"plugin {self.spec.name!r} stopped answering "
+                                            "(liveness ping timed out); it is restarted",
+                                            plugin=self.spec.name)))
+            return False
+        except PluginCrashed:
+            return False
+        except CallError:
+            pass  # any answer, even an error, proves the plugin is alive
+        return True
 
     async def _watch_exit(self, process: Process, conn: Connection) -> None:
         """Notice death as soon as a pipe closes or the process exits (no polling)."""

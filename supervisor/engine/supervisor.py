@@ -27,6 +27,7 @@ from pipevisor.protocol import ErrorCode, ErrorObject, HandshakeParams, standard
 from pipevisor.protocol.interfaces import Direction, InterfaceViolation, negotiate_host_methods
 from pipevisor.supervisor.engine.config import PluginSpec, SupervisorConfig
 from pipevisor.supervisor.engine.events import EventHub, Subscription
+from pipevisor.supervisor.engine.health import HealthTicker
 from pipevisor.supervisor.engine.host_notifications import NotificationHandler, NotificationHandlers
 from pipevisor.supervisor.engine.interfaces import Adapter, AdapterRegistry, interfaces_from
 from pipevisor.supervisor.engine.metrics import render as render_metrics
@@ -202,6 +203,9 @@ class Supervisor:
         self.sampler = Sampler(self.runners, config.sample_interval)
         """Resource sampling and limit enforcement (docs/limits.md); off when the interval is 0."""
         self._sampler_scope = anyio.CancelScope()
+        self._ticker_scope = anyio.CancelScope()
+        self.health = HealthTicker()
+        """Sends every plugin's liveness pings, batched (engine/health.py)."""
         self._freezer_scope = anyio.CancelScope()
         self._fd_warned = False
         self._closing = False
@@ -238,6 +242,7 @@ class Supervisor:
         await self._tg.__aenter__()
         if self._subreaper:
             self._tg.start_soon(self._reap_adopted)
+        self._tg.start_soon(self._run_ticker)
         if self.config.sample_interval > 0:
             self._tg.start_soon(self._run_sampler)
         if self._freeze_heap and not HeapFreezer.host_manages_gc():
@@ -257,6 +262,7 @@ class Supervisor:
         self._freezer_scope.cancel()
         self.heap.release()
         self._sampler_scope.cancel()  # resumes any throttled tree so it can stop gracefully
+        self._ticker_scope.cancel()  # stopping plugins need no pings
         for runner in self.runners.values():
             runner.close()
         if not self.runners:
@@ -297,6 +303,10 @@ class Supervisor:
         with self._freezer_scope:
             await self.heap.run()
 
+    async def _run_ticker(self) -> None:
+        with self._ticker_scope:
+            await self.health.run()
+
     async def _run_sampler(self) -> None:
         with self._sampler_scope:
             await self.sampler.run()
@@ -324,6 +334,7 @@ class Supervisor:
             interfaces=self.interfaces,
             adapters=self.adapters.lookup,
             host_adapters=self.adapters.lookup_host,
+            health=self.health,
         )
         self.runners[spec.name] = runner
         self._room_for(len(self.runners))
