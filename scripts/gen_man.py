@@ -84,7 +84,11 @@ def page(cmd: click.Command, path: list[str], version: str,
     if cmd.help:
         out.append(".SH DESCRIPTION")
         out.extend(_paragraphs(cmd.help))
-    records = [r for p in cmd.get_params(ctx) if (r := p.get_help_record(ctx)) is not None]
+    # options only: click 8.5 started giving arguments help records too, and the
+    # arguments are already in the synopsis; this keeps the pages the same across
+    # click versions (CI installs the newest)
+    records = [r for p in cmd.get_params(ctx)
+               if isinstance(p, click.Option) and (r := p.get_help_record(ctx)) is not None]
     if records:
         out.append(".SH OPTIONS")
         for opts, help_text in records:

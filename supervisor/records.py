@@ -64,6 +64,10 @@ class _PluginStatus(TypedDict):
     invalid_results: int
     in_flight: int
     queued: int
+    calls_ok: int
+    """Calls answered with a result since the plugin was loaded."""
+    call_errors: int
+    """Calls that ended without a result (the plugin's error, timeout, crash, ...)."""
     stderr_tail: list[str]
     resources: dict[str, Any] | None
     """The sampler's last reading, for a plugin with limits."""

@@ -11,6 +11,7 @@ line). Errors always go to stderr, as ``pipevisor: <message>`` (or a JSON
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import re
 import sys
@@ -788,26 +789,84 @@ def events(plugins: tuple[str, ...], kinds: tuple[str, ...], since: float | None
     _with_client(socket_path, as_json, work)
 
 
-@click.command(short_help="A live status table, refreshed until Ctrl-C.")
+TOP_SORTS = ("cpu", "memory", "calls", "errors", "restarts", "name")
+"""What ``top`` may sort by; rates are per second over the last refresh."""
+
+
+def render_top(status: dict[str, Any], previous: dict[str, tuple[int, int]],
+               seconds: float, sort: str) -> str:
+    """One ``top`` frame: a row per plugin with what changes from second to second
+    (CPU, memory, calls and errors per second, calls in flight and queued), sorted by
+    ``sort`` (largest first; names A to Z). ``previous``: each plugin's (calls_ok,
+    call_errors) at the last frame, for the rates; updated in place."""
+    rows: list[tuple[dict[str, Any], float, float]] = []
+    for p in status.get("plugins", []):
+        ok, failed = int(p.get("calls_ok") or 0), int(p.get("call_errors") or 0)
+        before = previous.get(p["name"])
+        previous[p["name"]] = (ok, failed)
+        if before is None or seconds <= 0:
+            rows.append((p, math.nan, math.nan))
+        else:
+            rows.append((p, max(0, ok - before[0]) / seconds,
+                         max(0, failed - before[1]) / seconds))
+
+    def key(row: tuple[dict[str, Any], float, float]) -> Any:
+        p, calls, errors = row
+        if sort == "name":
+            return p["name"]
+        value = {"cpu": p.get("cpu_percent"), "memory": p.get("memory_rss"),
+                 "calls": calls, "errors": errors,
+                 "restarts": (p.get("restarts") or 0) + (p.get("requested_restarts") or 0),
+                 }[sort]
+        number = 0.0 if value is None or value != value else float(value)
+        return (-number, p["name"])
+
+    rows.sort(key=key)
+    header = ["NAME", "STATE", "PID", "CPU", "MEMORY", "CALLS/S", "ERR/S", "INFL", "QUEUE",
+              "RESTARTS"]
+    table = [header]
+    for p, calls, errors in rows:
+        cpu = p.get("cpu_percent")
+        table.append([
+            p["name"], p["state"], str(p.get("pid") or "-"),
+            "-" if cpu is None else f"{cpu:.1f}%", _memory(p.get("memory_rss")),
+            "-" if calls != calls else f"{calls:.1f}", "-" if errors != errors else f"{errors:.1f}",
+            str(p.get("in_flight") or 0), str(p.get("queued") or 0), _restarts(p),
+        ])
+    table = [[printable(cell) for cell in row] for row in table]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return "\n".join(" ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+                     for r in table)
+
+
+@click.command(short_help="A live view of every plugin, refreshed until Ctrl-C.")
 @click.option("--interval", "-d", type=click.FloatRange(min=0.2), default=2.0,
               show_default=True, metavar="S", help="Seconds between refreshes.")
 @click.option("--iterations", "-n", type=click.IntRange(min=1), default=None, metavar="N",
               help="Stop after N refreshes (default: until Ctrl-C).")
+@click.option("--sort", "-s", "sort", type=click.Choice(TOP_SORTS), default="cpu",
+              show_default=True, help="Order of the rows (largest first; name: A to Z).")
 @socket_option
-def top(interval: float, iterations: int | None, socket_path: str | None) -> None:
-    """A live status table, refreshed every S seconds until Ctrl-C: CPU is over the
-    last interval, plugins sorted by CPU then memory (like top)."""
+def top(interval: float, iterations: int | None, sort: str, socket_path: str | None) -> None:
+    """A live view of every plugin, refreshed every S seconds until Ctrl-C, like top:
+    state, pid, CPU over the last refresh, memory, calls and errors per second, calls
+    in flight and queued, restarts. On a terminal each refresh redraws the screen;
+    otherwise frames follow one another, so top -n 1 suits scripts."""
+    previous: dict[str, tuple[int, int]] = {}
+    last = [time.monotonic()]
 
     def frame(c: Client) -> str:
         result = c.status()
-        result["plugins"].sort(key=lambda p: (-(p.get("cpu_percent") or 0.0),
-                                              -(p.get("memory_rss") or 0), p["name"]))
+        now = time.monotonic()
+        seconds, last[0] = now - last[0], now
         stamp = time.strftime("%H:%M:%S")
-        return f"pipevisor top - {stamp}, every {interval:g} s\n" + render_status(result)
+        count = len(result.get("plugins", []))
+        return (f"pipevisor top - {stamp}, {count} plugin(s), every {interval:g} s, "
+                f"by {sort}\n" + render_top(result, previous, seconds, sort))
 
     def work(c: Client) -> None:
         clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
-        frame(c)  # the first CPU reading is since each plugin started: prime it
+        frame(c)  # the first CPU reading and call counts are since each plugin started
         shown = 0
         while iterations is None or shown < iterations:
             time.sleep(interval)

@@ -65,6 +65,8 @@ def plugin_status(r: PluginRunner) -> PluginStatus:
         "invalid_results": r.invalid_results,
         "in_flight": len(r.conn.peer.outgoing) if r.conn is not None else 0,
         "queued": r.gate.waiting,
+        "calls_ok": r.calls_ok,
+        "call_errors": sum(r.call_failures.values()),
         "stderr_tail": r.stderr.last(5),
         "resources": r.resources,
         "breaches": list(r.breaches),

@@ -307,6 +307,86 @@ async def test_an_errors_explanation_shows_without_json(sock_dir: str) -> None:
         assert '"origin"' not in err
 
 
+def test_top_rates_and_sort_orders() -> None:
+    """#19: top's rows: calls and errors per second from one frame to the next,
+    sortable; a plugin's name is printed escaped."""
+    from pipevisor.supervisor.cli.control import render_top
+
+    def status(a_ok: int, a_err: int, b_ok: int) -> dict[str, Any]:
+        return {"plugins": [
+            {"name": "a", "state": "ready", "pid": 1, "cpu_percent": 50.0,
+             "memory_rss": 1 << 20, "calls_ok": a_ok, "call_errors": a_err,
+             "in_flight": 3, "queued": 1, "restarts": 0, "requested_restarts": 0},
+            {"name": "b\x1b[2J", "state": "ready", "pid": 2, "cpu_percent": 1.0,
+             "memory_rss": 8 << 20, "calls_ok": b_ok, "call_errors": 0,
+             "in_flight": 0, "queued": 0, "restarts": 2, "requested_restarts": 1}]}
+
+    previous: dict[str, tuple[int, int]] = {}
+    first = render_top(status(10, 0, 0), previous, 2.0, "cpu").splitlines()
+    assert first[0].split()[:8] == ["NAME", "STATE", "PID", "CPU", "MEMORY", "CALLS/S",
+                                    "ERR/S", "INFL"]
+    assert first[1].split()[5:7] == ["-", "-"]  # no rate before a second frame
+    assert "\x1b" not in "\n".join(first) and first[2].startswith("b\\e[2J ")
+    by_calls = render_top(status(30, 4, 100), previous, 2.0, "calls").splitlines()
+    assert by_calls[1].startswith("b") and by_calls[1].split()[5] == "50.0"
+    assert by_calls[2].split()[5:9] == ["10.0", "2.0", "3", "1"]
+    assert render_top(status(30, 4, 100), previous, 2.0, "memory").splitlines()[1][0] == "b"
+    assert render_top(status(30, 4, 100), previous, 2.0, "errors").splitlines()[1][0] == "a"
+    assert render_top(status(30, 4, 100), previous, 2.0, "restarts").splitlines()[1][0] == "b"
+    assert render_top(status(30, 4, 100), previous, 2.0, "name").splitlines()[1][0] == "a"
+
+
+async def test_top_in_a_terminal_redraws_and_shows_calls_per_second(sock_dir: str) -> None:
+    """#19: top in a real pseudo-terminal: the screen is cleared and redrawn each
+    refresh, and a plugin being called shows its calls per second, sorted first."""
+    import pty
+
+    path = os.path.join(sock_dir, "c.sock")
+    async with running([fake_spec("idle"), fake_spec("busy")], path) as sup:
+        stop_calling = anyio.Event()
+
+        async def keep_calling() -> None:
+            while not stop_calling.is_set():
+                await sup.call("busy", "echo", {"n": 1}, timeout=10)
+
+        main, side = pty.openpty()
+        env = {k: v for k, v in os.environ.items() if k != "PIPEVISOR_SOCKET"}
+        env["COLUMNS"] = "100"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_calling)
+            proc = subprocess.Popen(  # noqa: ASYNC220 - a pty's fds; waited for in a thread
+                [sys.executable, "-m", "pipevisor.supervisor", "top", "-d", "0.3", "-n", "3",
+                 "--sort", "calls", "--socket", path],
+                stdin=side, stdout=side, stderr=subprocess.PIPE, env=env, close_fds=True)
+            os.close(side)
+            screen = b""
+            try:
+                with anyio.fail_after(30):
+                    while True:
+                        try:
+                            chunk = await anyio.to_thread.run_sync(os.read, main, 65536)
+                        except OSError:  # EIO: the terminal's other side closed
+                            break
+                        if not chunk:
+                            break
+                        screen += chunk
+                    code = await anyio.to_thread.run_sync(proc.wait)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                os.close(main)
+                stop_calling.set()
+        assert code == 0, proc.stderr.read() if proc.stderr else b""
+        text = screen.decode()
+        assert text.count("\x1b[H\x1b[2J") == 3  # one redraw per refresh
+        last = text.rsplit("\x1b[H\x1b[2J", 1)[1].splitlines()
+        assert "by calls" in last[0]
+        rows = [line.split() for line in last[2:] if line.strip()]
+        assert rows[0][0] == "busy" and float(rows[0][5]) > 0, last
+        assert rows[1][0] == "idle" and rows[1][5] == "0.0"
+
+
 async def test_top_refreshes_a_table_sorted_by_cpu(sock_dir: str) -> None:
     """#19: `pipevisor top`: a live table; here two refreshes, not a terminal."""
     path = os.path.join(sock_dir, "c.sock")
