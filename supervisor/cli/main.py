@@ -94,13 +94,18 @@ def run(config_path: str | None, socket_path: str | None, log_format: str | None
 @click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
               help="The file to check (default: the built-in configuration).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def verify(config_path: str | None, as_json: bool) -> None:
-    """Check a configuration without running anything (like nginx -t): the file is
-    read and checked as 'pipevisor run' would, discovery runs, and the plugins that
-    would start are listed. Exit 0 when 'pipevisor run' would accept it, 2 when it
-    would not."""
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+def verify(config_path: str | None, as_json: bool, file: str | None) -> None:
+    """Check a configuration without running anything (like nginx -t): the file
+    (FILE, or --config) is read and checked as 'pipevisor run' would, discovery runs,
+    and the plugins that would start are listed. Exit 0 when 'pipevisor run' would
+    accept it, 2 when it would not."""
     from pipevisor.supervisor.daemon import config_file
     from pipevisor.supervisor.errors import ConfigError
+
+    if file is not None and config_path is not None and file != config_path:
+        raise click.UsageError("give the file once: as FILE or with --config")
+    config_path = file or config_path
 
     try:
         config = config_file.load(config_path)

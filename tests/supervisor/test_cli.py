@@ -47,3 +47,21 @@ def test_verify_checks_a_configuration_without_running_it(tmp_path: Path) -> Non
     res = CliRunner().invoke(main, ["verify", "--config", str(bad), "--json"])
     assert res.exit_code == 2
     assert "plugins.echo.command" in res.output
+
+
+def test_verify_takes_the_file_as_an_argument_too(tmp_path: Path) -> None:
+    """`pipevisor verify FILE`, as `nginx -t -c FILE` users type it; FILE and a
+    different --config together are refused rather than one silently winning."""
+    import sys
+
+    from click.testing import CliRunner
+
+    good = tmp_path / "good.toml"
+    good.write_text(f'[plugins.echo]\ncommand = ["{sys.executable}", "-c", "pass"]\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[plugins.echo]\ncommand = 3\n')
+    res = CliRunner().invoke(main, ["verify", str(good)])
+    assert res.exit_code == 0 and "ok, 1 plugin(s) would start" in res.output, res.output
+    assert CliRunner().invoke(main, ["verify", str(bad)]).exit_code == 2
+    both = CliRunner().invoke(main, ["verify", str(good), "--config", str(bad)])
+    assert both.exit_code == 2 and "give the file once" in both.output
