@@ -219,9 +219,20 @@ def _notes(p: dict[str, Any]) -> list[str]:
     return notes
 
 
-def render_status(status: dict[str, Any]) -> str:
+STATE_COLOURS = {"ready": "32", "degraded": "33", "backoff": "33", "starting": "36",
+                 "handshaking": "36", "stopping": "36", "failed": "1;31"}
+"""SGR codes of each state in the table (stopped stays plain)."""
+
+
+def use_colour(stream: Any) -> bool:
+    """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
+    return "NO_COLOR" not in os.environ and bool(getattr(stream, "isatty", lambda: False)())
+
+
+def render_status(status: dict[str, Any], colour: bool = False) -> str:
     """The table fits 80 columns for names of up to 16 characters; reasons and
-    degradations, which do not fit in a cell, follow the table a line each."""
+    degradations, which do not fit in a cell, follow the table a line each. With
+    ``colour``, each state is coloured after padding, so the columns stay aligned."""
     daemon = status.get("daemon", {})
     header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "MEMORY", "CPU",
               "VERSION"]
@@ -241,8 +252,12 @@ def render_status(status: dict[str, Any]) -> str:
     lines = [f"pipevisor daemon pid {daemon.get('pid', '?')}, "
              f"up {_duration(time.time() - daemon['started']) if 'started' in daemon else '-'}, "
              f"{len(rows) - 1} plugin(s), socket {daemon.get('socket', '?')}"]
-    lines += [" ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-              for r in rows]
+    for n, r in enumerate(rows):
+        cells = [cell.ljust(w) for cell, w in zip(r, widths, strict=True)]
+        code = STATE_COLOURS.get(r[1]) if colour and n else None
+        if code is not None:
+            cells[1] = f"\x1b[{code}m{r[1]}\x1b[0m" + " " * (widths[1] - len(r[1]))
+        lines.append(" ".join(cells).rstrip())
     if notes:
         lines += ["", *(printable(note) for note in notes)]
     return "\n".join(lines)
@@ -355,7 +370,7 @@ def status(plugins: tuple[str, ...], lines: int, socket_path: str | None,
     if as_json:
         click.echo(_dump(result))
         return
-    out = [render_status(result)]
+    out = [render_status(result, colour=use_colour(sys.stdout))]
     for p in result["plugins"]:
         if "logs" in p:
             shown = len(p["logs"])

@@ -397,3 +397,32 @@ async def test_top_refreshes_a_table_sorted_by_cpu(sock_dir: str) -> None:
         assert text.count("pipevisor top - ") == 2
         assert text.count("NAME ") == 2 and "alpha" in text and "beta" in text
         assert "\x1b" not in text  # no screen control when stdout is not a terminal
+
+
+def test_status_colours_states_on_a_terminal_only_and_never_with_no_color(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """#19: colour on a TTY only, NO_COLOR honoured; the columns stay aligned."""
+    import io
+
+    from pipevisor.supervisor.cli.control import render_status, use_colour
+
+    status = {"daemon": {"pid": 1, "socket": "s", "started": time.time()}, "plugins": [
+        {"name": "a", "state": "ready", "pid": 10, "uptime": 5.0, "restarts": 0},
+        {"name": "bb", "state": "failed", "pid": None, "uptime": None, "restarts": 3,
+         "reason": "gave up"},
+        {"name": "c", "state": "stopped", "pid": None, "uptime": None, "restarts": 0}]}
+    plain = render_status(status)
+    coloured = render_status(status, colour=True)
+    assert "\x1b" not in plain
+    assert "\x1b[32mready\x1b[0m" in coloured and "\x1b[1;31mfailed\x1b[0m" in coloured
+    assert "stopped\x1b" not in coloured  # stopped stays plain
+    assert re.sub(r"\x1b\[[0-9;]*m", "", coloured) == plain  # same layout
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert use_colour(Tty()) and not use_colour(io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "")
+    assert not use_colour(Tty())
