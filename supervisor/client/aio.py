@@ -270,6 +270,15 @@ class AsyncClient:
                 old.abort()
             await self._open()
 
+    async def _tell_cancel(self, link: TransportLink | StreamLink, cancel: bytes) -> None:
+        """Send a request's cancel on ``link`` if that connection is still the live one;
+        a connection that broke meanwhile has forgotten the request anyway."""
+        if cancel and self._lost is None and self._link is link:
+            try:
+                await link.send(cancel)
+            except _LINK_ERRORS:
+                pass
+
     async def request(self, method: str, params: dict[str, Any] | None = None, *,
                       on_progress: ProgressListener | None = None) -> Any:
         """One control request (see protocol/SPEC.md, "Control socket");
@@ -313,12 +322,7 @@ class AsyncClient:
                 event = await waiter
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
-                    cancel = peer.cancel(ident)
-                    if cancel and self._lost is None and self._link is link:
-                        try:
-                            await link.send(cancel)
-                        except _LINK_ERRORS:
-                            pass
+                    await self._tell_cancel(link, peer.cancel(ident))
                 raise
         finally:
             if waiting.get(ident) is waiter:
@@ -326,12 +330,7 @@ class AsyncClient:
             if on_progress is not None:
                 self._listeners.pop(ident, None)
         if isinstance(event, _ListenerFailed):
-            cancel = peer.cancel(ident)
-            if cancel and self._lost is None and self._link is link:
-                try:
-                    await link.send(cancel)
-                except _LINK_ERRORS:
-                    pass
+            await self._tell_cancel(link, peer.cancel(ident))
             raise event.error
         if event is None:
             raise DaemonConnectionLost(self.socket_path, self._lost or "no answer")

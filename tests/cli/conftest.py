@@ -1,20 +1,8 @@
-"""Fixtures for the CLI tests (real daemons, real plugins, real terminals)."""
+"""Fixtures for the CLI tests (real daemons, real plugins, real terminals): the same
+short private socket folder as the daemon tests."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
+from tests.daemon.conftest import sock_dir
 
-import pytest
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    """A short private directory (0700) for the daemon's socket, config and state: Unix
-    socket paths are limited to ~107 bytes and pytest's tmp_path is long."""
-    d = tempfile.mkdtemp(prefix="pvcli-", dir="/tmp")
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+__all__ = ["sock_dir"]
