@@ -364,13 +364,15 @@ async def test_top_in_a_terminal_redraws_and_shows_calls_per_second(sock_dir: st
                 with anyio.fail_after(30):
                     while True:
                         try:
-                            chunk = await anyio.to_thread.run_sync(os.read, main, 65536)
+                            # abandoned on timeout: the finally kills top, which ends the read
+                            chunk = await anyio.to_thread.run_sync(os.read, main, 65536,
+                                                                   abandon_on_cancel=True)
                         except OSError:  # EIO: the terminal's other side closed
                             break
                         if not chunk:
                             break
                         screen += chunk
-                    code = await anyio.to_thread.run_sync(proc.wait)
+                    code = await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
             finally:
                 if proc.poll() is None:
                     proc.kill()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +44,17 @@ async def wait_recorded(path: Path, method: str, timeout: float) -> dict[str, An
 
     await wait_for(seen, timeout, f"{method} to reach the server")
     return found[0]
+
+
+@contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """``pid`` SIGSTOPped for the block, and SIGCONTed after it even when the block
+    fails (a stopped process would outlive the test); it may have died meanwhile."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass

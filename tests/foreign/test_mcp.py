@@ -20,7 +20,7 @@ from pipevisor.supervisor.engine.config import PluginMode, Preset, ServerPolicy
 from pipevisor.supervisor.engine.presets import MCP_VERSIONS
 from pipevisor.supervisor.engine.states import PluginState
 from pipevisor.supervisor.errors import CallError, CallTimeout, PluginError
-from tests.foreign.helpers import read_record, wait_for, wait_recorded
+from tests.foreign.helpers import read_record, stopped, wait_for, wait_recorded
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio
@@ -127,15 +127,9 @@ async def test_a_stopped_server_is_found_by_ping_and_restarted(tmp_path: Path) -
         await runner.wait_state({PluginState.READY}, 10)
         await wait_recorded(record, "ping", 5)  # pings go out while it is well
         pid = host_pid(sup)
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with stopped(pid):
             await wait_for(lambda: runner.instance == 2 and runner.state is PluginState.READY,
                            15, "a restart after the missed ping")
-        finally:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
         assert runner.last_exit is not None
         assert host_pid(sup) != pid
         # the replayed initialize came first on the new instance too

@@ -37,7 +37,7 @@ from pipevisor.supervisor.engine.config import Preset
 from pipevisor.supervisor.engine.presets import MCP_VERSIONS
 from pipevisor.supervisor.engine.states import PluginState
 from pipevisor.supervisor.errors import CallTimeout
-from tests.foreign.helpers import read_record, wait_for
+from tests.foreign.helpers import read_record, stopped, wait_for
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio
@@ -282,14 +282,8 @@ async def test_mcp_a_stopped_server_is_found_by_ping_and_restarted(kind: str) ->
         await sup.wait_ready(timeout=20)
         runner = sup.runner("m")
         pid = plugin_pid(sup, "m")
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with stopped(pid):
             await restarted(sup, "m", 30)
-        finally:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
         assert runner.last_exit is not None
         assert plugin_pid(sup, "m") != pid
         assert await echo(sup, "m") == server.echo_text
@@ -392,8 +386,7 @@ async def test_pylsp_a_timed_out_call_is_cancelled_at_the_server(tmp_path: Path)
         children = psutil.Process(plugin_pid(sup, "l")).children()
         assert len(children) == 1
         server = children[0]
-        server.send_signal(signal.SIGSTOP)
-        try:
+        with stopped(server.pid):
             with pytest.raises(CallTimeout):
                 await sup.call("l", "textDocument/hover", {
                     "textDocument": {"uri": uri},
@@ -406,8 +399,6 @@ async def test_pylsp_a_timed_out_call_is_cancelled_at_the_server(tmp_path: Path)
                 return bool(cancels)
 
             await wait_for(cancelled, 10, "$/cancelRequest to reach the server")
-        finally:
-            server.send_signal(signal.SIGCONT)
         hovers = [m for m in lsp_record(record) if m.get("method") == "textDocument/hover"]
         assert cancels[0]["params"] == {"id": hovers[-1]["id"]}
         # the server read it and goes on serving; its answer to the cancelled call is
