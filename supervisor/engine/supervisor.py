@@ -96,6 +96,9 @@ class HeapFreezer:
         self._collect = False
         self._instances = 0
         self.froze = False
+        self.enabled = False
+        """Whether this supervisor manages the collector (decided on entering it): not
+        with ``freeze_heap=False``, nor when the host froze or disabled gc itself."""
         self.passes = 0
         """Unfreeze-collect-freeze passes so far."""
         self.last_pause_ms: float | None = None
@@ -245,7 +248,8 @@ class Supervisor:
         self._tg.start_soon(self._run_ticker)
         if self.config.sample_interval > 0:
             self._tg.start_soon(self._run_sampler)
-        if self._freeze_heap and not HeapFreezer.host_manages_gc():
+        self.heap.enabled = self._freeze_heap and not HeapFreezer.host_manages_gc()
+        if self.heap.enabled:
             self._tg.start_soon(self._run_freezer)
         for spec in self.config.plugins:
             self._add(spec)

@@ -38,6 +38,7 @@ async def test_heap_frozen_after_start_refrozen_after_unload_released_at_exit() 
         assert gc.get_freeze_count() > 0
         assert sup.heap.collections == 0  # after a start, freezing alone: no pause
 
+        assert sup.heap.enabled  # the default: this supervisor manages the collector
         runner = weakref.ref(sup.runner("p1"))
         await sup.unload("p1")
         passes = sup.heap.passes
@@ -56,7 +57,8 @@ async def test_freeze_heap_false_leaves_the_collector_alone() -> None:
     async with Supervisor([fake_spec("p")], freeze_heap=False) as sup:
         await sup.wait_ready(timeout=30)
         sup.heap.changed()
-        await anyio.sleep(sup.heap.QUIET * 3)  # a pass would have run by now, if any
+        # decided on entry, so nothing to wait for: no freezer task was started at all
+        assert not sup.heap.enabled
         assert sup.heap.passes == 0
         assert gc.get_freeze_count() == 0
 
@@ -67,7 +69,8 @@ async def test_a_host_that_froze_its_heap_itself_is_left_alone() -> None:
     async with Supervisor([fake_spec("p")]) as sup:
         await sup.wait_ready(timeout=30)
         sup.heap.changed()
-        await anyio.sleep(sup.heap.QUIET * 3)  # a pass would have run by now, if any
+        # decided on entry, so nothing to wait for: no freezer task was started at all
+        assert not sup.heap.enabled
         assert sup.heap.passes == 0
     # still frozen (a few frozen objects may have been freed by reference counting)
     assert gc.get_freeze_count() > frozen // 2
