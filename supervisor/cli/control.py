@@ -229,6 +229,22 @@ def use_colour(stream: Any) -> bool:
     return "NO_COLOR" not in os.environ and bool(getattr(stream, "isatty", lambda: False)())
 
 
+def _table(rows: list[list[str]], colour: bool) -> list[str]:
+    """A header and rows as aligned lines: every cell escaped (names, versions and
+    reasons are plugin text), the STATE column (the second) coloured after padding
+    when ``colour``, so colour never moves a column."""
+    rows = [[printable(cell) for cell in row] for row in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, r in enumerate(rows):
+        cells = [cell.ljust(w) for cell, w in zip(r, widths, strict=True)]
+        code = STATE_COLOURS.get(r[1]) if colour and n else None
+        if code is not None:
+            cells[1] = f"\x1b[{code}m{r[1]}\x1b[0m" + " " * (widths[1] - len(r[1]))
+        lines.append(" ".join(cells).rstrip())
+    return lines
+
+
 def render_status(status: dict[str, Any], colour: bool = False) -> str:
     """The table fits 80 columns for names of up to 16 characters; reasons and
     degradations, which do not fit in a cell, follow the table a line each. With
@@ -247,17 +263,10 @@ def render_status(status: dict[str, Any], colour: bool = False) -> str:
             _version(p)[:10],
         ])
         notes += _notes(p)
-    rows = [[printable(cell) for cell in row] for row in rows]  # versions, reasons: plugin text
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"pipevisor daemon pid {daemon.get('pid', '?')}, "
              f"up {_duration(time.time() - daemon['started']) if 'started' in daemon else '-'}, "
              f"{len(rows) - 1} plugin(s), socket {daemon.get('socket', '?')}"]
-    for n, r in enumerate(rows):
-        cells = [cell.ljust(w) for cell, w in zip(r, widths, strict=True)]
-        code = STATE_COLOURS.get(r[1]) if colour and n else None
-        if code is not None:
-            cells[1] = f"\x1b[{code}m{r[1]}\x1b[0m" + " " * (widths[1] - len(r[1]))
-        lines.append(" ".join(cells).rstrip())
+    lines += _table(rows, colour)
     if notes:
         lines += ["", *(printable(note) for note in notes)]
     return "\n".join(lines)
@@ -809,7 +818,7 @@ TOP_SORTS = ("cpu", "memory", "calls", "errors", "restarts", "name")
 
 
 def render_top(status: dict[str, Any], previous: dict[str, tuple[int, int]],
-               seconds: float, sort: str) -> str:
+               seconds: float, sort: str, colour: bool = False) -> str:
     """One ``top`` frame: a row per plugin with what changes from second to second
     (CPU, memory, calls and errors per second, calls in flight and queued), sorted by
     ``sort`` (largest first; names A to Z). ``previous``: each plugin's (calls_ok,
@@ -848,10 +857,7 @@ def render_top(status: dict[str, Any], previous: dict[str, tuple[int, int]],
             "-" if calls != calls else f"{calls:.1f}", "-" if errors != errors else f"{errors:.1f}",
             str(p.get("in_flight") or 0), str(p.get("queued") or 0), _restarts(p),
         ])
-    table = [[printable(cell) for cell in row] for row in table]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    return "\n".join(" ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-                     for r in table)
+    return "\n".join(_table(table, colour))
 
 
 @click.command(short_help="A live view of every plugin, refreshed until Ctrl-C.")
@@ -877,7 +883,8 @@ def top(interval: float, iterations: int | None, sort: str, socket_path: str | N
         stamp = time.strftime("%H:%M:%S")
         count = len(result.get("plugins", []))
         return (f"pipevisor top - {stamp}, {count} plugin(s), every {interval:g} s, "
-                f"by {sort}\n" + render_top(result, previous, seconds, sort))
+                f"by {sort}\n" + render_top(result, previous, seconds, sort,
+                                            use_colour(sys.stdout)))
 
     def work(c: Client) -> None:
         clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""

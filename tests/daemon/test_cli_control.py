@@ -382,6 +382,7 @@ async def test_top_in_a_terminal_redraws_and_shows_calls_per_second(sock_dir: st
         assert code == 0, proc.stderr.read() if proc.stderr else b""
         text = screen.decode()
         assert text.count("\x1b[H\x1b[2J") == 3  # one redraw per refresh
+        assert "\x1b[32mready\x1b[0m" in text  # states in colour on a terminal
         last = text.rsplit("\x1b[H\x1b[2J", 1)[1].splitlines()
         assert "by calls" in last[0]
         rows = [line.split() for line in last[2:] if line.strip()]
