@@ -97,6 +97,32 @@ class _Slot:
         self.event.set()
 
 
+AnswerCallback = Callable[[Response | ErrorResponse, bool], None]
+"""(answer, made up locally) for a request sent with :meth:`Connection.request_nowait`;
+``local`` is True for an answer this side made (the plugin died, the reply was junk)."""
+
+
+class _CallbackSlot:
+    """A request nobody awaits: its answer is handed to a callback where it arrives
+    (in the reader), so a liveness ping costs no task, no future and no timer."""
+
+    __slots__ = ("done", "local", "response")
+
+    def __init__(self, done: AnswerCallback) -> None:
+        self.done = done
+        self.response: Response | ErrorResponse | None = None
+        self.local = False
+
+    def set(self) -> None:
+        response = self.response
+        if response is None:
+            return
+        try:
+            self.done(response, self.local)
+        except Exception:  # the callback's bug must not end the plugin's reader
+            log.exception("an answer callback failed")
+
+
 @dataclass(slots=True)
 class ConnectionCallbacks:
     on_notification: Callable[[Notification], None]
@@ -134,7 +160,7 @@ class Connection:
         self.raw_errors = False
         """A foreign server's errors pass through untouched (raw mode): its codes are its
         own, even in pipevisor's local block; ours still carry ``data.origin``."""
-        self._slots: dict[RequestId, _Slot | FutureSlot] = {}
+        self._slots: dict[RequestId, _Slot | FutureSlot | _CallbackSlot] = {}
         self._progress: dict[RequestId, ProgressListener] = {}
         """Callers that asked to hear ``pipevisor/progress`` for their request, by id."""
         self._write_lock = anyio.Lock(fast_acquire=True)
@@ -260,6 +286,36 @@ class Connection:
         if self.raw_errors:
             raise _raw_error(response.error)
         raise error_from_object(sanitize_plugin_error(response.error))
+
+    def request_nowait(self, method: str, params: Any, done: AnswerCallback) -> RequestId | None:
+        """Send a request whose answer goes to ``done`` (called once, from the reader,
+        also with the local error when the plugin dies first); no task waits for it.
+
+        The caller keeps its own deadline and calls :meth:`forget` when it passes. None
+        when nothing was sent: the connection is closed or closing, or it has no
+        callback path (the portable anyio path: await :meth:`call` there)."""
+        fast = self._fast
+        if fast is None or self.closed_error is not None or fast.closing():
+            return None
+        try:
+            ident, data = self.peer.send_request(method, params)
+        except EncodeError:
+            return None
+        self._slots[ident] = _CallbackSlot(done)
+        fast.send(data)
+        return ident
+
+    def forget(self, ident: RequestId, reason: str) -> bool:
+        """Give up on a request from :meth:`request_nowait` that has not been answered:
+        its callback is never called, a late answer is dropped, and the plugin hears a
+        cancel (queued, not awaited). False when it was answered already."""
+        if self._slots.pop(ident, None) is None:
+            return False
+        data = self._cancel(ident, reason)
+        fast = self._fast
+        if data and fast is not None and not fast.closing():
+            fast.send(data)
+        return True
 
     def _cancel(self, ident: RequestId, reason: str) -> bytes:
         """Forget ``ident``; the bytes telling the other side (maybe none)."""
