@@ -65,7 +65,13 @@ from pipevisor.supervisor.engine.ending import (
     exit_end,
 )
 from pipevisor.supervisor.engine.events import EventHub, EventKind, SupervisorEvent
-from pipevisor.supervisor.engine.health import HealthTicker, Watch, first_ping_delay
+from pipevisor.supervisor.engine.health import (
+    ConnectionPings,
+    HealthTicker,
+    Watch,
+    first_ping_delay,
+    held_by_throttle,
+)
 from pipevisor.supervisor.engine.host_calls import HostCalls
 from pipevisor.supervisor.engine.limits import LimitAction, backstop_evidence
 from pipevisor.supervisor.engine.method_calls import MethodCalls
@@ -645,7 +651,9 @@ class PluginRunner:
 
     def _start_pings(self, conn: Connection, method: str, params: Any, tg: TaskGroup) -> None:
         """Liveness for this instance: ``method`` every ping_interval, through the
-        supervisor's shared ticker (engine/health.py) when there is one."""
+        supervisor's shared ticker (engine/health.py) when there is one: sent from the
+        ticker and heard in the connection's reader, with no task, future or timer a
+        ping; awaited in a task only where the connection has no callback path."""
         interval = self.spec.health.ping_interval
         first = first_ping_delay(interval, random.random())
         if self._health is None:
@@ -659,7 +667,12 @@ class PluginRunner:
                 self.fault(exc, "a liveness ping")
                 return False
 
-        self._watch = self._health.watch(interval, ping, first)
+        pings = ConnectionPings(
+            conn, method, params, self.spec.health.ping_timeout,
+            current=lambda: conn is self.conn,
+            unanswered=self._ping_unanswered,
+            fault=lambda exc: self.fault(exc, "a liveness ping"))
+        self._watch = self._health.watch(interval, ping, first, pings)
 
     async def _health_loop(self, conn: Connection, method: str, params: Any,
                            first: float) -> None:
@@ -681,19 +694,26 @@ class PluginRunner:
         try:
             await conn.call(method, params, timeout)
         except CallTimeout:
-            if self.paused_since is not None or self.resumed_at >= sent:
-                return True  # the CPU throttle held it, it did not hang
-            self._end(End(EndKind.HUNG, f"no answer to a liveness ping within {timeout:g} s",
-                          error=local_error(ErrorCode.TIMEOUT,
-                                            f"plugin {self.spec.name!r} stopped answering "
-                                            "(liveness ping timed out); it is restarted",
-                                            plugin=self.spec.name)))
-            return False
+            return self._ping_unanswered(sent)
         except PluginCrashed:
             return False
         except CallError:
             pass  # any answer, even an error, proves the plugin is alive
         return True
+
+    def _ping_unanswered(self, sent: float) -> bool:
+        """A ping sent at ``sent`` (monotonic) got no answer within ping_timeout: the
+        instance ends as hung, unless the CPU throttle held it (True: ping on). One
+        verdict for pings awaited and pings heard in the ticker (engine/health.py)."""
+        if held_by_throttle(sent, self.paused_since, self.resumed_at):
+            return True  # the CPU throttle held it, it did not hang
+        timeout = self.spec.health.ping_timeout
+        self._end(End(EndKind.HUNG, f"no answer to a liveness ping within {timeout:g} s",
+                      error=local_error(ErrorCode.TIMEOUT,
+                                        f"plugin {self.spec.name!r} stopped answering "
+                                        "(liveness ping timed out); it is restarted",
+                                        plugin=self.spec.name)))
+        return False
 
     async def _watch_exit(self, process: Process, conn: Connection) -> None:
         """Notice death as soon as a pipe closes or the process exits (no polling)."""
