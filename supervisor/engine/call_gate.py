@@ -88,6 +88,14 @@ class CallGate:
         else:
             self.in_flight -= 1
 
+    def try_enter(self) -> bool:
+        """Take a free slot if one is there and nobody waits: the common case, with no
+        coroutine to create and await. False: call :meth:`enter`."""
+        if self.in_flight < self.max_in_flight and not self._queue:
+            self.in_flight += 1
+            return True
+        return False
+
     async def enter(self, method: str, deadline: float, timeout: float) -> bool:
         """Take a slot before ``deadline``; True when that meant waiting in line. Every
         successful ``enter`` must be paired with one ``leave``."""

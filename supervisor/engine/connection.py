@@ -254,13 +254,28 @@ class Connection:
             ident, data = self.peer.send_request(method, params)
         except EncodeError as exc:
             raise CallError(standard_error(ErrorCode.INVALID_PARAMS, str(exc))) from exc
-        fast = self._fast
-        slot: _Slot | FutureSlot
         if on_progress is not None:
             self._progress[ident] = on_progress
+        fast = self._fast
+        slot: _Slot | FutureSlot
         try:
             if fast is not None:
-                slot = await self._call_fast(fast, ident, data, timeout)
+                # the fast path inline (one coroutine frame less per call): one future,
+                # and the deadline on the connection's one timer (io/pipes.py)
+                slot = FutureSlot(fast.loop.create_future())
+                slots = self._slots
+                slots[ident] = slot
+                if timeout is not None:
+                    fast.deadlines.add(fast.time() + timeout, slot, len(slots))
+                try:
+                    if not fast.closing():  # else the reader is about to fail every call
+                        fast.send(data)
+                        if fast.queued() > _HIGH_WATER:
+                            await self._wait_for_plugin(fast, timeout)
+                    await slot.future
+                except BaseException:
+                    await self._abandon(slot, ident)
+                    raise
             else:
                 slot = await self._call_portable(ident, data, timeout)
         finally:
@@ -333,38 +348,15 @@ class Connection:
         except EncodeError:
             return b""
 
-    async def _call_fast(self, fast: AsyncioPipes, ident: RequestId, data: bytes,
-                         timeout: float | None) -> FutureSlot:
-        """Send and wait with one future and (given a timeout) one loop timer.
-
-        The timer settles the future without a response, which ``call`` reads
-        as a timeout; the write needs no checkpoint of its own because the
-        await on the future yields anyway.
-        """
-        slot = fast.slot()
-        self._slots[ident] = slot
-        timer = None if timeout is None else fast.call_later(timeout, slot.set)
-        try:
-            if fast.closing():
-                pass  # the reader is about to fail every pending call with the real reason
-            else:
-                fast.send(data)
-                if fast.queued() > _HIGH_WATER:
-                    # a plugin that does not read: wait for it no longer than the call may
-                    # take (the timer has settled the future by then: a timeout)
-                    with anyio.move_on_after(timeout if timeout is not None else math.inf):
-                        try:
-                            await fast.drain()
-                        except anyio.BrokenResourceError:
-                            pass  # as above: the reader settles the call
-            await slot.future
-        except BaseException:
-            await self._abandon(slot, ident)
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-        return slot
+    @staticmethod
+    async def _wait_for_plugin(fast: AsyncioPipes, timeout: float | None) -> None:
+        """A plugin that does not read: wait for it no longer than the call may take (the
+        deadline has settled the call by then: a timeout)."""
+        with anyio.move_on_after(timeout if timeout is not None else math.inf):
+            try:
+                await fast.drain()
+            except anyio.BrokenResourceError:
+                pass  # the reader settles the call with the real reason
 
     async def _abandon(self, slot: _Slot | FutureSlot, ident: RequestId) -> None:
         """The caller was cancelled before an answer: forget the slot and tell the plugin
@@ -436,7 +428,12 @@ class Connection:
         write what the peer owes the plugin at once."""
 
         def on_data(data: bytes) -> None:
-            self._handle(self.peer.receive_data(data), tg)
+            events = self.peer.receive_data(data)
+            self._handle(events, tg)
+            if len(events) > 1:
+                # the callers just woken write together: the flush is queued after
+                # their wake-ups (set_result queued those), so it runs right after them
+                fast.join_writes()
             out = self._take_output()
             if out and not fast.closing():
                 fast.send(out)
@@ -515,6 +512,12 @@ class Connection:
             self.closed_error = error
         for failed in self.peer.fail_all(error):
             self._settle(failed)
+        # a call whose answer the peer took but that was never handed over (our fault
+        # between the two) is still waiting: it gets the error too, not its timeout
+        for ident in list(self._slots):
+            self._settle(ResponseReceived(ErrorResponse(ident, error), "", local=True))
+        if self._fast is not None:
+            self._fast.deadlines.close()  # every call is settled: no timer to keep
         for scope in self._host_scopes.values():
             scope.cancel()
 

@@ -86,6 +86,7 @@ from pipevisor.supervisor.errors import (
     PluginError,
     local,
 )
+from pipevisor.supervisor.io.pipes import loop_clock
 from pipevisor.supervisor.proc import containment as _platform
 from pipevisor.supervisor.proc import leftovers, tree
 from pipevisor.supervisor.proc.privileges import Privileges
@@ -126,6 +127,8 @@ class PluginRunner:
         health: HealthTicker | None = None,
     ) -> None:
         self.spec = spec
+        self._clock: Callable[[], float] = anyio.current_time
+        """The loop's clock; a cheaper read of it once :meth:`run` is in the loop."""
         self._health = health
         self._watch: Watch | None = None
         """This instance's place in the shared ping ticker, if any."""
@@ -288,20 +291,21 @@ class PluginRunner:
                    on_progress: ProgressListener | None = None) -> Any:
         if timeout is None:
             timeout = self.spec.calls.timeout
-        deadline = anyio.current_time() + timeout
+        clock = self._clock
+        deadline = clock() + timeout
         conn = self.conn
         waited = False  # the common case: the whole timeout is left for the plugin
         if self.state not in SERVING or conn is None:
             conn = await self._wait_serving(deadline, method)
             waited = True
         gate = self.gate
-        if await gate.enter(method, deadline, timeout):
+        if not gate.try_enter() and await gate.enter(method, deadline, timeout):
             waited = True
         try:
             if conn.closed_error is not None:
                 conn = await self._wait_serving(deadline, method)
                 waited = True
-            left = max(0.0, deadline - anyio.current_time()) if waited else timeout
+            left = max(0.0, deadline - clock()) if waited else timeout
             routes = self.methods.routes
             route = routes.get(method) if routes else None
             if route is not None:
@@ -363,6 +367,7 @@ class PluginRunner:
         event, the restart decision) leaves the plugin ``failed`` with the reason, its
         neighbours untouched; ``start`` brings it back.
         """
+        self._clock = loop_clock()
         while True:
             try:
                 await self._run_loop()

@@ -108,6 +108,27 @@ async def test_queued_callers_go_in_order_and_newcomers_do_not_overtake() -> Non
 
 
 @pytest.mark.anyio
+async def test_try_enter_takes_only_a_free_slot_nobody_waits_for() -> None:
+    gate = CallGate("p", max_in_flight=2, max_queued=10)
+    assert gate.try_enter() and gate.try_enter()
+    assert not gate.try_enter() and gate.in_flight == 2  # full: nothing taken
+
+    async def queued() -> None:
+        await _enter(gate)
+        gate.leave()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queued)
+        with anyio.fail_after(5):
+            while gate.waiting < 1:
+                await anyio.lowlevel.checkpoint()
+        gate.leave()  # handed to the queued caller: still 2 in flight
+        assert not gate.try_enter() and gate.in_flight == 2
+        gate.leave()
+    assert gate.in_flight == 0 and gate.try_enter()
+
+
+@pytest.mark.anyio
 async def test_a_cancelled_caller_passes_a_handed_slot_on() -> None:
     gate = CallGate("p", max_in_flight=1, max_queued=10)
     await _enter(gate)

@@ -142,7 +142,7 @@ def _steps() -> dict[str, tuple[Any, str, Any, str]]:
         "spawn-record": (_platform.LeftoverRecord, "record", lambda self, *a: True, "load"),
         "handshake": (MethodCalls, "negotiate", _victim, "load"),
         "reading": (Connection, "_settle", _victim, "call"),
-        "writing": (Connection, "_call_fast", _victim, "call"),
+        "calling": (Connection, "call", _victim, "call"),
         "notification": (PluginOutput, "on_notification", _victim, "call"),
         "stderr": (PluginOutput, "on_stderr", _victim, "call"),
         "sampling": (Sampler, "_enforce", lambda self, runner, *a: runner.spec.name == "victim",
