@@ -1,0 +1,129 @@
+"""Host-bound call cost: every client talks to the same C echo plugin.
+
+With a Python echo child, 64 calls in flight measure the child as much as the host:
+the stdlib plugin costs about 10 us of CPU a call, so no host can pass 100k calls/s
+through it, and the asyncio baseline's orjson child is cheaper than the plugin the
+supervisor cases use, which tilts the ratio. ``perf/plugins/c_echo_plugin.c`` answers
+in about a microsecond, so what is left is the host's own work per call, and the
+ratios below compare hosts on equal terms (issue #20's "64 in flight >= 1.5x plain
+asyncio streams"):
+
+- ``blocking-pipe-c-plugin``: a blocking Python parent (write, flush, readline),
+  sequential: the floor for one call at a time;
+- ``asyncio-pipe-c-plugin`` / ``asyncio-pipe-pipelined-64-c-plugin``: plain asyncio
+  streams with an id -> future dict (the client of ``asyncio_baseline.py``);
+- ``embedded-seq-c-plugin`` / ``embedded-pipelined-64-c-plugin``: ``Supervisor.call``
+  with the plugin's handshake, deadline, gate and checks; its ratios are against the
+  two above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+
+from perf.cases.asyncio_baseline import AsyncioClient, _read
+from perf.cases.baselines import PIPELINE_DEPTH, PipePeer, _close_peer, sequential_roundtrips
+from perf.cases.supervisor_calls import PARAMS, Embedded, _pipelined, _start, _stop
+from perf.harness import Context, build_c, case
+from pipevisor.supervisor import PluginSpec
+
+C_PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "c_echo_plugin.c"
+
+
+def _binary(ctx: Context) -> str:
+    return str(build_c(ctx, C_PLUGIN))
+
+
+def _setup_blocking(ctx: Context) -> PipePeer:
+    return PipePeer(ctx.popen([_binary(ctx)], stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+
+
+@case("blocking-pipe-c-plugin", group="host-bound", unit="us/call",
+      baseline="blocking-pipe-c-plugin", setup=_setup_blocking, teardown=_close_peer)
+def blocking_pipe_c_plugin(ctx: Context) -> float:
+    """Blocking Python parent to the C echo plugin, sequential: the one-call floor."""
+    return sequential_roundtrips(ctx, ctx.state, ctx.pick(full=5000, quick=50))
+
+
+async def _setup_asyncio(ctx: Context) -> AsyncioClient:
+    proc = await asyncio.create_subprocess_exec(
+        _binary(ctx), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    loop = asyncio.get_running_loop()
+    client = AsyncioClient(proc, loop.create_task(asyncio.sleep(0)))
+    client.reader = loop.create_task(_read(client))
+    return client
+
+
+async def _teardown_asyncio(ctx: Context) -> None:
+    client: AsyncioClient | None = ctx.state
+    if client is None:
+        return
+    assert client.proc.stdin is not None
+    client.proc.stdin.close()
+    try:
+        await asyncio.wait_for(client.proc.wait(), 5)
+    except TimeoutError:
+        client.proc.kill()
+        await client.proc.wait()
+    await client.reader
+
+
+@case("asyncio-pipe-c-plugin", group="host-bound", unit="us/call",
+      baseline="blocking-pipe-c-plugin", setup=_setup_asyncio, teardown=_teardown_asyncio)
+async def asyncio_pipe_c_plugin(ctx: Context) -> float:
+    """Plain asyncio streams + id->future dict to the C echo plugin, sequential."""
+    client: AsyncioClient = ctx.state
+    n = ctx.pick(full=5000, quick=50)
+    start = time.perf_counter_ns()
+    for _ in range(n):
+        client.next_id += 1
+        await client.call(client.next_id)
+    return (time.perf_counter_ns() - start) / n / 1000
+
+
+@case("asyncio-pipe-pipelined-64-c-plugin", group="host-bound", unit="calls/s",
+      baseline="asyncio-pipe-pipelined-64-c-plugin", setup=_setup_asyncio,
+      teardown=_teardown_asyncio, repeat=10)
+async def asyncio_pipe_pipelined_64_c_plugin(ctx: Context) -> float:
+    """Plain asyncio client, 64 tasks in flight to the C echo plugin: host-bound throughput."""
+    client: AsyncioClient = ctx.state
+    remaining = total = ctx.pick(full=20000, quick=256)
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            client.next_id += 1
+            await client.call(client.next_id)
+
+    start = time.perf_counter_ns()
+    await asyncio.gather(*(worker() for _ in range(PIPELINE_DEPTH)))
+    return total / ((time.perf_counter_ns() - start) / 1e9)
+
+
+async def _setup_embedded(ctx: Context) -> Embedded:
+    return await _start([PluginSpec("echo", (_binary(ctx),))])
+
+
+@case("embedded-seq-c-plugin", group="host-bound", unit="us/call",
+      baseline="asyncio-pipe-c-plugin", setup=_setup_embedded, teardown=_stop)
+async def embedded_seq_c_plugin(ctx: Context) -> float:
+    """Sequential Supervisor.call() to the C echo plugin, vs plain asyncio on the same plugin."""
+    st: Embedded = ctx.state
+    call = st.sup.call
+    n = ctx.pick(full=5000, quick=50)
+    start = time.perf_counter_ns()
+    for _ in range(n):
+        await call("echo", "echo", PARAMS, timeout=10.0)
+    return (time.perf_counter_ns() - start) / n / 1000
+
+
+@case("embedded-pipelined-64-c-plugin", group="host-bound", unit="calls/s",
+      baseline="asyncio-pipe-pipelined-64-c-plugin", setup=_setup_embedded, teardown=_stop,
+      repeat=10)
+async def embedded_pipelined_64_c_plugin(ctx: Context) -> float:
+    """64 tasks calling the C echo plugin through Supervisor.call(), vs plain asyncio."""
+    return await _pipelined(ctx, PIPELINE_DEPTH, ctx.pick(full=20000, quick=256))
