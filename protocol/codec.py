@@ -154,6 +154,12 @@ def decode_line(line: bytes) -> Decoded | Batch:
             return Fault(FaultKind.INVALID_UTF8, f"invalid UTF-8 at byte {uexc.start}",
                          _truncate(line))
         return Fault(FaultKind.INVALID_JSON, f"not JSON: {exc}", _truncate(line))
+    return decode_value(obj, line)
+
+
+def decode_value(obj: Any, line: bytes) -> Decoded | Batch:
+    """Classify a line's already-parsed JSON: what :func:`decode_line` does after
+    parsing, for a reader that parsed the line itself."""
     if type(obj) is list:
         if not obj:
             return Fault(FaultKind.INVALID_MESSAGE, "empty batch", _truncate(line), None, True)
@@ -194,6 +200,7 @@ __all__ = [
     "Fault",
     "FaultKind",
     "decode_line",
+    "decode_value",
     "encode",
     "encode_request",
     "parse_value",

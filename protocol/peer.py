@@ -30,7 +30,15 @@ from typing import Any
 
 import orjson
 
-from pipevisor.protocol.codec import Decoded, Fault, FaultKind, decode_line, encode, encode_request
+from pipevisor.protocol.codec import (
+    Decoded,
+    Fault,
+    FaultKind,
+    decode_line,
+    decode_value,
+    encode,
+    encode_request,
+)
 from pipevisor.protocol.content_length import ContentLengthSplitter
 from pipevisor.protocol.content_length import frame as _content_length_frame
 from pipevisor.protocol.errors import (
@@ -196,7 +204,27 @@ class Peer:
             self._queue_error(None, standard_error(ErrorCode.PARSE_ERROR, "line too long"))
 
     def _handle_line(self, line: bytes, events: list[Event]) -> None:
-        decoded = decode_line(line)
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            decoded = decode_line(line)  # the fault, with its reason
+        else:
+            if type(obj) is dict and "result" in obj:
+                # The common case first: the answer to a call in flight. The checks are
+                # parse_value's for a response (a "2.0" jsonrpc, a string or integer id,
+                # result and no error, no method) and the event is _handle_response's;
+                # anything else takes the general path below.
+                ident = obj.get("id")
+                kind = type(ident)
+                outgoing = self._outgoing
+                if ((kind is int or kind is str) and ident in outgoing
+                        and obj.get("jsonrpc") == "2.0" and "error" not in obj
+                        and "method" not in obj):
+                    self.stats.messages_in += 1
+                    events.append(ResponseReceived(Response(ident, obj["result"]),
+                                                   outgoing.pop(ident)))
+                    return
+            decoded = decode_value(obj, line)
         if type(decoded) is list:
             self._handle_batch(decoded, events)
         else:
