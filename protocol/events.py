@@ -21,7 +21,7 @@ class NotificationReceived:
     notification: Notification
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ResponseReceived:
     """The answer to a request we sent (``method`` is the method we called).
 
@@ -34,6 +34,19 @@ class ResponseReceived:
     local: bool = False
     """True when this side made the answer up (``fail_all``, a malformed reply):
     the error is then pipevisor's own, not the peer's."""
+
+    def __init__(self, response: Response | ErrorResponse, method: str,
+                 local: bool = False) -> None:
+        # the slot descriptors, not object.__setattr__: one of these per answer read
+        # (see messages.Response)
+        _set_received_response(self, response)
+        _set_received_method(self, method)
+        _set_received_local(self, local)
+
+
+_set_received_response = ResponseReceived.__dict__["response"].__set__
+_set_received_method = ResponseReceived.__dict__["method"].__set__
+_set_received_local = ResponseReceived.__dict__["local"].__set__
 
 
 @dataclass(frozen=True, slots=True)
