@@ -340,9 +340,13 @@ class Peer:
         ident = self._next_id()
         if ident in self._outgoing:
             raise LocalProtocolError(f"id factory produced {ident!r}, which is still in flight")
-        data = self._fits(encode_request(ident, method, params), "request")
+        data = encode_request(ident, method, params)
+        if len(data) - 1 > self._splitter.max_line_bytes:  # _fits, inline on the hot path
+            self._fits(data, "request")
         self._outgoing[ident] = method
-        self._abandoned.pop(ident, None)
+        abandoned = self._abandoned
+        if abandoned:  # an id factory may hand out an id given up on earlier
+            abandoned.pop(ident, None)
         self.stats.messages_out += 1
         return ident, (data if self._frame is None else self._frame(data))
 

@@ -477,8 +477,9 @@ class Supervisor:
         ``on_progress`` is called with the params of each ``pipevisor/progress`` the
         plugin sends for this call (SPEC 7.5: ``progress``, maybe ``total`` and
         ``message``), in order, until the answer arrives."""
-        _not_reserved(method, plugin)
-        runner = self.runner(plugin)
+        if method.startswith("pipevisor/"):
+            _not_reserved(method, plugin)
+        runner = self.runners.get(plugin) or self.runner(plugin)
         try:
             result = await runner.call(method, params, timeout, on_progress)
         except BaseException as exc:
