@@ -317,7 +317,7 @@ class Connection:
         except EncodeError:
             return None
         self._slots[ident] = _CallbackSlot(done)
-        fast.send(data)
+        fast.send_alone(data)
         return ident
 
     def forget(self, ident: RequestId, reason: str) -> bool:
