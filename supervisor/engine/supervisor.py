@@ -341,6 +341,7 @@ class Supervisor:
             health=self.health,
         )
         self.runners[spec.name] = runner
+        self.sampler.runners_changed()
         self._room_for(len(self.runners))
 
         async def lifetime() -> None:
@@ -349,6 +350,7 @@ class Supervisor:
             finally:
                 if self.runners.get(spec.name) is runner:
                     del self.runners[spec.name]
+                    self.sampler.runners_changed()
                 if self._closing and not self.runners:
                     self._reaper_scope.cancel()
 
