@@ -191,9 +191,7 @@ class AsyncioPipes:
         if joined is not None:
             joined.append(data)
             return
-        pipe = self._stdin
-        if not pipe.is_closing():
-            pipe.write(data)
+        self.send_alone(data)
         self._joined = []
         self.loop.call_soon(self.flush)
 
