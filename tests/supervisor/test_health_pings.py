@@ -17,8 +17,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from pipevisor.supervisor.engine.config import ServerPolicy
 from pipevisor.supervisor.engine.health import SLOT
 from pipevisor.supervisor.engine.runner import PluginRunner
 from pipevisor.supervisor.proc import tree
+from tests.foreign.helpers import stopped
 
 pytestmark = pytest.mark.anyio
 
@@ -123,20 +123,6 @@ def watch_pings(runner: PluginRunner) -> Pings:
     return pings
 
 
-@contextmanager
-def paused(pid: int) -> Iterator[None]:
-    """The plugin SIGSTOPped for the block, SIGCONTed after it even when the block fails
-    (it may have died meanwhile)."""
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-
-
 async def next_instance_ready(runner: PluginRunner, instance: int) -> None:
     """Wait (polling, with a deadline) for an instance after ``instance`` to be ready."""
     with anyio.fail_after(30):
@@ -161,7 +147,7 @@ async def test_a_plugin_that_stops_answering_is_hung_within_the_timeout_and_a_sl
         pings = watch_pings(runner)
         await pings.until("a ping answered", lambda: bool(pings.answers), 10)
         answered = len(pings.sent)
-        with paused(plugin_pid(runner)):
+        with stopped(plugin_pid(runner)):
             await pings.until("a ping to the stopped plugin",
                               lambda: len(pings.sent) > answered, 10)
             sent = pings.sent[-1]
@@ -231,7 +217,7 @@ async def test_a_plugin_dying_with_a_ping_in_flight_leaves_the_ticker_pinging(
         await first.until("a ping answered", lambda: bool(first.answers), 10)
         answered = len(first.answers)
         pid = plugin_pid(dies)
-        with paused(pid):
+        with stopped(pid):
             await first.until("a ping in flight", lambda: len(first.sent) > answered, 10)
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
