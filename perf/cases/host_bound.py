@@ -24,7 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from perf.cases.asyncio_baseline import AsyncioClient, _read
+from perf.cases.asyncio_baseline import AsyncioClient, _read, _teardown
 from perf.cases.baselines import PIPELINE_DEPTH, PipePeer, _close_peer, sequential_roundtrips
 from perf.cases.supervisor_calls import PARAMS, Embedded, _pipelined, _start, _stop
 from perf.harness import Context, build_c, case
@@ -57,22 +57,8 @@ async def _setup_asyncio(ctx: Context) -> AsyncioClient:
     return client
 
 
-async def _teardown_asyncio(ctx: Context) -> None:
-    client: AsyncioClient | None = ctx.state
-    if client is None:
-        return
-    assert client.proc.stdin is not None
-    client.proc.stdin.close()
-    try:
-        await asyncio.wait_for(client.proc.wait(), 5)
-    except TimeoutError:
-        client.proc.kill()
-        await client.proc.wait()
-    await client.reader
-
-
 @case("asyncio-pipe-c-plugin", group="host-bound", unit="us/call",
-      baseline="blocking-pipe-c-plugin", setup=_setup_asyncio, teardown=_teardown_asyncio)
+      baseline="blocking-pipe-c-plugin", setup=_setup_asyncio, teardown=_teardown)
 async def asyncio_pipe_c_plugin(ctx: Context) -> float:
     """Plain asyncio streams + id->future dict to the C echo plugin, sequential."""
     client: AsyncioClient = ctx.state
@@ -86,7 +72,7 @@ async def asyncio_pipe_c_plugin(ctx: Context) -> float:
 
 @case("asyncio-pipe-pipelined-64-c-plugin", group="host-bound", unit="calls/s",
       baseline="asyncio-pipe-pipelined-64-c-plugin", setup=_setup_asyncio,
-      teardown=_teardown_asyncio, repeat=10)
+      teardown=_teardown, repeat=10)
 async def asyncio_pipe_pipelined_64_c_plugin(ctx: Context) -> float:
     """Plain asyncio client, 64 tasks in flight to the C echo plugin: host-bound throughput."""
     client: AsyncioClient = ctx.state
