@@ -23,7 +23,7 @@ import asyncio
 import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -57,8 +57,8 @@ class PipesProtocol(asyncio.SubprocessProtocol):
     # ---------------------------------------------------------- asyncio's side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        self.transport = transport
+        # cast, not isinstance: uvloop's transports do not derive from asyncio's ABCs
+        self.transport = cast(asyncio.SubprocessTransport, transport)
 
     def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:
         consumer = self._consumer
@@ -73,8 +73,7 @@ class PipesProtocol(asyncio.SubprocessProtocol):
         if len(buf) > 2 * self._limit and fd not in self._paused:
             pipe = self._pipe(fd)
             if pipe is not None and not pipe.is_closing():
-                assert isinstance(pipe, asyncio.ReadTransport)
-                pipe.pause_reading()
+                cast(asyncio.ReadTransport, pipe).pause_reading()
                 self._paused.add(fd)
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
@@ -114,13 +113,14 @@ class PipesProtocol(asyncio.SubprocessProtocol):
             if not waiter.done():
                 waiter.set_result(None)
 
+    # The pipes' kinds are known by their fd (0 is written, 1 and 2 are read); cast, not
+    # isinstance, since uvloop's pipe transports do not derive from asyncio's ABCs.
+
     def stdin(self) -> asyncio.WriteTransport | None:
-        pipe = self._pipe(0)
-        return pipe if isinstance(pipe, asyncio.WriteTransport) else None
+        return cast("asyncio.WriteTransport | None", self._pipe(0))
 
     def stdout(self) -> asyncio.ReadTransport | None:
-        pipe = self._pipe(1)
-        return pipe if isinstance(pipe, asyncio.ReadTransport) else None
+        return cast("asyncio.ReadTransport | None", self._pipe(1))
 
     async def drain(self) -> None:
         """Wait until the stdin pipe takes more; a closed pipe raises BrokenPipeError."""
@@ -150,8 +150,7 @@ class PipesProtocol(asyncio.SubprocessProtocol):
             self._paused.discard(fd)
             pipe = self._pipe(fd)
             if pipe is not None and not pipe.is_closing():
-                assert isinstance(pipe, asyncio.ReadTransport)
-                pipe.resume_reading()
+                cast(asyncio.ReadTransport, pipe).resume_reading()
         return data
 
     def set_consumer(self, consumer: Callable[[bytes], None] | None) -> None:
@@ -334,9 +333,9 @@ class _DirectStdout(asyncio.Protocol):
         self._target.pipe_data_received(1, data)
 
     def eof_received(self) -> bool | None:
-        if isinstance(self._inner, asyncio.Protocol):
-            return self._inner.eof_received()
-        return None
+        # duck-typed: uvloop's pipe protocols have the method but not asyncio's base
+        eof_received = getattr(self._inner, "eof_received", None)
+        return eof_received() if eof_received is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._inner.connection_lost(exc)
