@@ -12,9 +12,15 @@ asyncio streams"):
   sequential: the floor for one call at a time;
 - ``asyncio-pipe-c-plugin`` / ``asyncio-pipe-pipelined-64-c-plugin``: plain asyncio
   streams with an id -> future dict (the client of ``asyncio_baseline.py``);
+- ``asyncio-floor-c-plugin`` / ``asyncio-floor-pipelined-64-c-plugin``: the least an
+  asyncio client with one task per call can do: a ``SubprocessProtocol`` that splits
+  lines and settles futures in ``pipe_data_received``, writes joined per loop
+  iteration, no streams, no deadline, no check of what comes back. Nothing that awaits
+  a future per call on this loop goes faster, so its ratio to plain asyncio streams is
+  the ceiling for ``Supervisor.call``'s (issue #20 asks for 1.5x);
 - ``embedded-seq-c-plugin`` / ``embedded-pipelined-64-c-plugin``: ``Supervisor.call``
-  with the plugin's handshake, deadline, gate and checks; its ratios are against the
-  two above.
+  with the plugin's handshake, deadline, gate and checks; its ratios are against plain
+  asyncio streams.
 """
 
 from __future__ import annotations
@@ -22,7 +28,11 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from perf.cases.asyncio_baseline import AsyncioClient, _read, _teardown
 from perf.cases.baselines import PIPELINE_DEPTH, PipePeer, _close_peer, sequential_roundtrips
@@ -84,6 +94,129 @@ async def asyncio_pipe_pipelined_64_c_plugin(ctx: Context) -> float:
             remaining -= 1
             client.next_id += 1
             await client.call(client.next_id)
+
+    start = time.perf_counter_ns()
+    await asyncio.gather(*(worker() for _ in range(PIPELINE_DEPTH)))
+    return total / ((time.perf_counter_ns() - start) / 1e9)
+
+
+class _FloorProtocol(asyncio.SubprocessProtocol):
+    """Answers settle their futures right where the bytes arrive."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.tail = b""
+        self.exited = asyncio.get_running_loop().create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd != 1:
+            return
+        lines = (self.tail + data if self.tail else data).split(b"\n")
+        self.tail = lines.pop()
+        pending, loads = self.pending, orjson.loads
+        for line in lines:
+            msg = loads(line)
+            pending.pop(msg["id"]).set_result(msg["result"])
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+class _StdoutNow(asyncio.Protocol):
+    """The stdout pipe's data without asyncio's ``call_soon`` hop, as pipevisor reads it
+    (``supervisor/io/process_pipes.py``), so the floor is not handicapped."""
+
+    def __init__(self, inner: Any, target: _FloorProtocol) -> None:
+        self.inner, self.target = inner, target
+
+    def data_received(self, data: bytes) -> None:
+        self.target.pipe_data_received(1, data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+
+@dataclass
+class FloorClient:
+    """One task per call, and nothing else."""
+
+    transport: asyncio.SubprocessTransport
+    protocol: _FloorProtocol
+    stdin: asyncio.WriteTransport
+    queued: list[bytes] = field(default_factory=list)
+    next_id: int = 0
+
+    def _flush(self) -> None:
+        self.stdin.write(b"".join(self.queued))
+        self.queued.clear()
+
+    async def call(self, method: str, params: Any) -> Any:
+        self.next_id = ident = self.next_id + 1
+        fut = asyncio.get_running_loop().create_future()
+        self.protocol.pending[ident] = fut
+        if not self.queued:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.queued.append(orjson.dumps(
+            {"jsonrpc": "2.0", "id": ident, "method": method, "params": params},
+            option=orjson.OPT_APPEND_NEWLINE))
+        return await fut
+
+
+async def _setup_floor(ctx: Context) -> FloorClient:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.subprocess_exec(
+        _FloorProtocol, _binary(ctx), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=None)
+    stdout = transport.get_pipe_transport(1)
+    assert stdout is not None
+    stdout.set_protocol(_StdoutNow(stdout.get_protocol(), protocol))
+    stdin = transport.get_pipe_transport(0)
+    assert isinstance(stdin, asyncio.WriteTransport)
+    return FloorClient(transport, protocol, stdin)
+
+
+async def _teardown_floor(ctx: Context) -> None:
+    client: FloorClient | None = ctx.state
+    if client is None:
+        return
+    client.stdin.close()  # the plugin ends at EOF
+    try:
+        await asyncio.wait_for(asyncio.shield(client.protocol.exited), 5)
+    except TimeoutError:
+        client.transport.kill()
+        await client.protocol.exited
+    client.transport.close()
+
+
+@case("asyncio-floor-c-plugin", group="host-bound", unit="us/call",
+      baseline="asyncio-pipe-c-plugin", setup=_setup_floor, teardown=_teardown_floor)
+async def asyncio_floor_c_plugin(ctx: Context) -> float:
+    """The least an asyncio client can do per call (protocol, no streams), sequential."""
+    client: FloorClient = ctx.state
+    n = ctx.pick(full=5000, quick=50)
+    start = time.perf_counter_ns()
+    for _ in range(n):
+        await client.call("echo", PARAMS)
+    return (time.perf_counter_ns() - start) / n / 1000
+
+
+@case("asyncio-floor-pipelined-64-c-plugin", group="host-bound", unit="calls/s",
+      baseline="asyncio-pipe-pipelined-64-c-plugin", setup=_setup_floor,
+      teardown=_teardown_floor, repeat=10)
+async def asyncio_floor_pipelined_64_c_plugin(ctx: Context) -> float:
+    """64 tasks on the least asyncio client: the ceiling for one task per call."""
+    client: FloorClient = ctx.state
+    remaining = total = ctx.pick(full=20000, quick=256)
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await client.call("echo", PARAMS)
 
     start = time.perf_counter_ns()
     await asyncio.gather(*(worker() for _ in range(PIPELINE_DEPTH)))
