@@ -286,39 +286,73 @@ class Connection:
             self._slots.pop(ident, None)
             await self._send_cancel(self._cancel(ident, "timeout"))
             assert timeout is not None  # only a timer settles a slot without an answer
-            raise local(
-                ErrorCode.TIMEOUT,
-                # timeout is what was left of the caller's deadline: three figures give
-                # back the number asked for (0.99998 -> 1), not the time spent queueing
-                f"plugin {self.name!r} did not answer {method!r} within {timeout:.3g} s",
-                plugin=self.name, method=method, timeout=round(timeout, 3),
-            )
+            raise self.timeout_error(method, timeout)
         if type(response) is Response:
             return response.result
         assert isinstance(response, ErrorResponse)
-        if slot.local:
-            raise error_from_object(response.error)
+        raise self.answer_error(response, slot.local)
+
+    def answer_error(self, response: ErrorResponse, local: bool) -> CallError:
+        """What the caller of a request answered with ``response`` gets raised: ours as
+        they are (``local``), the plugin's with the origin checked (or untouched for a
+        raw-mode server)."""
+        if local:
+            return error_from_object(response.error)
         if self.raw_errors:
-            raise _raw_error(response.error)
-        raise error_from_object(sanitize_plugin_error(response.error))
+            return _raw_error(response.error)
+        return error_from_object(sanitize_plugin_error(response.error))
+
+    def timeout_error(self, method: str, timeout: float) -> CallError:
+        # timeout is what was left of the caller's deadline: three figures give back
+        # the number asked for (0.99998 -> 1), not the time spent queueing
+        return local(
+            ErrorCode.TIMEOUT,
+            f"plugin {self.name!r} did not answer {method!r} within {timeout:.3g} s",
+            plugin=self.name, method=method, timeout=round(timeout, 3),
+        )
+
+    @property
+    def pipes(self) -> AsyncioPipes | None:
+        """The asyncio pipes whose reader hands answers to :meth:`request_nowait`
+        callbacks; None on the portable anyio path, where only :meth:`call` works."""
+        return self._fast
 
     def request_nowait(self, method: str, params: Any, done: AnswerCallback) -> RequestId | None:
         """Send a request whose answer goes to ``done`` (called once, from the reader,
         also with the local error when the plugin dies first); no task waits for it.
 
         The caller keeps its own deadline and calls :meth:`forget` when it passes. None
-        when nothing was sent: the connection is closed or closing, or it has no
-        callback path (the portable anyio path: await :meth:`call` there)."""
+        when nothing was sent: the connection is closed or closing, it has no callback
+        path (the portable anyio path: await :meth:`call` there), or the params cannot
+        be sent (:meth:`send_nowait` says which)."""
+        try:
+            return self.send_nowait(method, params, done)
+        except CallError:
+            return None
+
+    def send_nowait(self, method: str, params: Any, done: AnswerCallback) -> RequestId | None:
+        """:meth:`request_nowait`, but params that cannot be sent (not JSON, over the line
+        limit) raise the INVALID_PARAMS :class:`CallError` that :meth:`call` raises."""
         fast = self._fast
         if fast is None or self.closed_error is not None or fast.closing():
             return None
         try:
             ident, data = self.peer.send_request(method, params)
-        except EncodeError:
-            return None
+        except EncodeError as exc:
+            raise CallError(standard_error(ErrorCode.INVALID_PARAMS, str(exc))) from exc
         self._slots[ident] = _CallbackSlot(done)
         fast.send_alone(data)
         return ident
+
+    def hold_writes(self) -> None:
+        """Join what is sent from now on into one write, made by :meth:`flush_writes` (or
+        at the latest in the next loop iteration); for a sender of many requests at once."""
+        if self._fast is not None:
+            self._fast.join_writes()
+
+    def flush_writes(self) -> None:
+        if self._fast is not None:
+            self._fast.flush()
 
     def forget(self, ident: RequestId, reason: str) -> bool:
         """Give up on a request from :meth:`request_nowait` that has not been answered:

@@ -14,6 +14,7 @@ anyio path. ``tests/supervisor/test_pipes_fast_path.py`` checks both.
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 from collections.abc import Callable
@@ -24,7 +25,8 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from pipevisor.supervisor.io.process_pipes import PipeReceiveStream, PipeSendStream, PipesProtocol
 
-__all__ = ["AsyncioPipes", "CallDeadlines", "FutureSlot", "loop_clock", "wait_pipe_closed"]
+__all__ = ["AsyncioPipes", "CallDeadlines", "FifoDeadlines", "FutureSlot", "Waker", "loop_clock",
+           "wait_pipe_closed"]
 
 
 def loop_clock() -> Callable[[], float]:
@@ -145,6 +147,98 @@ class CallDeadlines:
             self._timer = None
         self._armed_at = float("inf")
         self._heap.clear()
+
+
+class Waker:
+    """One task waiting for whichever of many callbacks comes first (answers handled in
+    the reader, a timer): a bare future, made only while the task waits.
+
+    A poke while nobody waits is remembered, so the task, about to wait after checking
+    its state, returns at once instead of missing it."""
+
+    __slots__ = ("_future", "_loop", "_poked")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._future: asyncio.Future[None] | None = None
+        self._poked = False
+
+    def poke(self) -> None:
+        future = self._future
+        if future is None:
+            self._poked = True
+        elif not future.done():
+            future.set_result(None)
+
+    async def wait(self) -> None:
+        if self._poked:
+            self._poked = False
+            return
+        self._future = self._loop.create_future()
+        try:
+            await self._future
+        finally:
+            self._future = None
+            self._poked = False
+
+
+class FifoDeadlines:
+    """Deadlines added in the order they fall due (one sender's requests, all with the
+    same timeout, sent in turn): a deque and one loop timer armed for the oldest.
+
+    ``live(key)`` says whether the request still waits; ``expire(key)`` is called, in
+    the timer, for each that does not get its answer in time. Answered entries are
+    dropped from the front as new ones come, and the deque is rebuilt without them once
+    they outnumber ``waiting`` (a bound on the live ones) behind a slow one, so it holds
+    about the requests in flight, not one timeout's worth of all sent."""
+
+    __slots__ = ("_entries", "_expire", "_live", "_loop", "_timer")
+
+    COMPACT_SLACK = 256
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, expire: Callable[[Any], None],
+                 live: Callable[[Any], bool]) -> None:
+        self._loop = loop
+        self._expire = expire
+        self._live = live
+        self._entries: collections.deque[tuple[float, Any]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, deadline: float, key: Any, waiting: int) -> None:
+        entries, live = self._entries, self._live
+        while entries and not live(entries[0][1]):  # answered, oldest first: the usual
+            entries.popleft()
+        if len(entries) > 2 * waiting + self.COMPACT_SLACK:  # one slow call holds the front
+            self._entries = entries = collections.deque(e for e in entries if live(e[1]))
+        if entries and deadline < entries[-1][0]:
+            deadline = entries[-1][0]  # out of order by a clock tick: keep the deque sorted
+        entries.append((deadline, key))
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        entries, live, expire = self._entries, self._live, self._expire
+        now = self._loop.time()
+        while entries:
+            deadline, key = entries[0]
+            if not live(key):
+                entries.popleft()
+            elif deadline <= now:
+                entries.popleft()
+                expire(key)
+            else:
+                self._timer = self._loop.call_at(deadline, self._fire)
+                return
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._entries.clear()
 
 
 class AsyncioPipes:
