@@ -49,7 +49,7 @@ control command must not pay for the engine, the checker or the daemon at start-
 
 ENGINE_INTERNALS = frozenset({"runner", "connection", "sampler", "plugin_log", "metrics",
                               "plugin_output", "host_calls", "call_gate", "ending", "status",
-                              "method_calls", "health"})
+                              "method_calls", "health", "many_calls"})
 """Engine modules that are not its public API: other layers go through ``Supervisor``."""
 
 ASYNCIO_LAYERS = frozenset({"io"})

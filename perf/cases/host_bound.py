@@ -20,7 +20,9 @@ asyncio streams"):
   the ceiling for ``Supervisor.call``'s (issue #20 asks for 1.5x);
 - ``embedded-seq-c-plugin`` / ``embedded-pipelined-64-c-plugin``: ``Supervisor.call``
   with the plugin's handshake, deadline, gate and checks; its ratios are against plain
-  asyncio streams.
+  asyncio streams;
+- ``embedded-call-many-64-c-plugin``: the same calls through ``Supervisor.call_many``
+  from one task with a window of 64 (no task per call), against the same baseline.
 """
 
 from __future__ import annotations
@@ -246,3 +248,20 @@ async def embedded_seq_c_plugin(ctx: Context) -> float:
 async def embedded_pipelined_64_c_plugin(ctx: Context) -> float:
     """64 tasks calling the C echo plugin through Supervisor.call(), vs plain asyncio."""
     return await _pipelined(ctx, PIPELINE_DEPTH, ctx.pick(full=20000, quick=256))
+
+
+@case("embedded-call-many-64-c-plugin", group="host-bound", unit="calls/s",
+      baseline="asyncio-pipe-pipelined-64-c-plugin", setup=_setup_embedded, teardown=_stop,
+      repeat=10)
+async def embedded_call_many_64_c_plugin(ctx: Context) -> float:
+    """Supervisor.call_many, window 64, one task, to the C echo plugin, vs plain asyncio."""
+    st: Embedded = ctx.state
+    total = ctx.pick(full=20000, quick=256)
+    items = [PARAMS] * total
+    start = time.perf_counter_ns()
+    results = await st.sup.call_many("echo", "echo", items, timeout=10.0, window=PIPELINE_DEPTH)
+    elapsed = time.perf_counter_ns() - start
+    failed = [r for r in results if isinstance(r, Exception)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {total} calls failed, first: {failed[0]!r}")
+    return total / (elapsed / 1e9)

@@ -119,6 +119,24 @@ async def test_invalid_params_get_32602_with_the_path_and_never_reach_the_plugin
         assert await sup.call("p", "last_params") == {"name": "first"}
 
 
+async def test_call_many_checks_and_converts_each_call_through_its_interface() -> None:
+    """Supervisor.call_many takes the same interface route as call: params checked and
+    down-converted per call, a bad one refused alone (never sent), results checked."""
+    async with Supervisor(config(versioned("old", "--declare", "greet=1.0"),
+                                 versioned("bad", "--declare", "greet=1.1",
+                                           "--bad-result"))) as sup:
+        await sup.wait_ready(timeout=10)
+        got = await sup.call_many("old", "greet", [
+            {"name": "ann", "loud": True}, {"name": 42}, {"name": "bob"}], window=2)
+        assert got[0] == {"text": "hello ann"} and got[2] == {"text": "hello bob"}
+        assert isinstance(got[1], CallError) and got[1].code == ErrorCode.INVALID_PARAMS
+        assert got[1].data["path"] == "$.name"
+        assert await sup.call("old", "last_params") == {"name": "bob"}  # "loud" dropped
+        bad = await sup.call_many("bad", "greet", [{"name": "x"}] * 3)
+        assert all(isinstance(r, InvalidResponse) for r in bad), bad
+        assert sup.runner("bad").methods.invalid_results == 3
+
+
 async def test_unversioned_method_checks_params_but_not_results() -> None:
     async with Supervisor(config(versioned("u", "--declare", "greet",
                                            "--bad-result"))) as sup:
