@@ -636,12 +636,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=os.environ.get("PERF_UVLOOP", "") not in ("", "0"),
         help="run the async cases on uvloop under anyio (env PERF_UVLOOP=1); needs uvloop",
     )
+    p.add_argument(
+        "--compiled",
+        action="store_true",
+        help="run on a mypyc-compiled copy of the call path (perf/compiled.py); needs mypy "
+             "and a C compiler",
+    )
     p.add_argument("--list", action="store_true", help="list registered cases and exit")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    compiled: list[str] = []
+    if args.compiled:
+        from perf import compiled as _compiled
+
+        if not os.environ.get(_compiled.ROOT_ENV):
+            _compiled.reexec(list(sys.argv[1:] if argv is None else argv))
+        compiled = _compiled.compiled_modules()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     import_errors = load_cases()
     for err in import_errors:
@@ -704,7 +717,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(rows))
     loop_name = "uvloop" if args.uvloop else "asyncio"
     print(f"\n{'quick' if args.quick else 'full'} run: {duration:.1f}s, {len(rows)} case(s), "
-          f"async cases on {loop_name}")
+          f"async cases on {loop_name}"
+          + (f", {len(compiled)} modules compiled with mypyc" if compiled else ""))
 
     result = {
         "schema": SCHEMA_VERSION,
@@ -719,6 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "warmup": settings.warmup,
             "pin_cpu": settings.pin_cpu,
             "event_loop": loop_name,
+            "compiled": compiled,
         },
         "import_errors": import_errors,
         "leftover_children": leftovers,

@@ -445,8 +445,10 @@ class Connection:
                     await self._write_quietly(out)  # waits while the plugin does not read
             self._handle(self.peer.receive_eof(), tg)
         finally:
-            if fast is not None:
-                fast.stop_resuming()
+            # self._fast, not the local: mypyc (perf --compiled) narrows the local to
+            # None after the early return above
+            if self._fast is not None:
+                self._fast.stop_resuming()
             self.eof.set()
 
     def _take_output(self) -> bytes:
