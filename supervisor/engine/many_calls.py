@@ -105,7 +105,11 @@ class Lane:
                     await self._queue_one()  # the gate had no slot for us: wait in line
                     continue
                 await self._waker.wait()
-        except BaseException as exc:
+        except Exception as exc:  # our bug: the calls in flight still get an answer
+            error = self._fault(exc)
+            for index in self._abandon(error).values():
+                self._results[index] = error
+        except BaseException as exc:  # the caller is cancelled
             self._abandon(exc)
             raise
         finally:
@@ -173,17 +177,20 @@ class Lane:
         self._deadlines.add(deadline, ident, len(self._in_flight))
         return True
 
-    def _abandon(self, exc: BaseException) -> None:
+    def _abandon(self, exc: BaseException) -> dict[RequestId, int]:
         """The caller was cancelled (or we failed): forget every call in flight, tell the
-        plugin, give the slots back."""
+        plugin, give the slots back. Returns what was in flight."""
         in_flight, self._in_flight = self._in_flight, {}
+        reason = ("cancelled by the caller" if not isinstance(exc, Exception)
+                  else "pipevisor failed on this call")
         for ident in in_flight:
             self._gate.leave()
             self._runner.count_failure(exc)
             try:
-                self._conn.forget(ident, "cancelled by the caller")
+                self._conn.forget(ident, reason)
             except Exception:  # the cancel is a courtesy; the slot is given back anyway
                 pass
+        return in_flight
 
     # --------------------------------------------- settled in the reader or the timer
 

@@ -231,3 +231,39 @@ async def test_bad_arguments_are_refused_before_any_call() -> None:
         assert await sup.call_many("fake", "echo", iter([[1], [2]])) == [[1], [2]]
         assert calls_counted(sup) == (ok0 + 2, failed0)
 
+
+
+async def test_our_own_bug_mid_batch_still_answers_every_call(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault in pipevisor's own lane (here: the deadline queue raising on the 50th
+    call) is handled as Supervisor.call handles one: the instance ends and is restarted,
+    the calls in flight get an error that says pipevisor failed, the rest are served."""
+    from pipevisor.supervisor.io import pipes
+
+    real_add = pipes.FifoDeadlines.add
+    added = 0
+
+    def failing_add(self: pipes.FifoDeadlines, deadline: float, key: Any, waiting: int) -> None:
+        nonlocal added
+        added += 1
+        if added == 50:
+            raise RuntimeError("injected bug")
+        real_add(self, deadline, key, waiting)
+
+    monkeypatch.setattr(pipes.FifoDeadlines, "add", failing_add)
+    async with Supervisor([fake_spec()]) as sup:
+        await sup.wait_ready(timeout=10)
+        tracker = sup.runner("fake").tracker
+        restarts = tracker.total_restarts
+        with anyio.fail_after(20):
+            got = await sup.call_many("fake", "echo", [[i] for i in range(200)], window=8)
+        failed = [i for i, r in enumerate(got) if isinstance(r, CallError)]
+        assert failed, got
+        # the 8 in flight in the lane, and at most one per worker that went on through
+        # Supervisor.call before the ending instance closed its connection (call()'s own
+        # behaviour: calls sent to an instance that is ending get its error)
+        assert len(failed) <= 2 * 8, [(i, str(got[i])) for i in failed]
+        assert all("pipevisor failed" in str(got[i]) for i in failed), [got[i] for i in failed]
+        assert all(got[i] == [i] for i in range(200) if i not in failed)
+        assert tracker.total_restarts == restarts + 1
+        assert sup.runner("fake").gate.in_flight == 0
