@@ -8,6 +8,7 @@ offending bytes (truncated) for the log.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeAlias
@@ -174,9 +175,28 @@ def _item_raw(item: Any) -> bytes:
         return b""
 
 
+def check_params(params: Any, method: str) -> None:
+    """Params, when given, are an object or an array (SPEC 4.1 [M-4.1b], JSON-RPC 2.0):
+    a receiver answers a scalar with -32600, so refusing it here tells the caller what
+    is wrong instead. Anything orjson writes as one of them (a dict, list or tuple, a
+    dataclass) passes."""
+    kind = type(params)
+    if kind is dict or kind is list or params is None:
+        return
+    if isinstance(params, dict | list | tuple) or dataclasses.is_dataclass(params):
+        return
+    raise EncodeError(f"params of {method!r} must be an object or an array (JSON-RPC 2.0), "
+                      f"not {kind.__name__}")
+
+
 def encode(message: Message | dict[str, Any] | list[Any]) -> bytes:
     """Encode one message (or a raw JSON value) as a framed line."""
-    obj = message if isinstance(message, dict | list) else message.to_json()
+    if isinstance(message, dict | list):
+        obj: Any = message
+    else:
+        if type(message) is Request or type(message) is Notification:
+            check_params(message.params, message.method)
+        obj = message.to_json()
     try:
         return orjson.dumps(obj, option=_DUMPS_OPTS)
     except TypeError as exc:
@@ -187,6 +207,9 @@ def encode_request(ident: RequestId, method: str, params: Any) -> bytes:
     """Hot-path shortcut for :func:`encode` of a request (no intermediate dataclass)."""
     obj: dict[str, Any] = {"jsonrpc": "2.0", "id": ident, "method": method}
     if params is not None:
+        kind = type(params)
+        if kind is not dict and kind is not list:
+            check_params(params, method)
         obj["params"] = params
     try:
         return orjson.dumps(obj, option=_DUMPS_OPTS)

@@ -12,6 +12,7 @@ import pytest
 from pipevisor.protocol.codec import FaultKind
 from pipevisor.protocol.errors import (
     ErrorCode,
+    EncodeError,
     ErrorObject,
     LocalProtocolError,
     local_error,
@@ -522,3 +523,31 @@ def test_automatic_replies_to_a_flood_are_bounded(garbage: bool) -> None:
     # Answers a dispatcher writes itself are never held back.
     peer.receive_data(b"7\n" * 20 + line({"jsonrpc": "2.0", "id": 1, "method": "m"}))
     assert peer.send_result(1, None) == b'{"jsonrpc":"2.0","id":1,"result":null}\n'
+
+
+@pytest.mark.parametrize("params", [5, "text", True, 1.5, b"bytes"])
+def test_scalar_params_are_refused_before_anything_is_sent(params: Any) -> None:
+    """SPEC 4.1 [M-4.1b]: params are an object or an array; a receiver would answer a
+    scalar with -32600, so the sender refuses it with a reason and sends nothing."""
+    peer = Peer()
+    with pytest.raises(EncodeError, match="must be an object or an array"):
+        peer.send_request("m", params)
+    with pytest.raises(EncodeError, match="must be an object or an array"):
+        peer.send_notification("m", params)
+    assert not peer.outgoing and peer.stats.messages_out == 0
+
+
+def test_structured_params_of_any_kind_orjson_writes_pass() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Point:
+        x: int
+
+    peer = Peer()
+    for params, wire in ({"a": 1}, b'{"a":1}'), ([1], b"[1]"), ((1, 2), b"[1,2]"), (
+            Point(3), b'{"x":3}'):
+        _, data = peer.send_request("m", params)
+        assert data.endswith(b'"params":' + wire + b"}\n")
+    _, data = peer.send_request("m")
+    assert b"params" not in data

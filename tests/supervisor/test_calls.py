@@ -18,6 +18,7 @@ from pipevisor.supervisor import (
     QueueFull,
     Supervisor,
 )
+from pipevisor.supervisor.errors import CallError
 from tests.supervisor.fake import fake_spec
 
 pytestmark = pytest.mark.anyio
@@ -280,3 +281,21 @@ async def test_a_timeout_says_the_time_asked_for_not_the_time_left() -> None:
             await sup.call("fake", "sleep", {"seconds": 30}, timeout=1)
     assert "within 1 s" in info.value.error.message, info.value.error.message
     assert info.value.data["timeout"] <= 1 and len(str(info.value.data["timeout"])) <= 5
+
+
+async def test_scalar_params_are_refused_as_invalid_params_and_never_sent() -> None:
+    """JSON-RPC 2.0 params are an object or an array (SPEC [M-4.1b]); a scalar is the
+    caller's mistake, refused here with a reason rather than sent for a conforming plugin
+    to answer -32600. The plugin is not blamed and keeps serving."""
+    async with Supervisor([fake_spec()]) as sup:
+        await sup.wait_ready(timeout=10)
+        for params in (5, "text", 1.5, True):
+            with pytest.raises(CallError) as info:
+                await sup.call("fake", "echo", params)
+            assert info.value.code == ErrorCode.INVALID_PARAMS
+            assert "object or an array" in str(info.value.error.data)
+        got = await sup.call_many("fake", "echo", [[1], 2, {"a": 3}])
+        assert got[0] == [1] and got[2] == {"a": 3}
+        assert isinstance(got[1], CallError) and got[1].code == ErrorCode.INVALID_PARAMS
+        assert await sup.call("fake", "echo", ["still here"]) == ["still here"]
+        assert sup.runner("fake").faults == 0

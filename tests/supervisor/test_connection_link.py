@@ -174,7 +174,7 @@ async def test_every_call_in_flight_is_answered_when_the_plugin_goes_away() -> N
 
         async def call(i: int) -> None:
             try:
-                await conn.call("work", i, 5)
+                await conn.call("work", [i], 5)
             except CallError as exc:
                 errors.append(exc)
             if len(errors) == 10:
