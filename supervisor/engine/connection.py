@@ -258,6 +258,7 @@ class Connection:
             self._progress[ident] = on_progress
         fast = self._fast
         slot: _Slot | FutureSlot
+        sent = fast is None  # the portable path writes before it waits
         try:
             if fast is not None:
                 # the fast path inline (one coroutine frame less per call): one future,
@@ -269,12 +270,17 @@ class Connection:
                     fast.deadlines.add(fast.time() + timeout, slot, len(slots))
                 try:
                     if not fast.closing():  # else the reader is about to fail every call
-                        fast.send(data)
                         if fast.queued() > _HIGH_WATER:
+                            # the plugin is not reading: wait for it before queueing
+                            # more (a plugin that never reads would otherwise make the
+                            # host keep every request sent to it), within the deadline
                             await self._wait_for_plugin(fast, timeout)
+                        if not slot.future.done():
+                            fast.send(data)
+                            sent = True
                     await slot.future
                 except BaseException:
-                    await self._abandon(slot, ident)
+                    await self._abandon(slot, ident, sent)
                     raise
             else:
                 slot = await self._call_portable(ident, data, timeout)
@@ -284,9 +290,12 @@ class Connection:
         response = slot.response
         if response is None:
             self._slots.pop(ident, None)
-            await self._send_cancel(self._cancel(ident, "timeout"))
+            if sent:
+                await self._send_cancel(self._cancel(ident, "timeout"))
+            else:
+                self.peer.cancel(ident, notify=False)  # never sent: nothing to tell
             assert timeout is not None  # only a timer settles a slot without an answer
-            raise self.timeout_error(method, timeout)
+            raise self.timeout_error(method, timeout, sent)
         if type(response) is Response:
             return response.result
         assert isinstance(response, ErrorResponse)
@@ -302,14 +311,34 @@ class Connection:
             return _raw_error(response.error)
         return error_from_object(sanitize_plugin_error(response.error))
 
-    def timeout_error(self, method: str, timeout: float) -> CallError:
+    def timeout_error(self, method: str, timeout: float, sent: bool = True) -> CallError:
         # timeout is what was left of the caller's deadline: three figures give back
         # the number asked for (0.99998 -> 1), not the time spent queueing
-        return local(
-            ErrorCode.TIMEOUT,
-            f"plugin {self.name!r} did not answer {method!r} within {timeout:.3g} s",
-            plugin=self.name, method=method, timeout=round(timeout, 3),
-        )
+        what = (f"did not answer {method!r} within {timeout:.3g} s" if sent else
+                f"did not read its stdin within {timeout:.3g} s ({method!r} was not sent)")
+        return local(ErrorCode.TIMEOUT, f"plugin {self.name!r} {what}",
+                     plugin=self.name, method=method, timeout=round(timeout, 3))
+
+    def backlogged(self) -> bool:
+        """More is queued for the plugin than it has read (over 256 KiB): wait for it
+        (:meth:`wait_writable`) before sending more."""
+        fast = self._fast
+        return fast is not None and fast.queued() > _HIGH_WATER
+
+    async def wait_writable(self, timeout: float) -> bool:
+        """Wait until the plugin reads what is queued for it: True, or False when it did
+        not within ``timeout``. True at once on the portable path, and when the pipe is
+        closed (the next send finds out)."""
+        fast = self._fast
+        if fast is None:
+            return True
+        with anyio.move_on_after(timeout):
+            try:
+                await fast.drain()
+            except anyio.BrokenResourceError:
+                pass
+            return True
+        return False
 
     @property
     def pipes(self) -> AsyncioPipes | None:
@@ -392,12 +421,16 @@ class Connection:
             except anyio.BrokenResourceError:
                 pass  # the reader settles the call with the real reason
 
-    async def _abandon(self, slot: _Slot | FutureSlot, ident: RequestId) -> None:
+    async def _abandon(self, slot: _Slot | FutureSlot, ident: RequestId,
+                       sent: bool = True) -> None:
         """The caller was cancelled before an answer: forget the slot and tell the plugin
         (shielded, so the cancel goes out); the caller's cancellation then propagates.
         One place for both call paths, so they cannot drift apart."""
         if slot.response is None:
             self._slots.pop(ident, None)
+            if not sent:
+                self.peer.cancel(ident, notify=False)
+                return
             cancel = self._cancel(ident, "cancelled by the caller")
             with anyio.CancelScope(shield=True):
                 await self._send_cancel(cancel)

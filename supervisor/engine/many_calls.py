@@ -99,6 +99,9 @@ class Lane:
         try:
             while True:
                 taking = self._fill()
+                if taking and self._todo and self._conn.backlogged():
+                    await self._wait_for_pipe()
+                    continue
                 if not self._in_flight:
                     if not self._todo or not taking:
                         return
@@ -119,8 +122,10 @@ class Lane:
         """Send what the window and the gate allow, as one write; False when the
         connection takes no more."""
         todo, in_flight, gate, conn = self._todo, self._in_flight, self._gate, self._conn
-        if not todo or len(in_flight) >= self._window:
+        if not todo or len(in_flight) >= self._window or conn.backlogged():
             return conn.closed_error is None
+        # what is joined below is not in the pipe's count yet: one look before is all
+        # the loop could see, and the window bounds what one fill adds
         conn.hold_writes()
         try:
             while todo and len(in_flight) < self._window:
@@ -134,6 +139,35 @@ class Lane:
             return True
         finally:
             conn.flush_writes()
+
+    async def _wait_for_pipe(self) -> None:
+        """The plugin has not read what is queued for it: the calls whose turn it is (as
+        many as the window has room for) wait for it, within their timeout, before
+        anything more is queued; if it does not read in time they fail unsent. A plugin
+        that stops reading costs the host at most the window, not the whole list."""
+        if len(self._in_flight) >= self._window:
+            await self._waker.wait()  # nothing could be sent anyway
+            return
+        turn = min(self._window - len(self._in_flight), len(self._todo))
+        deadline = self._clock() + self._timeout
+        if await self._conn.wait_writable(self._timeout):
+            self._conn.hold_writes()
+            try:  # sent now, within what is left of their time
+                for _ in range(turn):
+                    if not self._todo or not self._gate.try_enter():
+                        return
+                    index, params = self._todo.popleft()
+                    if not self._send(index, params, deadline):
+                        self._gate.leave()
+                        self._todo.appendleft((index, params))
+                        return
+            finally:
+                self._conn.flush_writes()
+            return
+        error = self._conn.timeout_error(self._method, self._timeout, sent=False)
+        for _ in range(turn):
+            index, _params = self._todo.popleft()
+            self._fail(index, error)
 
     async def _queue_one(self) -> None:
         """The next call waits for a slot like any caller (behind the ones queued first)."""

@@ -267,3 +267,101 @@ async def test_our_own_bug_mid_batch_still_answers_every_call(
         assert all(got[i] == [i] for i in range(200) if i not in failed)
         assert tracker.total_restarts == restarts + 1
         assert sup.runner("fake").gate.in_flight == 0
+
+
+_HANDSHAKE_THEN = r"""
+import json, os, sys, time
+line = sys.stdin.buffer.readline()
+msg = json.loads(line)
+sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {
+    "protocolVersion": "1.0", "plugin": {"name": "p", "version": "0"}, "methods": {}}}) + "\n")
+sys.stdout.flush()
+"""
+NEVER_READS = _HANDSHAKE_THEN + "time.sleep(3600)\n"
+READS_SLOWLY = _HANDSHAKE_THEN + r"""
+buf = b""
+while True:
+    chunk = os.read(0, 16384)
+    if not chunk:
+        break
+    buf += chunk
+    *lines, buf = buf.split(b"\n")
+    for line in lines:
+        msg = json.loads(line)
+        if "id" in msg and "method" in msg:
+            sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"],
+                                         "result": len(line)}) + "\n")
+    sys.stdout.flush()
+    time.sleep(0.002)
+"""
+
+
+async def _most_queued(sup: Supervisor, name: str, work: Any) -> tuple[Any, int]:
+    """Run ``work()`` while sampling how many bytes wait in the plugin's stdin pipe."""
+    conn = sup.runner(name).conn
+    assert conn is not None and conn.pipes is not None
+    pipes = conn.pipes
+    most = 0
+    result: Any = None
+
+    async def sample() -> None:
+        nonlocal most
+        while True:
+            most = max(most, pipes.queued())
+            await anyio.sleep(0.005)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sample)
+        result = await work()
+        tg.cancel_scope.cancel()
+    return result, most
+
+
+@pytest.mark.parametrize("how", ["call_many", "call"])
+async def test_a_plugin_that_stops_reading_costs_the_window_not_the_list(how: str) -> None:
+    """A plugin that never reads its stdin again: calls whose turn comes wait for it,
+    within their timeout, and fail unsent, instead of the host queueing every request
+    (before: 100 x 64 KiB = 6.4 MB held for a plugin that would never read them)."""
+    spec = replace(fake_spec(), name="deaf", command=(sys.executable, "-c", NEVER_READS))
+    params = {"pad": "y" * 65536}
+    async with Supervisor([spec]) as sup:
+        await sup.wait_ready(timeout=10)
+
+        async def many() -> list[Any]:
+            return await sup.call_many("deaf", "x", [params] * 100, timeout=0.2, window=8)
+
+        async def calls() -> list[Any]:
+            out: list[Any] = []
+
+            async def worker() -> None:
+                for _ in range(100 // 8):
+                    try:
+                        out.append(await sup.call("deaf", "x", params, timeout=0.2))
+                    except CallError as exc:
+                        out.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(8):
+                    tg.start_soon(worker)
+            return out
+
+        with anyio.fail_after(30):
+            got, most = await _most_queued(sup, "deaf", many if how == "call_many" else calls)
+        assert all(isinstance(r, CallTimeout) for r in got), got
+        unsent = [r for r in got if "was not sent" in str(r)]
+        assert len(unsent) >= len(got) - 2 * 8, len(unsent)
+        assert most < 8 * 70_000 + 300_000, most  # the window's worth, not the list's
+        assert sup.runner("deaf").gate.in_flight == 0
+
+
+async def test_a_plugin_that_reads_slowly_gets_every_call() -> None:
+    spec = replace(fake_spec(), name="slow", command=(sys.executable, "-c", READS_SLOWLY))
+    items = [{"pad": "z" * 32768, "i": i} for i in range(200)]
+    async with Supervisor([spec]) as sup:
+        await sup.wait_ready(timeout=10)
+        with anyio.fail_after(60):
+            got, most = await _most_queued(
+                sup, "slow", lambda: sup.call_many("slow", "x", items, timeout=20, window=16))
+        assert all(isinstance(r, int) and r > 32768 for r in got), [
+            r for r in got if not isinstance(r, int)][:3]
+        assert most < 16 * 40_000 + 300_000, most
