@@ -11,8 +11,8 @@ import pytest
 
 from pipevisor.protocol.codec import FaultKind
 from pipevisor.protocol.errors import (
-    ErrorCode,
     EncodeError,
+    ErrorCode,
     ErrorObject,
     LocalProtocolError,
     local_error,
