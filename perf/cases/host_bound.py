@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ import orjson
 
 from perf.cases.asyncio_baseline import AsyncioClient, _read, _teardown
 from perf.cases.baselines import PIPELINE_DEPTH, PipePeer, _close_peer, sequential_roundtrips
-from perf.cases.supervisor_calls import PARAMS, Embedded, _pipelined, _start, _stop
+from perf.cases.supervisor_calls import PARAMS, Embedded, _start, _stop
 from perf.harness import Context, build_c, case
 from pipevisor.supervisor import PluginSpec
 
@@ -74,11 +75,19 @@ async def _setup_asyncio(ctx: Context) -> AsyncioClient:
 async def asyncio_pipe_c_plugin(ctx: Context) -> float:
     """Plain asyncio streams + id->future dict to the C echo plugin, sequential."""
     client: AsyncioClient = ctx.state
-    n = ctx.pick(full=5000, quick=50)
+
+    def one() -> Awaitable[object]:
+        client.next_id += 1
+        return client.call(client.next_id)
+
+    return await _one_at_a_time(one, ctx.pick(full=5000, quick=50))
+
+
+async def _one_at_a_time(call: Callable[[], Awaitable[object]], n: int) -> float:
+    """``n`` calls in turn: us per call."""
     start = time.perf_counter_ns()
     for _ in range(n):
-        client.next_id += 1
-        await client.call(client.next_id)
+        await call()
     return (time.perf_counter_ns() - start) / n / 1000
 
 
@@ -88,14 +97,24 @@ async def asyncio_pipe_c_plugin(ctx: Context) -> float:
 async def asyncio_pipe_pipelined_64_c_plugin(ctx: Context) -> float:
     """Plain asyncio client, 64 tasks in flight to the C echo plugin: host-bound throughput."""
     client: AsyncioClient = ctx.state
-    remaining = total = ctx.pick(full=20000, quick=256)
+
+    def one() -> Awaitable[object]:
+        client.next_id += 1
+        return client.call(client.next_id)
+
+    return await _in_flight(one, ctx.pick(full=20000, quick=256))
+
+
+async def _in_flight(call: Callable[[], Awaitable[object]], total: int) -> float:
+    """``total`` calls from PIPELINE_DEPTH tasks, each starting its next as the last
+    returns: calls/s."""
+    remaining = total
 
     async def worker() -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            client.next_id += 1
-            await client.call(client.next_id)
+            await call()
 
     start = time.perf_counter_ns()
     await asyncio.gather(*(worker() for _ in range(PIPELINE_DEPTH)))
@@ -199,11 +218,8 @@ async def _teardown_floor(ctx: Context) -> None:
 async def asyncio_floor_c_plugin(ctx: Context) -> float:
     """The least an asyncio client can do per call (protocol, no streams), sequential."""
     client: FloorClient = ctx.state
-    n = ctx.pick(full=5000, quick=50)
-    start = time.perf_counter_ns()
-    for _ in range(n):
-        await client.call("echo", PARAMS)
-    return (time.perf_counter_ns() - start) / n / 1000
+    return await _one_at_a_time(lambda: client.call("echo", PARAMS),
+                                ctx.pick(full=5000, quick=50))
 
 
 @case("asyncio-floor-pipelined-64-c-plugin", group="host-bound", unit="calls/s",
@@ -212,17 +228,8 @@ async def asyncio_floor_c_plugin(ctx: Context) -> float:
 async def asyncio_floor_pipelined_64_c_plugin(ctx: Context) -> float:
     """64 tasks on the least asyncio client: the ceiling for one task per call."""
     client: FloorClient = ctx.state
-    remaining = total = ctx.pick(full=20000, quick=256)
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await client.call("echo", PARAMS)
-
-    start = time.perf_counter_ns()
-    await asyncio.gather(*(worker() for _ in range(PIPELINE_DEPTH)))
-    return total / ((time.perf_counter_ns() - start) / 1e9)
+    return await _in_flight(lambda: client.call("echo", PARAMS),
+                            ctx.pick(full=20000, quick=256))
 
 
 async def _setup_embedded(ctx: Context) -> Embedded:
@@ -233,13 +240,9 @@ async def _setup_embedded(ctx: Context) -> Embedded:
       baseline="asyncio-pipe-c-plugin", setup=_setup_embedded, teardown=_stop)
 async def embedded_seq_c_plugin(ctx: Context) -> float:
     """Sequential Supervisor.call() to the C echo plugin, vs plain asyncio on the same plugin."""
-    st: Embedded = ctx.state
-    call = st.sup.call
-    n = ctx.pick(full=5000, quick=50)
-    start = time.perf_counter_ns()
-    for _ in range(n):
-        await call("echo", "echo", PARAMS, timeout=10.0)
-    return (time.perf_counter_ns() - start) / n / 1000
+    call = ctx.state.sup.call  # the same loop as the clients above (_one_at_a_time)
+    return await _one_at_a_time(lambda: call("echo", "echo", PARAMS, timeout=10.0),
+                                ctx.pick(full=5000, quick=50))
 
 
 @case("embedded-pipelined-64-c-plugin", group="host-bound", unit="calls/s",
@@ -247,7 +250,9 @@ async def embedded_seq_c_plugin(ctx: Context) -> float:
       repeat=10)
 async def embedded_pipelined_64_c_plugin(ctx: Context) -> float:
     """64 tasks calling the C echo plugin through Supervisor.call(), vs plain asyncio."""
-    return await _pipelined(ctx, PIPELINE_DEPTH, ctx.pick(full=20000, quick=256))
+    call = ctx.state.sup.call  # the same loop as the clients above (_in_flight)
+    return await _in_flight(lambda: call("echo", "echo", PARAMS, timeout=10.0),
+                            ctx.pick(full=20000, quick=256))
 
 
 @case("embedded-call-many-64-c-plugin", group="host-bound", unit="calls/s",
