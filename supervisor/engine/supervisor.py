@@ -509,6 +509,7 @@ class Supervisor:
             CallError: before any call, for a reserved method or an unknown plugin.
             TypeError: ``params`` is a string, bytes or a mapping (one call's params,
                 not a list of them).
+            ValueError: ``window`` is under 1.
         """
         if isinstance(params, str | bytes | bytearray | Mapping):
             raise TypeError("call_many takes an iterable of params, one item per call; "
