@@ -132,6 +132,15 @@ def invalid_params(what: str, exc: InterfaceViolation, **details: Any) -> CallEr
         {"origin": "pipevisor", **details, **exc.to_data()}))
 
 
+def unsendable_params(method: str, reason: str, **details: Any) -> CallError:
+    """-32602 for params that cannot go on the wire (not JSON, not an object or an
+    array, over the line limit): refused before sending, so the reason is ours to give,
+    in the message where a traceback shows it."""
+    return CallError(ErrorObject(
+        ErrorCode.INVALID_PARAMS, f"Invalid params for {method}: {reason}",
+        {"origin": "pipevisor", **details, "reason": reason}))
+
+
 def sanitize_plugin_error(error: ErrorObject) -> ErrorObject:
     """A plugin may not speak with pipevisor's voice: local codes from it become -32603,
     and ``data.origin`` (which says whether pipevisor, the daemon's control socket or a

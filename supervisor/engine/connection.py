@@ -46,6 +46,7 @@ from pipevisor.supervisor.errors import (
     error_from_object,
     local,
     sanitize_plugin_error,
+    unsendable_params,
 )
 from pipevisor.supervisor.io.pipes import AsyncioPipes, FutureSlot
 
@@ -253,7 +254,7 @@ class Connection:
         try:
             ident, data = self.peer.send_request(method, params)
         except EncodeError as exc:
-            raise CallError(standard_error(ErrorCode.INVALID_PARAMS, str(exc))) from exc
+            raise unsendable_params(method, str(exc), plugin=self.name) from exc
         if on_progress is not None:
             self._progress[ident] = on_progress
         fast = self._fast
@@ -368,7 +369,7 @@ class Connection:
         try:
             ident, data = self.peer.send_request(method, params)
         except EncodeError as exc:
-            raise CallError(standard_error(ErrorCode.INVALID_PARAMS, str(exc))) from exc
+            raise unsendable_params(method, str(exc), plugin=self.name) from exc
         self._slots[ident] = _CallbackSlot(done)
         fast.send_alone(data)
         return ident

@@ -293,7 +293,8 @@ async def test_scalar_params_are_refused_as_invalid_params_and_never_sent() -> N
             with pytest.raises(CallError) as info:
                 await sup.call("fake", "echo", params)
             assert info.value.code == ErrorCode.INVALID_PARAMS
-            assert "object or an array" in str(info.value.error.data)
+            assert "object or an array" in str(info.value)  # the reason, in the message
+            assert info.value.data["origin"] == "pipevisor"
         got = await sup.call_many("fake", "echo", [[1], 2, {"a": 3}])
         assert got[0] == [1] and got[2] == {"a": 3}
         assert isinstance(got[1], CallError) and got[1].code == ErrorCode.INVALID_PARAMS
