@@ -83,11 +83,6 @@ class Lane:
         self._clock = loop_clock()
         self._in_flight: dict[RequestId, int] = {}
         """Request id -> index, for the calls sent and not yet settled."""
-        self._queued_left: dict[RequestId, float] = {}
-        """The time left for a call that waited in the gate's queue (for its timeout's
-        message, as ``Connection.call`` says what was left of the caller's deadline)."""
-        self._sent: RequestId | None = None
-        """The request id of the last call :meth:`_send` sent."""
         self._waker = Waker(pipes.loop)
         self._deadlines = FifoDeadlines(pipes.loop, self._expired, self._in_flight.__contains__)
 
@@ -121,18 +116,26 @@ class Lane:
     def _fill(self) -> bool:
         """Send what the window and the gate allow, as one write; False when the
         connection takes no more."""
-        todo, in_flight, gate, conn = self._todo, self._in_flight, self._gate, self._conn
+        todo, in_flight, conn = self._todo, self._in_flight, self._conn
         if not todo or len(in_flight) >= self._window or conn.backlogged():
             return conn.closed_error is None
         # what is joined below is not in the pipe's count yet: one look before is all
         # the loop could see, and the window bounds what one fill adds
+        return self._send_turn(self._window - len(in_flight), None)
+
+    def _send_turn(self, most: int, deadline: float | None) -> bool:
+        """Send up to ``most`` of the next calls the gate has slots for, joined into one
+        write; each gets ``deadline``, or its full timeout from now when None. False
+        when the connection takes no more (the call it refused goes back in line)."""
+        todo, gate, conn = self._todo, self._gate, self._conn
         conn.hold_writes()
         try:
-            while todo and len(in_flight) < self._window:
-                if not gate.try_enter():
+            for _ in range(most):
+                if not todo or not gate.try_enter():
                     return True
                 index, params = todo.popleft()
-                if not self._send(index, params, self._clock() + self._timeout):
+                due = self._clock() + self._timeout if deadline is None else deadline
+                if not self._send(index, params, due):
                     gate.leave()
                     todo.appendleft((index, params))
                     return False
@@ -151,18 +154,7 @@ class Lane:
         turn = min(self._window - len(self._in_flight), len(self._todo))
         deadline = self._clock() + self._timeout
         if await self._conn.wait_writable(self._timeout):
-            self._conn.hold_writes()
-            try:  # sent now, within what is left of their time
-                for _ in range(turn):
-                    if not self._todo or not self._gate.try_enter():
-                        return
-                    index, params = self._todo.popleft()
-                    if not self._send(index, params, deadline):
-                        self._gate.leave()
-                        self._todo.appendleft((index, params))
-                        return
-            finally:
-                self._conn.flush_writes()
+            self._send_turn(turn, deadline)  # within what is left of their time
             return
         error = self._conn.timeout_error(self._method, self._timeout, sent=False)
         for _ in range(turn):
@@ -181,12 +173,9 @@ class Lane:
         except BaseException:
             self._todo.appendleft((index, params))  # not started: not counted
             raise
-        self._sent = None
         if not self._send(index, params, deadline):
             self._gate.leave()
             self._todo.appendleft((index, params))
-        elif self._sent is not None:
-            self._queued_left[self._sent] = max(0.0, deadline - self._clock())
 
     def _send(self, index: int, params: Any, deadline: float) -> bool:
         """One call, holding a gate slot; False (slot still held) when the connection
@@ -206,7 +195,6 @@ class Lane:
             return True
         if ident is None:
             return False
-        self._sent = ident
         self._in_flight[ident] = index
         self._deadlines.add(deadline, ident, len(self._in_flight))
         return True
@@ -233,8 +221,6 @@ class Lane:
         if index is None:
             return
         self._gate.leave()
-        if self._queued_left:
-            self._queued_left.pop(response.id, None)
         try:
             if type(response) is Response:
                 result = response.result
@@ -255,10 +241,11 @@ class Lane:
     def _expired(self, ident: RequestId) -> None:
         index = self._in_flight.pop(ident)
         self._gate.leave()
-        left = self._queued_left.pop(ident, self._timeout) if self._queued_left else self._timeout
         try:
             self._conn.forget(ident, "timeout")
-            error = self._conn.timeout_error(self._method, left)
+            # the per-call timeout asked for, also for a call that first waited for a
+            # gate slot or the pipe (its deadline counted that wait)
+            error = self._conn.timeout_error(self._method, self._timeout)
         except Exception as exc:  # our bug
             error = self._fault(exc)
         self._fail(index, error)
