@@ -275,7 +275,8 @@ class Connection:
                             # the plugin is not reading: wait for it before queueing
                             # more (a plugin that never reads would otherwise make the
                             # host keep every request sent to it), within the deadline
-                            await self._wait_for_plugin(fast, timeout)
+                            # (which settles the call as a timeout if it passes)
+                            await self.wait_writable(timeout)
                         if not slot.future.done():
                             fast.send(data)
                             sent = True
@@ -326,14 +327,14 @@ class Connection:
         fast = self._fast
         return fast is not None and fast.queued() > _HIGH_WATER
 
-    async def wait_writable(self, timeout: float) -> bool:
+    async def wait_writable(self, timeout: float | None) -> bool:
         """Wait until the plugin reads what is queued for it: True, or False when it did
-        not within ``timeout``. True at once on the portable path, and when the pipe is
-        closed (the next send finds out)."""
+        not within ``timeout`` (None: no limit). True at once on the portable path, and
+        when the pipe is closed (the reader settles the calls with the real reason)."""
         fast = self._fast
         if fast is None:
             return True
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(timeout if timeout is not None else math.inf):
             try:
                 await fast.drain()
             except anyio.BrokenResourceError:
@@ -411,16 +412,6 @@ class Connection:
             return self.peer.send_notification(*message)
         except EncodeError:
             return b""
-
-    @staticmethod
-    async def _wait_for_plugin(fast: AsyncioPipes, timeout: float | None) -> None:
-        """A plugin that does not read: wait for it no longer than the call may take (the
-        deadline has settled the call by then: a timeout)."""
-        with anyio.move_on_after(timeout if timeout is not None else math.inf):
-            try:
-                await fast.drain()
-            except anyio.BrokenResourceError:
-                pass  # the reader settles the call with the real reason
 
     async def _abandon(self, slot: _Slot | FutureSlot, ident: RequestId,
                        sent: bool = True) -> None:
