@@ -20,8 +20,9 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from perf.harness import private_cache_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,7 +61,7 @@ def _key() -> str:
 
 def build() -> Path:
     """The compiled copy (built once per content of the sources and mypy version)."""
-    cache = Path(tempfile.gettempdir()) / f"pipevisor-perf-{os.getuid()}"
+    cache = private_cache_dir()
     root = cache / f"compiled-{_key()}"
     if (root / ".done").exists():
         return root

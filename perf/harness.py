@@ -217,6 +217,28 @@ class Context:
         _reap(proc, grace)
 
 
+def private_cache_dir() -> Path:
+    """perf's cache of compiled helpers (``$TMPDIR/pipevisor-perf-<uid>``), checked
+    before anything in it is run or imported: a real directory, ours, writable by us
+    alone. The name is predictable, so another local user could make it first and
+    leave a binary or a compiled module for perf to run as whoever runs perf."""
+    import stat
+    import tempfile
+
+    cache = Path(tempfile.gettempdir()) / f"pipevisor-perf-{os.getuid()}"
+    try:
+        cache.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(cache)
+    if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid()
+            or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        raise RuntimeError(
+            f"{cache} is not a private directory of this user (a symlink, another "
+            f"owner, or writable by others): perf will not run what it holds; remove it")
+    return cache
+
+
 def build_c(ctx: Context, source: Path, extra_flags: Sequence[str] = ()) -> Path:
     """Compile a helper once per source/compiler/flags combination.
 
@@ -226,15 +248,13 @@ def build_c(ctx: Context, source: Path, extra_flags: Sequence[str] = ()) -> Path
     """
     import hashlib
     import shutil
-    import tempfile
 
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc:
         ctx.skip("no C compiler found (set CC or install cc/gcc/clang)")
     flags = ["-O2", *extra_flags]
     key = hashlib.sha256(source.read_bytes() + cc.encode() + " ".join(flags).encode()).hexdigest()
-    cache = Path(tempfile.gettempdir()) / f"pipevisor-perf-{os.getuid()}"
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = private_cache_dir()
     out = cache / f"{source.stem}-{key[:16]}"
     if out.exists():
         return out

@@ -9,13 +9,11 @@ SIGSTOP, as for a server that hangs. Each test watches the connection's
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,19 +46,14 @@ SCHEDULING = 0.25
 
 
 @pytest.fixture(scope="module")
-def c_plugin() -> Path:
-    """The C plugin, compiled once (cached by content, like perf's build_c)."""
+def c_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The C plugin, compiled once for this module into pytest's own temporary folder
+    (a shared, predictably named cache could hold a binary another user left there)."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         pytest.skip("no C compiler (cc/gcc) for perf/plugins/c_echo_plugin.c")
-    key = hashlib.sha256(SOURCE.read_bytes() + cc.encode()).hexdigest()[:16]
-    cache = Path(tempfile.gettempdir()) / f"pipevisor-test-{os.getuid()}"
-    cache.mkdir(exist_ok=True)
-    out = cache / f"c_echo_plugin-{key}"
-    if not out.exists():
-        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-        subprocess.run([cc, "-O2", "-o", str(tmp), str(SOURCE)], check=True, timeout=120)
-        os.replace(tmp, out)
+    out = tmp_path_factory.mktemp("c-plugin") / "c_echo_plugin"
+    subprocess.run([cc, "-O2", "-o", str(out), str(SOURCE)], check=True, timeout=120)
     return out
 
 
