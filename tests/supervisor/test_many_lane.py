@@ -81,9 +81,13 @@ async def test_closed_deadlines_fire_nothing() -> None:
     loop = asyncio.get_running_loop()
     expired: list[int] = []
     deadlines = FifoDeadlines(loop, expired.append, lambda key: True)
-    deadlines.add(loop.time() + 0.01, 1, 1)
+    due = loop.time() + 0.01
+    deadlines.add(due, 1, 1)
     deadlines.close()
-    await anyio.sleep(0.05)
+    later = anyio.Event()
+    loop.call_at(due + 0.001, later.set)  # timers run in order: the closed one was first
+    with anyio.fail_after(5):
+        await later.wait()
     assert expired == []
 
 
@@ -106,7 +110,7 @@ async def test_a_poke_wakes_the_waiting_task_once() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
         assert woken == 0
         waker.poke()
         waker.poke()  # a second poke of the same wake-up is not kept for later
